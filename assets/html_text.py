@@ -1,0 +1,142 @@
+"""HTML page → title, main-content text and canonical link (pure functions, no Dagster).
+
+The text keeps the page's structure as plain text: one paragraph per block element, separated by blank
+lines; whitespace inside a paragraph collapsed to single spaces (sentences are never split across lines);
+`<br>` and table rows become line breaks; `<pre>` keeps its lines; list items start with "- ".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+import lxml.etree
+import lxml.html
+
+_BLOCK_TAGS = frozenset(
+    "address article aside blockquote caption dd details dialog div dl dt fieldset figcaption figure footer "
+    "form h1 h2 h3 h4 h5 h6 header hgroup hr li main nav ol p section summary table tbody thead tfoot tr ul".split()
+)
+_CELL_TAGS = frozenset({"td", "th"})
+
+
+@dataclass(frozen=True)
+class ExtractedPage:
+    title: str
+    text: str
+    canonical_href: str | None
+
+
+class _ParagraphWriter:
+    def __init__(self) -> None:
+        self.paragraphs: list[str] = []
+        self._lines: list[list[str]] = [[]]
+
+    def add(self, text: str | None) -> None:
+        if text:
+            self._lines[-1].append(text)
+
+    def line_break(self) -> None:
+        self._lines.append([])
+
+    def flush(self) -> None:
+        lines = [" ".join("".join(parts).split()) for parts in self._lines]
+        paragraph = "\n".join(line for line in lines if line)
+        if paragraph:
+            self.paragraphs.append(paragraph)
+        self._lines = [[]]
+
+    def add_verbatim(self, text: str) -> None:
+        self.flush()
+        kept = "\n".join(line.rstrip() for line in text.strip("\n").splitlines())
+        if kept.strip():
+            self.paragraphs.append(kept)
+
+
+def _walk(element: lxml.html.HtmlElement, out: _ParagraphWriter) -> None:
+    tag = element.tag if isinstance(element.tag, str) else None  # comments and PIs have no str tag
+    if tag is None:
+        pass
+    elif tag == "br":
+        out.line_break()
+    elif tag == "pre":
+        out.add_verbatim(element.text_content())
+    elif tag == "tr":
+        out.flush()
+        cells = [" ".join(cell.text_content().split()) for cell in element if cell.tag in _CELL_TAGS]
+        out.add(" | ".join(cells))
+        out.flush()
+    elif tag in _BLOCK_TAGS:
+        out.flush()
+        if tag == "li":
+            out.add("- ")
+        out.add(element.text)
+        for child in element:
+            _walk(child, out)
+        out.flush()
+    else:
+        out.add(element.text)
+        for child in element:
+            _walk(child, out)
+    out.add(element.tail)
+
+
+def element_text(element: lxml.html.HtmlElement) -> str:
+    out = _ParagraphWriter()
+    out.add(element.text)
+    for child in element:
+        _walk(child, out)
+    out.flush()
+    return "\n\n".join(out.paragraphs)
+
+
+def _outermost(elements: list[lxml.html.HtmlElement]) -> list[lxml.html.HtmlElement]:
+    chosen = set(elements)
+    return [e for e in elements if not any(a in chosen for a in e.iterancestors())]
+
+
+def parse_html(html: str) -> lxml.html.HtmlElement | None:
+    if not html or not html.strip():
+        return None
+    try:
+        return lxml.html.document_fromstring(html)
+    except (lxml.etree.ParserError, ValueError):
+        return None
+
+
+def extract_page(html: str, content_selectors: list[str], drop_selectors: list[str]) -> ExtractedPage:
+    """Title, main text and canonical link of a page; malformed or empty HTML gives empty strings."""
+    root = parse_html(html)
+    if root is None:
+        return ExtractedPage(title="", text="", canonical_href=None)
+    canonical = root.xpath("//link[@rel='canonical']/@href")
+    head_title = " ".join((root.findtext(".//title") or "").split())
+
+    containers: list[lxml.html.HtmlElement] = []
+    for selector in content_selectors:
+        containers = _outermost(root.cssselect(selector))
+        if containers:
+            break
+    if not containers:
+        containers = [root]
+
+    heading = next((h for c in containers for h in c.iter("h1")), None)
+    title = " ".join(heading.text_content().split()) if heading is not None else ""
+    if heading is not None:
+        heading.drop_tree()
+    for container in containers:
+        for selector in drop_selectors:
+            for element in container.cssselect(selector):
+                if element is not container:
+                    element.drop_tree()
+
+    text = "\n\n".join(t for t in (element_text(c) for c in containers) if t)
+    return ExtractedPage(
+        title=title or head_title,
+        text=text,
+        canonical_href=canonical[0].strip() if canonical and canonical[0].strip() else None,
+    )
+
+
+def resolve_canonical(page_url: str, canonical_href: str | None) -> str:
+    return urljoin(page_url, canonical_href) if canonical_href else page_url

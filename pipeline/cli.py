@@ -1,0 +1,110 @@
+"""`mebot`: run the pipeline, open the Dagster UI, check a settings file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from pipeline.settings import CONFIG_ENV_VAR, PROJECT_ROOT, SettingsError, load_settings
+
+DAGSTER_HOME_ENV_VAR = "MEBOT_DAGSTER_HOME"
+
+
+def _prepare_environment(config: Path) -> None:
+    """Point Dagster at the project's instance (dagster.yaml at the repo root) and every process at `config`."""
+    from dotenv import load_dotenv
+
+    load_dotenv(PROJECT_ROOT / ".env")
+    os.environ[CONFIG_ENV_VAR] = str(config)
+    home = Path(os.environ.get(DAGSTER_HOME_ENV_VAR) or PROJECT_ROOT).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    # dagster.yaml's storage paths are relative to the project root.
+    os.chdir(PROJECT_ROOT)
+
+
+def _summary_lines(result) -> list[str]:
+    lines = []
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        metadata = materialization.metadata
+        rows = metadata.get("dagster/row_count")
+        partition = f" [{materialization.partition}]" if materialization.partition else ""
+        extras = [
+            f"{key}={value.value}"
+            for key, value in metadata.items()
+            if key in ("pages", "tokens_max", "tokens_total", "skipped", "errors") and value is not None
+        ]
+        row_text = f"{rows.value} rows" if rows is not None else ""
+        lines.append(f"  {materialization.asset_key.to_user_string()}{partition}: {row_text}  {'  '.join(extras)}")
+    for evaluation in result.get_asset_check_evaluations():
+        status = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
+        lines.append(f"  check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} {status}")
+    return lines
+
+
+def cmd_run(config: Path, select: str) -> int:
+    import dagster as dg
+
+    from pipeline.definitions import build_definitions
+
+    defs = build_definitions(config)
+    started = time.monotonic()
+    print(f"mebot: materializing {select!r} with {config}", flush=True)
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks],
+        resources=defs.resources,
+        instance=dg.DagsterInstance.get(),
+        selection=select,
+        raise_on_error=False,
+        tags={"mebot/command": "run"},
+    )
+    elapsed = time.monotonic() - started
+    print(f"\nmebot run {'succeeded' if result.success else 'FAILED'} in {elapsed:.1f}s (run {result.run_id})")
+    print("\n".join(_summary_lines(result)))
+    if not result.success:
+        for event in result.all_events:
+            if event.is_failure and event.step_failure_data:
+                print(f"\n{event.step_key}: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
+    return 0 if result.success else 1
+
+
+def cmd_ui(port: int) -> int:
+    dagster = Path(sys.executable).with_name("dagster")
+    command = [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
+    print(f"mebot: Dagster UI on http://127.0.0.1:{port}", flush=True)
+    os.execv(command[0], command)
+    return 0  # not reached
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mebot", description=__doc__)
+    parser.add_argument("--config", type=Path, default=None, help="settings file (default: mebot.yaml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="materialize the asset graph and print a summary")
+    run.add_argument("--select", default="*", help="Dagster asset selection, e.g. 'raw_pages' or 'rag_chunks+'")
+    ui = commands.add_parser("ui", help="start the Dagster UI (dagster dev) on 127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    commands.add_parser("check-config", help="validate the settings file and print it")
+    args = parser.parse_args(argv)
+
+    config = (args.config or Path(os.environ.get(CONFIG_ENV_VAR) or PROJECT_ROOT / "mebot.yaml")).resolve()
+    try:
+        settings = load_settings(config)
+    except SettingsError as exc:
+        print(f"mebot: {exc}", file=sys.stderr)
+        return 2
+    _prepare_environment(config)
+    if args.command == "check-config":
+        print(settings.model_dump_json(indent=2))
+        return 0
+    if args.command == "ui":
+        return cmd_ui(args.port)
+    return cmd_run(config, args.select)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

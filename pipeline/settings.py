@@ -1,0 +1,268 @@
+"""The one settings object: `mebot.yaml` parsed and validated before any work starts.
+
+Each section is a strict pydantic model (unknown keys are errors, so a typo never silently falls back to a
+default). `SettingsError` turns pydantic's report into lines that name the key, the bad value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "mebot.yaml"
+CONFIG_ENV_VAR = "MEBOT_CONFIG"
+
+
+class SettingsError(ValueError):
+    """A settings file that cannot be used; the message says which key, what value, what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class SiteSettings(_Section):
+    start_urls: list[str] = Field(
+        default_factory=list,
+        description="Where the crawl starts. Empty: serve `local_dir` on 127.0.0.1 and crawl that.",
+    )
+    local_dir: str = Field("data/sample_site", description="Site served locally when start_urls is empty.")
+    local_port: int = Field(
+        8765, ge=0, le=65535, description="Port for the local site (0: any free port). A fixed port keeps URLs stable."
+    )
+    allowed_domains: list[str] = Field(
+        default_factory=list, description="Domains the crawl may visit. Empty: the hosts of start_urls."
+    )
+    allow: list[str] = Field(default_factory=list, description="Regexes; when given, only matching links are followed.")
+    deny: list[str] = Field(default_factory=list, description="Regexes; matching links are never followed.")
+    index_only: list[str] = Field(
+        default_factory=lambda: [r"/tags?/", r"/categor(y|ies)/", r"/page/\d+"],
+        description="Regexes for listing pages: followed for their links but not kept as content.",
+    )
+    max_pages: int = Field(500, ge=1, description="Stop the crawl after this many responses.")
+    download_delay: float = Field(0.25, ge=0, le=60, description="Seconds between requests to one site.")
+    obey_robots_txt: bool = True
+    user_agent: str = Field("mebot/0.1 (personal-site Q&A bot)", min_length=1)
+    content_selectors: list[str] = Field(
+        default_factory=lambda: ["article", "main", "[role=main]", "#content", ".content", "body"],
+        min_length=1,
+        description="CSS selectors tried in order; the first that matches holds the page's main content.",
+    )
+    drop_selectors: list[str] = Field(
+        default_factory=lambda: [
+            "script", "style", "noscript", "template", "svg", "form", "nav", "aside", "footer", "header",
+            ".related-posts", ".related", ".comments", "#comments", ".post-nav", ".sharing", ".share",
+            "[role=navigation]", "[role=complementary]", "[aria-hidden=true]",
+        ],
+        description="CSS selectors removed from the main content (site chrome).",
+    )
+    max_page_bytes: int = Field(5_000_000, ge=10_000, description="Larger responses are skipped, not read.")
+    timeout_s: float = Field(30.0, gt=0, le=600)
+    recrawl_cron: str = Field("0 3 * * 1", description="When the recrawl schedule runs (cron).")
+
+    @field_validator("start_urls")
+    @classmethod
+    def _urls_are_http(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not re.match(r"^https?://[^/\s]+", url):
+                raise ValueError(f"{url!r} is not an http(s) URL; write it like 'https://example.com/'")
+        return urls
+
+    @field_validator("allow", "deny", "index_only")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regular expression ({exc})") from None
+        return patterns
+
+    @field_validator("recrawl_cron")
+    @classmethod
+    def _cron_has_five_fields(cls, cron: str) -> str:
+        if len(cron.split()) != 5:
+            raise ValueError(f"{cron!r} is not a 5-field cron expression like '0 3 * * 1'")
+        return cron
+
+
+class PersonaSettings(_Section):
+    name: str = Field("Mara Lindqvist", min_length=1, description="Whose site this is; the bot speaks as them.")
+    description: str = Field("", description="One line about the person, used in prompts.")
+
+
+class RagSettings(_Section):
+    chunk_tokens: int = Field(900, ge=50, le=8000, description="Chunk size in cl100k_base tokens.")
+    overlap_tokens: int = Field(100, ge=0, description="Tokens shared by neighbouring chunks.")
+    top_k: int = Field(4, ge=1, le=50, description="Chunks retrieved per question.")
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> RagSettings:
+        if self.overlap_tokens >= self.chunk_tokens:
+            raise ValueError(
+                f"overlap_tokens ({self.overlap_tokens}) must be smaller than chunk_tokens ({self.chunk_tokens})"
+            )
+        return self
+
+
+class QaSettings(_Section):
+    chunk_tokens: int = Field(250, ge=20, le=4000)
+    overlap_tokens: int = Field(0, ge=0)
+    min_tokens: int = Field(20, ge=0)
+
+
+class ModelsSettings(_Section):
+    chat_provider: str = Field("llama_cpp", pattern="^(llama_cpp|openai)$")
+    embedding_provider: str = Field("sentence_transformers", pattern="^(sentence_transformers|openai)$")
+
+
+class FinetuneSettings(_Section):
+    backend: str = Field("local_lora", pattern="^(local_lora|openai)$")
+
+
+class EvalSettings(_Section):
+    splits: list[str] = Field(default_factory=lambda: ["test"])
+
+
+class ServeSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+
+
+class BudgetSettings(_Section):
+    max_usd: float = Field(5.0, ge=0, description="A materialization stops before it would spend more.")
+
+
+class Settings(_Section):
+    site: SiteSettings = Field(default_factory=SiteSettings)
+    persona: PersonaSettings = Field(default_factory=PersonaSettings)
+    rag: RagSettings = Field(default_factory=RagSettings)
+    qa: QaSettings = Field(default_factory=QaSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
+
+    def section(self, name: str) -> _Section:
+        if name not in type(self).model_fields:
+            raise KeyError(f"no settings section {name!r}; sections: {', '.join(type(self).model_fields)}")
+        return getattr(self, name)
+
+    def fingerprint(self, sections: tuple[str, ...]) -> str:
+        """A short hash of the named sections' values: what an asset's code_version is made of."""
+        payload = {name: self.section(name).model_dump(mode="json") for name in sorted(sections)}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+    def resolve_path(self, path: str) -> Path:
+        """Relative paths in settings are relative to the project root, not to the caller's directory."""
+        candidate = Path(path)
+        return candidate if candidate.is_absolute() else PROJECT_ROOT / candidate
+
+
+def _format_error(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        parent = _section_model_for(error["loc"][:-1])
+        allowed = ", ".join(parent.model_fields) if parent else "see mebot.yaml"
+        return f"{key}: unknown setting; allowed keys here: {allowed}"
+    return f"{key}: got {error.get('input')!r}; {message}"
+
+
+def _section_model_for(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Settings
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return None
+        model = field.annotation
+    return model
+
+
+def parse_settings(raw: Any, source: str = "settings") -> Settings:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_format_error(error) for error in exc.errors()]
+        raise SettingsError(f"invalid settings in {source}:\n  " + "\n  ".join(lines)) from None
+
+
+def config_path_from_env() -> Path:
+    return Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH).resolve()
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    config_path = Path(path).resolve() if path else config_path_from_env()
+    if not config_path.is_file():
+        raise SettingsError(f"settings file {config_path} does not exist; pass --config PATH or create it")
+    try:
+        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{config_path} is not valid YAML: {exc}") from None
+    return parse_settings(raw, source=str(config_path))
+
+
+# Definition metadata key listing the settings sections an asset reads; its code_version is stamped from them.
+SETTINGS_SECTIONS_KEY = "mebot/settings_sections"
+
+
+def reads_settings(*sections: str) -> dict[str, str]:
+    """Definition metadata for an asset that reads these settings sections: `metadata=reads_settings("rag")`."""
+    for name in sections:
+        Settings().section(name)  # fails on a misspelt section name at import time
+    return {SETTINGS_SECTIONS_KEY: ", ".join(sections)}
+
+
+def sections_of(metadata: dict[str, Any]) -> tuple[str, ...]:
+    value = metadata.get(SETTINGS_SECTIONS_KEY)
+    text = getattr(value, "value", value) or ""
+    return tuple(part.strip() for part in str(text).split(",") if part.strip())
+
+
+def stamped_code_version(base: str, settings: Settings, sections: tuple[str, ...]) -> str:
+    """`<base>+s<hash of the sections>`: editing a setting changes exactly the readers' code versions."""
+    return f"{base}+s{settings.fingerprint(sections)}" if sections else base
+
+
+class SettingsResource(dg.ConfigurableResource):
+    """The project's settings file (mebot.yaml), validated; every asset reads its settings through this."""
+
+    config_path: str
+
+    def get(self) -> Settings:
+        return load_settings(self.config_path)
+
+    def for_asset(self, context: dg.AssetExecutionContext) -> Settings:
+        """The settings, after making sure they are the ones the asset's code_version was stamped from.
+
+        Otherwise a file edited after the code location loaded would be used under the old code version, and
+        the UI would call the result up to date.
+        """
+        settings = self.get()
+        for spec in context.assets_def.specs:
+            if spec.key not in context.selected_asset_keys or "+s" not in (spec.code_version or ""):
+                continue
+            base = spec.code_version.rsplit("+s", 1)[0]
+            expected = stamped_code_version(base, settings, sections_of(spec.metadata))
+            if spec.code_version != expected:
+                raise SettingsError(
+                    f"{self.config_path} changed after the definitions were loaded (asset "
+                    f"{spec.key.to_user_string()} was stamped {spec.code_version}, the file now gives {expected}): "
+                    "reload the code location (Reload in the UI) or run mebot again"
+                )
+        return settings

@@ -1,0 +1,88 @@
+"""Scrapy crawls, each in its own subprocess (see resources/scrapy_crawl.py for why)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import dagster as dg
+
+from pipeline.settings import PROJECT_ROOT, SiteSettings
+
+
+class CrawlProcessError(RuntimeError):
+    """The crawl subprocess died; the message carries the end of its error output."""
+
+
+@dataclass
+class CrawlRecords:
+    """Everything one crawl saw, as plain records (kind: page, skipped, error, robots)."""
+
+    start_urls: list[str]
+    records: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: str = ""
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["kind"] == kind]
+
+
+def crawl_job(site: SiteSettings, start_urls: list[str]) -> dict[str, Any]:
+    allowed = site.allowed_domains or sorted({urlsplit(u).hostname or "" for u in start_urls})
+    return {
+        "start_urls": start_urls,
+        "allowed_domains": [d.lower() for d in allowed],
+        "allow": site.allow,
+        "deny": site.deny,
+        "max_pages": site.max_pages,
+        "download_delay": site.download_delay,
+        "obey_robots_txt": site.obey_robots_txt,
+        "user_agent": site.user_agent,
+        "max_page_bytes": site.max_page_bytes,
+        "timeout_s": site.timeout_s,
+    }
+
+
+class ScrapyCrawler(dg.ConfigurableResource):
+    """Runs a real Scrapy crawl over HTTP and returns what it fetched."""
+
+    python_executable: str = sys.executable
+
+    def crawl(
+        self, site: SiteSettings, start_urls: list[str], on_progress: Callable[[str], None] = print
+    ) -> CrawlRecords:
+        with tempfile.TemporaryDirectory(prefix="mebot-crawl-") as tmp:
+            job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "records.jsonl"
+            job_path.write_text(json.dumps(crawl_job(site, start_urls)), encoding="utf-8")
+            finish_reason = self._run(job_path, out_path, on_progress)
+            records = [json.loads(line) for line in out_path.read_text(encoding="utf-8").splitlines() if line]
+        return CrawlRecords(start_urls=start_urls, records=records, finish_reason=finish_reason)
+
+    def _run(self, job_path: Path, out_path: Path, on_progress: Callable[[str], None]) -> str:
+        command = [self.python_executable, "-m", "resources.scrapy_crawl", str(job_path), str(out_path)]
+        finish_reason = ""
+        with subprocess.Popen(
+            command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ) as process:
+            assert process.stdout is not None and process.stderr is not None
+            for line in process.stdout:
+                if line.startswith("PROGRESS "):
+                    counts = json.loads(line.removeprefix("PROGRESS "))
+                    on_progress(
+                        f"crawl: {counts['pages']} pages, {counts['skipped']} skipped, "
+                        f"{counts['errors']} errors {counts['url']}".rstrip()
+                    )
+                elif line.startswith("FINISHED "):
+                    finish_reason = json.loads(line.removeprefix("FINISHED "))["reason"]
+            stderr = process.stderr.read()
+            process.wait()
+        if process.returncode != 0 or not out_path.exists():
+            tail = "\n".join(stderr.strip().splitlines()[-15:])
+            raise CrawlProcessError(f"the crawl process failed (exit code {process.returncode}):\n{tail}")
+        return finish_reason

@@ -1,0 +1,200 @@
+"""The Scrapy crawl itself, run as `python -m resources.scrapy_crawl JOB.json OUT.jsonl` in a subprocess.
+
+Twisted's reactor cannot be restarted inside one process, so every crawl gets a fresh process. The spider
+records what it saw and nothing more: one JSON line per fetched page (any status), per skipped link (with the
+reason) and per robots.txt. Turning pages into text is the pipeline's job (assets/crawl.py).
+
+Progress goes to stdout as `PROGRESS {json}` lines, which the parent relays to the Dagster log.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import scrapy
+from scrapy.crawler import CrawlerProcess
+from scrapy.exceptions import IgnoreRequest
+from scrapy.http import Response, TextResponse
+from scrapy.linkextractors import IGNORED_EXTENSIONS, LinkExtractor
+from twisted.internet.error import (
+    ConnectionRefusedError,
+    DNSLookupError,
+    TCPTimedOutError,
+    TimeoutError,
+)
+
+_NON_HTML_EXTENSIONS = {f".{ext}" for ext in IGNORED_EXTENSIONS}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _extension(url: str) -> str:
+    name = urlsplit(url).path.rsplit("/", 1)[-1]
+    return ("." + name.rsplit(".", 1)[-1].lower()) if "." in name else ""
+
+
+def failure_reason(failure: Any) -> str:
+    """A short, stable reason for a request that produced no response."""
+    error = failure.value
+    text = str(error)
+    if isinstance(error, IgnoreRequest):
+        if "robots.txt" in text:
+            return "robots_txt"
+        if "redirect" in text.lower():
+            return "too_many_redirects"
+        return "ignored"
+    if isinstance(error, ConnectionRefusedError | DNSLookupError):
+        return "unreachable"
+    if isinstance(error, TimeoutError | TCPTimedOutError):
+        return "timeout"
+    if "maxsize" in text.lower() or "max size" in text.lower() or "Cancelled" in type(error).__name__:
+        return "too_large"
+    return type(error).__name__
+
+
+class SiteSpider(scrapy.Spider):
+    name = "mebot"
+
+    def __init__(self, job: dict[str, Any], out_path: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.job = job
+        self.start_url_list: list[str] = job["start_urls"]
+        self.allowed_domains = job["allowed_domains"]
+        self._out = Path(out_path).open("w", encoding="utf-8")
+        self._links = LinkExtractor(allow=job["allow"], deny=job["deny"], deny_extensions=[], unique=True)
+        self._skipped_links: set[str] = set()
+        self.counts = {"pages": 0, "skipped": 0, "errors": 0}
+        self._last_progress = 0.0
+
+    async def start(self):  # Scrapy >= 2.13
+        for origin in sorted({f"{urlsplit(u).scheme}://{urlsplit(u).netloc}" for u in self.start_url_list}):
+            yield scrapy.Request(
+                f"{origin}/robots.txt",
+                callback=self.parse_robots,
+                errback=lambda failure: None,
+                meta={"dont_obey_robotstxt": True, "handle_httpstatus_all": True},
+                priority=100,
+                dont_filter=True,
+            )
+        for url in self.start_url_list:
+            yield scrapy.Request(url, callback=self.parse, errback=self.on_error, meta={"start": True})
+
+    def parse_robots(self, response: Response) -> None:
+        if response.status == 200 and isinstance(response, TextResponse):
+            self.write({"kind": "robots", "url": response.url, "text": response.text})
+
+    def parse(self, response: Response):
+        content_type = response.headers.get("Content-Type", b"").decode("latin-1").lower()
+        is_html = isinstance(response, TextResponse) and ("html" in content_type or not content_type)
+        referer = (response.request.headers.get("Referer") or b"").decode("latin-1") if response.request else ""
+        record = {
+            "kind": "page",
+            "url": response.url,
+            "requested_url": response.request.meta.get("redirect_urls", [response.url])[0]
+            if response.request
+            else response.url,
+            "status": response.status,
+            "content_type": content_type,
+            "referer": referer,
+            "fetched_at": _now(),
+            "start": bool(response.meta.get("start")),
+        }
+        if not is_html:
+            self.write({**record, "kind": "skipped", "reason": "non_html"})
+            return
+        self.write({**record, "html": response.text if response.status < 400 else ""})
+        if response.status >= 400:
+            return
+        for link in self._links.extract_links(response):
+            url = link.url
+            if not self._is_allowed_domain(url):
+                self._skip(url, "off_site", response.url)
+            elif _extension(url) in _NON_HTML_EXTENSIONS:
+                self._skip(url, "non_html", response.url)
+            else:
+                yield response.follow(url, callback=self.parse, errback=self.on_error)
+
+    def on_error(self, failure: Any) -> None:
+        request = failure.request
+        reason = failure_reason(failure)
+        kind = "skipped" if reason in ("robots_txt", "too_large") else "error"
+        self.write(
+            {
+                "kind": kind,
+                "url": request.url,
+                "reason": reason,
+                "detail": str(failure.value)[:300],
+                "referer": (request.headers.get("Referer") or b"").decode("latin-1"),
+                "start": bool(request.meta.get("start")),
+                "fetched_at": _now(),
+            }
+        )
+
+    def _is_allowed_domain(self, url: str) -> bool:
+        host = (urlsplit(url).hostname or "").lower()
+        return any(host == d or host.endswith("." + d) for d in self.allowed_domains)
+
+    def _skip(self, url: str, reason: str, referer: str) -> None:
+        if url in self._skipped_links:
+            return
+        self._skipped_links.add(url)
+        self.write({"kind": "skipped", "url": url, "reason": reason, "referer": referer, "fetched_at": _now()})
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._out.write(json.dumps(record) + "\n")
+        self._out.flush()
+        key = {"page": "pages", "skipped": "skipped", "error": "errors"}.get(record["kind"])
+        if key:
+            self.counts[key] += 1
+            now = time.monotonic()
+            if now - self._last_progress > 2 or self.counts["pages"] % 25 == 0:
+                self._last_progress = now
+                self.progress(record.get("url", ""))
+
+    def progress(self, url: str) -> None:
+        print("PROGRESS " + json.dumps({**self.counts, "url": url}), flush=True)
+
+    def closed(self, reason: str) -> None:
+        self.progress("")
+        print("FINISHED " + json.dumps({"reason": reason}), flush=True)
+        self._out.close()
+
+
+def scrapy_settings(job: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "ROBOTSTXT_OBEY": job["obey_robots_txt"],
+        "USER_AGENT": job["user_agent"],
+        "DOWNLOAD_DELAY": job["download_delay"],
+        "DOWNLOAD_TIMEOUT": job["timeout_s"],
+        "DOWNLOAD_MAXSIZE": job["max_page_bytes"],
+        "DOWNLOAD_WARNSIZE": 0,
+        "CLOSESPIDER_PAGECOUNT": job["max_pages"],
+        "REDIRECT_MAX_TIMES": 5,
+        "RETRY_TIMES": 1,
+        "HTTPERROR_ALLOW_ALL": True,
+        "COOKIES_ENABLED": False,
+        "TELNETCONSOLE_ENABLED": False,
+        "LOG_LEVEL": "ERROR",
+        "REQUEST_FINGERPRINTER_IMPLEMENTATION": "2.7",
+    }
+
+
+def main(argv: list[str]) -> int:
+    job_path, out_path = argv
+    job = json.loads(Path(job_path).read_text(encoding="utf-8"))
+    process = CrawlerProcess(settings=scrapy_settings(job), install_root_handler=True)
+    process.crawl(SiteSpider, job=job, out_path=out_path)
+    process.start()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
