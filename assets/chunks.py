@@ -21,16 +21,33 @@ def chunk_id(url: str, position: int, text: str) -> str:
 def split_text(text: str, chunk_tokens: int, overlap_tokens: int) -> list[str]:
     """Recursive split on paragraphs, lines, then words, measured in cl100k_base tokens; never over the limit."""
     ensure_offline_tiktoken()
-    splitter = RecursiveCharacterTextSplitter.from_tiktoken_encoder(
-        encoding_name=ENCODING_NAME, chunk_size=chunk_tokens, chunk_overlap=overlap_tokens
-    )
-    # The recursive splitter adds up piece lengths, and BPE counts are not additive, so a merged chunk can
-    # end a token or two over; those few are cut again on token boundaries.
-    exact = TokenTextSplitter(encoding_name=ENCODING_NAME, chunk_size=chunk_tokens, chunk_overlap=overlap_tokens)
     chunks: list[str] = []
-    for piece in splitter.split_text(text):
-        chunks.extend(exact.split_text(piece) if count_tokens(piece) > chunk_tokens else [piece])
+    for piece in _recursive_splitter(chunk_tokens, overlap_tokens).split_text(text):
+        chunks.extend(_fit(piece, chunk_tokens, overlap_tokens))
     return [c.strip() for c in chunks if c.strip()]
+
+
+def _recursive_splitter(chunk_tokens: int, overlap_tokens: int) -> RecursiveCharacterTextSplitter:
+    return RecursiveCharacterTextSplitter.from_tiktoken_encoder(
+        encoding_name=ENCODING_NAME, chunk_size=chunk_tokens, chunk_overlap=min(overlap_tokens, chunk_tokens - 1)
+    )
+
+
+def _fit(piece: str, chunk_tokens: int, overlap_tokens: int) -> list[str]:
+    """The recursive splitter adds up piece lengths, and BPE counts are not additive, so a merged chunk can end
+    a few tokens over. Such a chunk is split again, still at word boundaries, with the target lowered by the
+    overshoot; only text with no boundaries at all is cut on token boundaries."""
+    target = chunk_tokens
+    for _ in range(4):
+        overshoot = count_tokens(piece) - chunk_tokens
+        if overshoot <= 0:
+            return [piece]
+        target = max(1, target - overshoot - 2)
+        parts = _recursive_splitter(target, min(overlap_tokens, target // 2)).split_text(piece)
+        if all(count_tokens(p) <= chunk_tokens for p in parts):
+            return parts
+    exact = TokenTextSplitter(encoding_name=ENCODING_NAME, chunk_size=chunk_tokens, chunk_overlap=0)
+    return exact.split_text(piece)
 
 
 def chunk_pages(pages: pd.DataFrame, chunk_tokens: int, overlap_tokens: int) -> pd.DataFrame:

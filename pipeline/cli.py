@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from pipeline.settings import CONFIG_ENV_VAR, PROJECT_ROOT, SettingsError, load_settings
@@ -46,11 +47,20 @@ def _summary_lines(result) -> list[str]:
     return lines
 
 
+def user_error_message(error) -> str:
+    """The innermost error of a failed step: the user's exception, not Dagster's wrapper around it."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
+
+
 def cmd_run(config: Path, select: str) -> int:
     import dagster as dg
 
     from pipeline.definitions import build_definitions
 
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     defs = build_definitions(config)
     started = time.monotonic()
     print(f"mebot: materializing {select!r} with {config}", flush=True)
@@ -60,6 +70,7 @@ def cmd_run(config: Path, select: str) -> int:
         instance=dg.DagsterInstance.get(),
         selection=select,
         raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         tags={"mebot/command": "run"},
     )
     elapsed = time.monotonic() - started
@@ -68,7 +79,7 @@ def cmd_run(config: Path, select: str) -> int:
     if not result.success:
         for event in result.all_events:
             if event.is_failure and event.step_failure_data:
-                print(f"\n{event.step_key}: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
+                print(f"\n{event.step_key}: {user_error_message(event.step_failure_data.error)}", file=sys.stderr)
     return 0 if result.success else 1
 
 

@@ -97,7 +97,7 @@ class SiteSettings(_Section):
 
 
 class PersonaSettings(_Section):
-    name: str = Field("Mara Lindqvist", min_length=1, description="Whose site this is; the bot speaks as them.")
+    name: str = Field("Tobias Renwick", min_length=1, description="Whose site this is; the bot speaks as them.")
     description: str = Field("", description="One line about the person, used in prompts.")
 
 

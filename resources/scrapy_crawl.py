@@ -10,6 +10,7 @@ Progress goes to stdout as `PROGRESS {json}` lines, which the parent relays to t
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -70,6 +71,8 @@ class SiteSpider(scrapy.Spider):
         self.allowed_domains = job["allowed_domains"]
         self._out = Path(out_path).open("w", encoding="utf-8")
         self._links = LinkExtractor(allow=job["allow"], deny=job["deny"], deny_extensions=[], unique=True)
+        self._allow = [re.compile(p) for p in job["allow"]]
+        self._deny = [re.compile(p) for p in job["deny"]]
         self._skipped_links: set[str] = set()
         self.counts = {"pages": 0, "skipped": 0, "errors": 0}
         self._last_progress = 0.0
@@ -107,6 +110,10 @@ class SiteSpider(scrapy.Spider):
             "fetched_at": _now(),
             "start": bool(response.meta.get("start")),
         }
+        if not response.meta.get("start") and not self._matches_patterns(response.url):
+            # reached through a redirect from an allowed URL; the patterns apply to where it landed
+            self.write({**record, "kind": "skipped", "reason": "denied_after_redirect"})
+            return
         if not is_html:
             self.write({**record, "kind": "skipped", "reason": "non_html"})
             return
@@ -137,6 +144,10 @@ class SiteSpider(scrapy.Spider):
                 "fetched_at": _now(),
             }
         )
+
+    def _matches_patterns(self, url: str) -> bool:
+        allowed = not self._allow or any(p.search(url) for p in self._allow)
+        return allowed and not any(p.search(url) for p in self._deny)
 
     def _is_allowed_domain(self, url: str) -> bool:
         host = (urlsplit(url).hostname or "").lower()

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.settings import DEFAULT_CONFIG_PATH
+from tests.sites import write_small_site
+
+
+def deep_merge(base: dict, overrides: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.fixture
+def small_site(tmp_path: Path) -> Path:
+    return write_small_site(tmp_path / "site")
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write the project's mebot.yaml with `overrides` deep-merged in; returns the file's path."""
+
+    def make(overrides: dict[str, Any] | None = None, name: str = "mebot.yaml") -> Path:
+        base = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(deep_merge(base, overrides or {})), encoding="utf-8")
+        return path
+
+    return make
+
+
+@pytest.fixture
+def site_config(make_config: Callable[..., Path], small_site: Path) -> Callable[..., Path]:
+    """A settings file that crawls the small generated site quickly, with more overrides on top."""
+
+    def make(overrides: dict[str, Any] | None = None, name: str = "mebot.yaml") -> Path:
+        local = {"site": {"local_dir": str(small_site), "local_port": 0, "download_delay": 0}}
+        return make_config(deep_merge(local, overrides or {}), name=name)
+
+    return make

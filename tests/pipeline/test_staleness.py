@@ -1,0 +1,101 @@
+"""Editing a setting makes exactly the assets that read it stale in Dagster; downstream follows once the
+re-materialized upstream actually has new data (data versions), which is what keeps recrawls incremental."""
+
+import socket
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._core.definitions.data_version import StaleStatus
+from dagster._utils.test.data_versions import get_stale_status_resolver
+
+from pipeline.cli import user_error_message
+from pipeline.definitions import build_definitions
+from pipeline.settings import DEFAULT_CONFIG_PATH
+from tests.conftest import deep_merge
+from tests.sites import write_small_site
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+FRESH, STALE = StaleStatus.FRESH, StaleStatus.STALE
+
+
+@pytest.fixture
+def project(tmp_path):
+    """(instance, make_defs): the whole graph materialized once into a persistent test instance."""
+    site = write_small_site(tmp_path / "site")
+    base = deep_merge(
+        yaml.safe_load(DEFAULT_CONFIG_PATH.read_text()),
+        # one fixed port for every crawl of the test, so unchanged pages keep their URLs
+        {"site": {"local_dir": str(site), "local_port": free_port(), "download_delay": 0}},
+    )
+
+    def make_defs(overrides: dict, name: str) -> dg.Definitions:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(deep_merge(base, overrides)))
+        return build_definitions(path, data_dir=tmp_path / "data")
+
+    with dg.instance_for_test() as instance:
+        assert _materialize(instance, make_defs({}, "original")).success
+        yield instance, make_defs
+
+
+def _materialize(instance, defs: dg.Definitions, selection: str = "*") -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [*defs.assets, *defs.asset_checks], resources=defs.resources, instance=instance, selection=selection
+    )
+
+
+def _statuses(instance, defs: dg.Definitions) -> dict[str, StaleStatus]:
+    resolver = get_stale_status_resolver(instance, list(defs.assets))
+    return {key.to_user_string(): resolver.get_status(key) for a in defs.assets for key in a.keys}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, {"raw_pages": FRESH, "rag_chunks": FRESH}),
+        ({"rag": {"chunk_tokens": 500}}, {"raw_pages": FRESH, "rag_chunks": STALE}),
+        ({"site": {"deny": ["post-3"]}}, {"raw_pages": STALE, "rag_chunks": FRESH}),
+        ({"persona": {"name": "Somebody"}}, {"raw_pages": FRESH, "rag_chunks": FRESH}),
+        ({"serve": {"port": 8123}}, {"raw_pages": FRESH, "rag_chunks": FRESH}),
+    ],
+)
+def test_a_settings_edit_makes_exactly_the_assets_that_read_it_stale(project, overrides, expected):
+    instance, make_defs = project
+    assert _statuses(instance, make_defs(overrides, "edited")) == expected
+
+
+def test_downstream_turns_stale_when_the_edited_upstream_produces_new_data(project):
+    instance, make_defs = project
+    defs = make_defs({"site": {"deny": ["post-3"]}}, "deny")
+    assert _materialize(instance, defs, "raw_pages").success
+    assert _statuses(instance, defs) == {"raw_pages": FRESH, "rag_chunks": STALE}
+
+
+def test_downstream_stays_fresh_when_the_edited_upstream_produces_the_same_data(project):
+    instance, make_defs = project
+    defs = make_defs({"site": {"max_pages": 400}}, "same-data")
+    assert _statuses(instance, defs)["raw_pages"] == STALE
+    assert _materialize(instance, defs, "raw_pages").success
+    assert _statuses(instance, defs) == {"raw_pages": FRESH, "rag_chunks": FRESH}
+
+
+def test_an_asset_refuses_to_run_when_the_file_changed_after_loading(project):
+    instance, make_defs = project
+    defs = make_defs({"rag": {"chunk_tokens": 600}}, "edited-later")
+    config_path = defs.resources["settings"].config_path
+    with open(config_path) as handle:
+        text = handle.read()
+    with open(config_path, "w") as handle:
+        handle.write(text.replace("chunk_tokens: 600", "chunk_tokens: 700"))
+    result = dg.materialize(
+        [*defs.assets], resources=defs.resources, instance=instance, selection="rag_chunks", raise_on_error=False
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "changed after the definitions were loaded" in user_error_message(failure.step_failure_data.error)
