@@ -23,8 +23,8 @@ def _prepare_environment(config: Path) -> None:
     home = Path(os.environ.get(DAGSTER_HOME_ENV_VAR) or PROJECT_ROOT).resolve()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
-    # dagster.yaml's storage paths are relative to the project root.
-    os.chdir(PROJECT_ROOT)
+    # dagster.yaml's storage paths (.dagster_home/...) are relative, so they resolve inside DAGSTER_HOME.
+    os.chdir(home)
 
 
 def _summary_lines(result) -> list[str]:

@@ -1,0 +1,62 @@
+"""`mebot run` on the embedded sample site: the whole default graph, through the real command."""
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from pipeline.settings import PROJECT_ROOT
+
+CHROME_PHRASES = ["Related posts", "Leave a comment", "Powered by a static site generator", "Recent posts"]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    config = root / "mebot.yaml"
+    # The project's own settings, with the crawl delay off and any free port to keep the test quick.
+    config.write_text(
+        (PROJECT_ROOT / "mebot.yaml").read_text()
+        .replace("download_delay: 0.25", "download_delay: 0")
+        .replace("local_port: 8765", "local_port: 0")
+    )
+    env = {**os.environ, "MEBOT_DATA_DIR": str(root / "data"), "MEBOT_DAGSTER_HOME": str(root / "home")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "--config", str(config), "run"],
+        capture_output=True, text=True, env=env, timeout=600, cwd=root,
+    )
+    return result, root / "data"
+
+
+def test_mebot_run_succeeds_and_prints_a_summary(default_run):
+    result, _ = default_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mebot run succeeded" in result.stdout
+    assert "raw_pages:" in result.stdout and "rag_chunks:" in result.stdout
+    assert "FAILED" not in result.stdout
+
+
+def test_sample_site_pages_are_kept_without_private_pages_or_chrome(default_run):
+    _, data = default_run
+    pages = pd.read_parquet(data / "raw_pages.parquet")
+    ok = pages[pages["status"] == 200]
+    assert len(ok) >= 16
+    assert not pages["url"].str.contains("/private/").any()
+    assert not pages["url"].str.contains("/tags/").any()
+    assert ok["url"].is_unique and not ok["url"].str.contains("utm_|#").any()
+    for phrase in CHROME_PHRASES:
+        assert not ok["text"].str.contains(phrase, regex=False).any(), phrase
+    assert (ok["title"] != "").all()
+    assert not ok.apply(lambda row: row["text"].startswith(row["title"]), axis=1).any()
+    assert (pages["status"] == 404).sum() == 1
+
+
+def test_sample_site_chunks_fit_the_token_limit_and_cover_every_page(default_run):
+    _, data = default_run
+    pages = pd.read_parquet(data / "raw_pages.parquet")
+    chunks = pd.read_parquet(data / "rag_chunks.parquet")
+    assert chunks["n_tokens"].max() <= 900
+    assert set(chunks["url"]) == set(pages.loc[pages["status"] == 200, "url"])
+    assert chunks["text"].str.contains("Brenda").any()
