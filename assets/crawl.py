@@ -91,7 +91,7 @@ def build_raw_pages(crawl: CrawlRecords, site: SiteSettings) -> tuple[pd.DataFra
     frame = pd.DataFrame(list(rows.values()), columns=RAW_PAGES_COLUMNS)
     frame["status"] = frame["status"].astype("int64")
     frame = frame.sort_values("url", kind="stable").reset_index(drop=True)
-    summary.pages = int((frame["status"] < 400).sum())
+    summary.pages = int(((frame["status"] < 400) & (frame["text"] != "")).sum())
     return frame, summary
 
 

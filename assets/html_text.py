@@ -2,11 +2,13 @@
 
 The text keeps the page's structure as plain text: one paragraph per block element, separated by blank
 lines; whitespace inside a paragraph collapsed to single spaces (sentences are never split across lines);
-`<br>` and table rows become line breaks; `<pre>` keeps its lines; list items start with "- ".
+`<br>` and table rows become line breaks (a table is one paragraph, a row per line, cells joined by " | ");
+`<pre>` keeps its lines; list items start with "- "; control characters become spaces.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -15,7 +17,7 @@ import lxml.html
 
 _BLOCK_TAGS = frozenset(
     "address article aside blockquote caption dd details dialog div dl dt fieldset figcaption figure footer "
-    "form h1 h2 h3 h4 h5 h6 header hgroup hr li main nav ol p section summary table tbody thead tfoot tr ul".split()
+    "form h1 h2 h3 h4 h5 h6 header hgroup hr li main nav ol p section summary table ul".split()
 )
 _CELL_TAGS = frozenset({"td", "th"})
 
@@ -27,14 +29,26 @@ class ExtractedPage:
     canonical_href: str | None
 
 
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
+
+
 class _ParagraphWriter:
     def __init__(self) -> None:
         self.paragraphs: list[str] = []
         self._lines: list[list[str]] = [[]]
+        self._prefix = ""  # a list marker waiting for the item's first words
 
     def add(self, text: str | None) -> None:
-        if text:
+        if text and text.strip():
+            if self._prefix:
+                text, self._prefix = self._prefix + text.lstrip(), ""
             self._lines[-1].append(text)
+        elif text:
+            self._lines[-1].append(text)
+
+    def start_list_item(self) -> None:
+        self._prefix = "- "
 
     def line_break(self) -> None:
         self._lines.append([])
@@ -62,14 +76,14 @@ def _walk(element: lxml.html.HtmlElement, out: _ParagraphWriter) -> None:
     elif tag == "pre":
         out.add_verbatim(element.text_content())
     elif tag == "tr":
-        out.flush()
         cells = [" ".join(cell.text_content().split()) for cell in element if cell.tag in _CELL_TAGS]
+        out.line_break()
         out.add(" | ".join(cells))
-        out.flush()
+        out.line_break()
     elif tag in _BLOCK_TAGS:
         out.flush()
         if tag == "li":
-            out.add("- ")
+            out.start_list_item()
         out.add(element.text)
         for child in element:
             _walk(child, out)
@@ -98,6 +112,8 @@ def _outermost(elements: list[lxml.html.HtmlElement]) -> list[lxml.html.HtmlElem
 def parse_html(html: str) -> lxml.html.HtmlElement | None:
     if not html or not html.strip():
         return None
+    # lxml refuses str input that carries an encoding declaration (XHTML pages)
+    html = _CONTROL_CHARS.sub(" ", _XML_DECLARATION.sub("", html, count=1))
     try:
         return lxml.html.document_fromstring(html)
     except (lxml.etree.ParserError, ValueError):

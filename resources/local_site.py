@@ -13,6 +13,7 @@ import http.server
 import logging
 import socketserver
 import threading
+import urllib.parse
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -43,8 +44,11 @@ class StaticSiteHandler(http.server.SimpleHTTPRequestHandler):
     redirects: dict[str, tuple[str, int]] = {}
     server_version = "mebot-local-site"
 
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.do_GET()
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        path = self.path.split("?", 1)[0].split("#", 1)[0]
+        path = urllib.parse.unquote(self.path.split("?", 1)[0].split("#", 1)[0])
         if path in self.redirects:
             target, status = self.redirects[path]
             self.send_response(status)
@@ -61,7 +65,10 @@ class StaticSiteHandler(http.server.SimpleHTTPRequestHandler):
             content_type = "text/plain" if local.suffix == ".txt" else "application/xml"
             self._send_body(200, f"{content_type}; charset=utf-8", body)
             return
-        super().do_GET()
+        if self.command == "HEAD":
+            super().do_HEAD()
+        else:
+            super().do_GET()
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         not_found_page = Path(self.directory) / "404.html"

@@ -20,7 +20,15 @@ from urllib.parse import urlsplit
 
 import scrapy
 from scrapy.crawler import CrawlerProcess
-from scrapy.exceptions import IgnoreRequest
+from scrapy import signals
+from scrapy.exceptions import (
+    CannotResolveHostError,
+    CloseSpider,
+    DownloadCancelledError,
+    DownloadConnectionRefusedError,
+    DownloadTimeoutError,
+    IgnoreRequest,
+)
 from scrapy.http import Response, TextResponse
 from scrapy.linkextractors import IGNORED_EXTENSIONS, LinkExtractor
 from twisted.internet.error import (
@@ -52,17 +60,25 @@ def failure_reason(failure: Any) -> str:
         if "redirect" in text.lower():
             return "too_many_redirects"
         return "ignored"
-    if isinstance(error, ConnectionRefusedError | DNSLookupError):
+    if isinstance(
+        error, ConnectionRefusedError | DNSLookupError | DownloadConnectionRefusedError | CannotResolveHostError
+    ):
         return "unreachable"
-    if isinstance(error, TimeoutError | TCPTimedOutError):
+    if isinstance(error, TimeoutError | TCPTimedOutError | DownloadTimeoutError):
         return "timeout"
-    if "maxsize" in text.lower() or "max size" in text.lower() or "Cancelled" in type(error).__name__:
+    if isinstance(error, DownloadCancelledError) or "maxsize" in text.lower() or "max size" in text.lower():
         return "too_large"
     return type(error).__name__
 
 
 class SiteSpider(scrapy.Spider):
     name = "mebot"
+
+    @classmethod
+    def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> SiteSpider:
+        spider = super().from_crawler(crawler, *args, **kwargs)
+        crawler.signals.connect(spider.on_request_dropped, signal=signals.request_dropped)
+        return spider
 
     def __init__(self, job: dict[str, Any], out_path: str, **kwargs: Any):
         super().__init__(**kwargs)
@@ -117,7 +133,11 @@ class SiteSpider(scrapy.Spider):
         if not is_html:
             self.write({**record, "kind": "skipped", "reason": "non_html"})
             return
+        if self.counts["pages"] >= self.job["max_pages"]:
+            return  # a response still in flight when the cap was reached
         self.write({**record, "html": response.text if response.status < 400 else ""})
+        if self.counts["pages"] >= self.job["max_pages"]:
+            raise CloseSpider("max_pages")
         if response.status >= 400:
             return
         for link in self._links.extract_links(response):
@@ -129,6 +149,23 @@ class SiteSpider(scrapy.Spider):
             else:
                 yield response.follow(url, callback=self.parse, errback=self.on_error)
 
+    def on_request_dropped(self, request: scrapy.Request, spider: scrapy.Spider) -> None:
+        """The duplicate filter drops a redirect to a URL already requested. When that URL is in the request's
+        own redirect chain, it is a loop; otherwise the page was simply reached another way before."""
+        chain = request.meta.get("redirect_urls") or []
+        if request.url in chain:
+            self.write(
+                {
+                    "kind": "error",
+                    "url": request.meta["redirect_urls"][0],
+                    "reason": "too_many_redirects",
+                    "detail": "redirect loop: " + " -> ".join([*request.meta["redirect_urls"], request.url]),
+                    "referer": (request.headers.get("Referer") or b"").decode("latin-1"),
+                    "start": bool(request.meta.get("start")),
+                    "fetched_at": _now(),
+                }
+            )
+
     def on_error(self, failure: Any) -> None:
         request = failure.request
         reason = failure_reason(failure)
@@ -136,7 +173,8 @@ class SiteSpider(scrapy.Spider):
         self.write(
             {
                 "kind": kind,
-                "url": request.url,
+                # the URL that was asked for, not the last hop of a redirect chain
+                "url": request.meta.get("redirect_urls", [request.url])[0],
                 "reason": reason,
                 "detail": str(failure.value)[:300],
                 "referer": (request.headers.get("Referer") or b"").decode("latin-1"),
@@ -187,7 +225,6 @@ def scrapy_settings(job: dict[str, Any]) -> dict[str, Any]:
         "DOWNLOAD_TIMEOUT": job["timeout_s"],
         "DOWNLOAD_MAXSIZE": job["max_page_bytes"],
         "DOWNLOAD_WARNSIZE": 0,
-        "CLOSESPIDER_PAGECOUNT": job["max_pages"],
         "REDIRECT_MAX_TIMES": 5,
         "RETRY_TIMES": 1,
         "HTTPERROR_ALLOW_ALL": True,

@@ -53,7 +53,15 @@ def test_chrome_of_a_full_page_template_is_dropped() -> None:
     page = extract(html)
     assert page.title == "A post"
     assert page.text == "Only this paragraph is content."
-    for chrome in ("Test Site", "Related posts", "Be the first", "gardening", "Copyright", "Drafts", "dataLayer"):
+    for chrome in (
+        "Test Site",
+        "Related posts",
+        "Be the first",
+        "gardening",
+        "Copyright",
+        "Drafts",
+        "dataLayer",
+    ):
         assert chrome not in page.text
 
 
@@ -71,10 +79,16 @@ def test_h1_becomes_the_title_and_is_not_glued_into_the_text() -> None:
     "html, title",
     [
         ("<html><head><title>  Head   title </title></head><body><p>text</p></body></html>", "Head title"),
-        ("<html><head><title>Head title</title></head><body><article><h1></h1><p>t</p></article></body></html>",
-         "Head title"),
-        ("<html><head><title>Head title</title></head><body><article><h1>  Spread\n  heading </h1></article>"
-         "</body></html>", "Spread heading"),
+        (
+            "<html><head><title>Head title</title></head>"
+            "<body><article><h1></h1><p>t</p></article></body></html>",
+            "Head title",
+        ),
+        (
+            "<html><head><title>Head title</title></head>"
+            "<body><article><h1>  Spread\n  heading </h1></article></body></html>",
+            "Spread heading",
+        ),
         ("<html><body><p>no title at all</p></body></html>", ""),
     ],
     ids=["no-h1", "empty-h1", "h1-whitespace-collapsed", "neither"],
@@ -90,7 +104,10 @@ def test_title_comes_from_h1_else_from_head_title(html: str, title: str) -> None
     "inner, text",
     [
         ("<p>First.</p><p>Second.</p>", "First.\n\nSecond."),
-        ("<p>A sentence spread\n   over several\n\tsource lines.</p>", "A sentence spread over several source lines."),
+        (
+            "<p>A sentence spread\n   over several\n\tsource lines.</p>",
+            "A sentence spread over several source lines.",
+        ),
         ("<p>  lots   of    spaces  </p>", "lots of spaces"),
         ("<p>bold <b>word</b> and <a href='/x'>a\n link</a> inline.</p>", "bold word and a link inline."),
         ("<p>line one<br>line two<br/>line three</p>", "line one\nline two\nline three"),
@@ -132,28 +149,22 @@ def test_pre_keeps_its_lines_while_neighbouring_paragraphs_collapse() -> None:
 
 
 def test_table_cells_collapse_whitespace() -> None:
-    html = body("<article><table><tbody><tr><td> spread\n  cell </td><td>b</td></tr></tbody></table></article>")
+    html = body(
+        "<article><table><tbody><tr><td> spread\n  cell </td><td>b</td></tr></tbody></table></article>"
+    )
     assert extract(html).text == "spread cell | b"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG assets/html_text.py _walk: an <li> whose content starts with a block child (<li><p>..</p></li>, "
-    "as Markdown loose lists render) flushes the '- ' marker as its own paragraph: '-\\n\\none'",
-)
 def test_list_item_wrapping_a_paragraph_starts_with_a_dash() -> None:
     html = body("<article><ul><li><p>one</p></li><li><p>two</p></li></ul></article>")
     lines = [line for line in extract(html).text.splitlines() if line]
     assert lines == ["- one", "- two"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="module docstring says table rows become line breaks (like <br>), but each <tr> is flushed as its "
-    "own paragraph, so rows are separated by a blank line",
-)
 def test_table_rows_are_consecutive_lines() -> None:
-    html = body("<article><table><tr><td>a</td><td>b</td></tr><tr><td>c</td><td>d</td></tr></table></article>")
+    html = body(
+        "<article><table><tr><td>a</td><td>b</td></tr><tr><td>c</td><td>d</td></tr></table></article>"
+    )
     assert extract(html).text == "a | b\nc | d"
 
 
@@ -228,11 +239,6 @@ def test_empty_or_whitespace_html_gives_empty_title_and_text(html: str) -> None:
     assert page.canonical_href is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG assets/html_text.py parse_html: lxml refuses a str with an XML encoding declaration "
-    "(ValueError), which parse_html swallows, so every XHTML page (<?xml ... encoding=...?>) yields empty text",
-)
 def test_xhtml_page_with_xml_declaration_yields_its_text() -> None:
     html = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'

@@ -9,7 +9,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from scrapy.exceptions import CannotResolveHostError, DownloadConnectionRefusedError, DownloadTimeoutError, IgnoreRequest
+from scrapy.exceptions import (
+    CannotResolveHostError,
+    DownloadConnectionRefusedError,
+    DownloadTimeoutError,
+    IgnoreRequest,
+)
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError, TimeoutError
 from twisted.python.failure import Failure
 
@@ -69,7 +74,9 @@ def crawl_site(site_dir: Path, settings: SiteSettings, start_paths: tuple[str, .
     handler = recording_handler()
     progress: list[str] = []
     with LocalSite(site_dir, port=0, handler=handler) as site:
-        crawl = ScrapyCrawler().crawl(settings, [site.base_url + p for p in start_paths], on_progress=progress.append)
+        crawl = ScrapyCrawler().crawl(
+            settings, [site.base_url + p for p in start_paths], on_progress=progress.append
+        )
         base_url = site.base_url
     return Crawled(crawl, list(handler.requested), progress, base_url)
 
@@ -149,8 +156,10 @@ def test_progress_callback_receives_count_lines(default_crawl: Crawled) -> None:
     assert default_crawl.progress
     assert all(line.startswith("crawl: ") for line in default_crawl.progress)
     counts = default_crawl.crawl
-    last = f"crawl: {len(counts.of_kind('page'))} pages, {len(counts.of_kind('skipped'))} skipped, " \
+    last = (
+        f"crawl: {len(counts.of_kind('page'))} pages, {len(counts.of_kind('skipped'))} skipped, "
         f"{len(counts.of_kind('error'))} errors"
+    )
     assert default_crawl.progress[-1] == last
 
 
@@ -168,7 +177,11 @@ def test_fetches_robots_disallowed_url_when_not_obeying(small_site_dir: Path) ->
 def test_allow_patterns_limit_followed_links(small_site_dir: Path) -> None:
     crawled = crawl_site(small_site_dir, SiteSettings(allow=[r"/posts/post-[01]/$"], **FAST))
     assert set(crawled.requested) == {"/robots.txt", "/", "/posts/post-0/", "/posts/post-1/"}
-    assert paths([r["url"] for r in crawled.crawl.of_kind("page")]) == {"/", "/posts/post-0/", "/posts/post-1/"}
+    assert paths([r["url"] for r in crawled.crawl.of_kind("page")]) == {
+        "/",
+        "/posts/post-0/",
+        "/posts/post-1/",
+    }
 
 
 def test_deny_patterns_stop_links_from_being_followed(small_site_dir: Path) -> None:
@@ -178,6 +191,15 @@ def test_deny_patterns_stop_links_from_being_followed(small_site_dir: Path) -> N
     assert paths([r["url"] for r in crawled.crawl.of_kind("page")]) == {"/", "/about/"}
 
 
+def test_deny_pattern_applies_where_a_redirect_lands(small_site_dir: Path) -> None:
+    # /old/ (allowed) redirects to /posts/post-3/ (denied); the landing page must not be kept
+    crawled = crawl_site(small_site_dir, SiteSettings(deny=[r"/posts/post-3/"], **FAST))
+    assert "/old/" in crawled.requested
+    assert paths(by_reason(crawled.crawl, "skipped", "denied_after_redirect")) == {"/posts/post-3/"}
+    assert "/posts/post-3/" not in paths([r["url"] for r in crawled.crawl.of_kind("page")])
+    assert "/posts/post-2/" in paths([r["url"] for r in crawled.crawl.of_kind("page")])
+
+
 @pytest.fixture(scope="module")
 def big_site_crawl(tmp_path_factory: pytest.TempPathFactory) -> Crawled:
     site_dir = write_small_site(tmp_path_factory.mktemp("big-site"), posts=40)
@@ -185,17 +207,10 @@ def big_site_crawl(tmp_path_factory: pytest.TempPathFactory) -> Crawled:
 
 
 def test_max_pages_stops_the_crawl(big_site_crawl: Crawled) -> None:
-    assert big_site_crawl.crawl.finish_reason == "closespider_pagecount"
-    # the site has 44 pages; the crawl closes after 5 responses (in-flight requests still complete)
-    assert len(big_site_crawl.crawl.of_kind("page")) < 5 + 16
+    # the site has 44 pages; the spider closes itself once it has recorded 5
+    assert big_site_crawl.crawl.finish_reason == "max_pages"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG resources/scrapy_crawl.py: max_pages is CLOSESPIDER_PAGECOUNT, which counts the two robots.txt "
-    "responses and lets up to CONCURRENT_REQUESTS (16) in-flight responses be recorded after the close, so "
-    "max_pages=5 with download_delay=0 records ~16 pages",
-)
 def test_max_pages_caps_the_number_of_recorded_pages(big_site_crawl: Crawled) -> None:
     assert len(big_site_crawl.crawl.of_kind("page")) <= 5
 
@@ -212,10 +227,14 @@ def test_crawl_job_defaults_allowed_domains_to_start_url_hosts() -> None:
 
 def test_redirect_chain_longer_than_five_hops_is_too_many_redirects(tmp_path: Path) -> None:
     site_dir = tmp_path / "site"
-    write_page(site_dir, "/", page_html("/", "Home", '<p><a href="/r0/">chain</a> <a href="/about/">about</a></p>'))
+    write_page(
+        site_dir, "/", page_html("/", "Home", '<p><a href="/r0/">chain</a> <a href="/about/">about</a></p>')
+    )
     write_page(site_dir, "/about/", page_html("/about/", "About", "<p>about</p>"))
     write_page(site_dir, "/r8/", page_html("/r8/", "End", "<p>end of chain</p>"))
-    (site_dir / "_redirects").write_text("".join(f"/r{i}/ /r{i + 1}/ 301\n" for i in range(8)), encoding="utf-8")
+    (site_dir / "_redirects").write_text(
+        "".join(f"/r{i}/ /r{i + 1}/ 301\n" for i in range(8)), encoding="utf-8"
+    )
     crawled = crawl_site(site_dir, SiteSettings(**FAST))
     errors = crawled.crawl.of_kind("error")
     assert [e["reason"] for e in errors] == ["too_many_redirects"]
@@ -223,12 +242,6 @@ def test_redirect_chain_longer_than_five_hops_is_too_many_redirects(tmp_path: Pa
     assert "/about/" in paths([r["url"] for r in crawled.crawl.of_kind("page")])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG resources/scrapy_crawl.py: in a redirect loop the redirected request to an already-seen URL is "
-    "dropped by Scrapy's dupefilter (RedirectMiddleware copies dont_filter=False), so the loop ends silently: "
-    "no error record, never too_many_redirects",
-)
 def test_redirect_loop_is_recorded_as_too_many_redirects(tmp_path: Path) -> None:
     site_dir = tmp_path / "site"
     write_page(site_dir, "/", page_html("/", "Home", '<p><a href="/loop-a/">loop</a></p>'))
@@ -238,11 +251,6 @@ def test_redirect_loop_is_recorded_as_too_many_redirects(tmp_path: Path) -> None
     assert by_reason(crawled.crawl, "error", "too_many_redirects")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG resources/scrapy_crawl.py failure_reason: Scrapy 2.19 raises scrapy.exceptions."
-    "DownloadConnectionRefusedError, not twisted's ConnectionRefusedError, so the reason is the class name",
-)
 def test_unreachable_start_url_is_recorded_as_unreachable() -> None:
     url = f"http://127.0.0.1:{closed_port()}/"
     crawl = ScrapyCrawler().crawl(SiteSettings(**FAST), [url], on_progress=lambda line: None)
@@ -254,7 +262,9 @@ def test_unreachable_start_url_is_recorded_as_unreachable() -> None:
 @pytest.fixture(scope="module")
 def slow_crawl(tmp_path_factory: pytest.TempPathFactory) -> Crawled:
     site_dir = tmp_path_factory.mktemp("slow-site")
-    write_page(site_dir, "/", page_html("/", "Home", '<p><a href="/slow/">slow</a> <a href="/about/">about</a></p>'))
+    write_page(
+        site_dir, "/", page_html("/", "Home", '<p><a href="/slow/">slow</a> <a href="/about/">about</a></p>')
+    )
     write_page(site_dir, "/slow/", page_html("/slow/", "Slow", "<p>too late</p>"))
     write_page(site_dir, "/about/", page_html("/about/", "About", "<p>about</p>"))
     return crawl_site(site_dir, SiteSettings(timeout_s=0.5, **FAST))
@@ -268,11 +278,6 @@ def test_slow_page_is_an_error_and_the_crawl_goes_on(slow_crawl: Crawled) -> Non
     assert paths(ok) == {"/", "/about/"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG resources/scrapy_crawl.py failure_reason: Scrapy 2.19 raises scrapy.exceptions.DownloadTimeoutError, "
-    "not twisted's TimeoutError, so the reason is 'DownloadTimeoutError' instead of 'timeout'",
-)
 def test_slow_page_is_recorded_as_timeout(slow_crawl: Crawled) -> None:
     assert [e["reason"] for e in slow_crawl.crawl.of_kind("error")] == ["timeout"]
 
@@ -289,16 +294,16 @@ def test_slow_page_is_recorded_as_timeout(slow_crawl: Crawled) -> None:
         (ValueError("Expected to receive 10 bytes which is larger than download max size (5)"), "too_large"),
         (KeyError("other"), "KeyError"),
         pytest.param(
-            DownloadConnectionRefusedError(), "unreachable",
-            marks=pytest.mark.xfail(strict=True, reason="BUG failure_reason: Scrapy's own exception not mapped"),
+            DownloadConnectionRefusedError(),
+            "unreachable",
         ),
         pytest.param(
-            CannotResolveHostError(), "unreachable",
-            marks=pytest.mark.xfail(strict=True, reason="BUG failure_reason: Scrapy's own exception not mapped"),
+            CannotResolveHostError(),
+            "unreachable",
         ),
         pytest.param(
-            DownloadTimeoutError("took longer than 30.0 seconds"), "timeout",
-            marks=pytest.mark.xfail(strict=True, reason="BUG failure_reason: Scrapy's own exception not mapped"),
+            DownloadTimeoutError("took longer than 30.0 seconds"),
+            "timeout",
         ),
     ],
     ids=lambda value: type(value).__name__ if isinstance(value, Exception) else None,
@@ -318,7 +323,7 @@ def test_crash_of_the_crawl_process_raises_crawl_process_error() -> None:
 def test_crawl_process_error_carries_the_end_of_stderr(tmp_path: Path) -> None:
     fake_python = tmp_path / "fake-python"
     fake_python.write_text(
-        "#!/bin/sh\nfor i in $(seq 1 30); do echo \"noise line $i\" >&2; done\n"
+        '#!/bin/sh\nfor i in $(seq 1 30); do echo "noise line $i" >&2; done\n'
         "echo 'Traceback: twisted reactor exploded' >&2\nexit 3\n",
         encoding="utf-8",
     )

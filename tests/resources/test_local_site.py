@@ -52,7 +52,9 @@ def test_applies_redirect_rules(tmp_path: Path) -> None:
     site_dir = tmp_path / "site"
     write_page(site_dir, "/", page_html("/", "Home", "<p>home</p>"))
     (site_dir / "_redirects").write_text(
-        "# comment line\n\n/old/ /new/ 301\n/moved/ /elsewhere/ 302  # trailing comment\n/default/ /target/\n",
+        "# comment line\n\n/old/ /new/ 301\n"
+        "/moved/ /elsewhere/ 302  # trailing comment\n"
+        "/default/ /target/\n",
         encoding="utf-8",
     )
     with LocalSite(site_dir) as site:
@@ -81,7 +83,9 @@ def test_no_redirects_file_means_no_rules(tmp_path: Path) -> None:
 def test_substitutes_base_url_in_robots_txt_and_sitemap_xml(tmp_path: Path) -> None:
     site_dir = tmp_path / "site"
     write_page(site_dir, "/", page_html("/", "Home", "<p>home</p>"))
-    (site_dir / "robots.txt").write_text("User-agent: *\nSitemap: {{base_url}}/sitemap.xml\n", encoding="utf-8")
+    (site_dir / "robots.txt").write_text(
+        "User-agent: *\nSitemap: {{base_url}}/sitemap.xml\n", encoding="utf-8"
+    )
     (site_dir / "sitemap.xml").write_text(
         "<urlset><url><loc>{{base_url}}/</loc></url><url><loc>{{base_url}}/about/</loc></url></urlset>",
         encoding="utf-8",
@@ -96,7 +100,10 @@ def test_substitutes_base_url_in_robots_txt_and_sitemap_xml(tmp_path: Path) -> N
     assert int(robots[1]["content-length"]) == len(robots[2])
     assert sitemap[0] == 200
     assert sitemap[1]["content-type"].startswith("application/xml")
-    assert sitemap[2].decode() == f"<urlset><url><loc>{base}/</loc></url><url><loc>{base}/about/</loc></url></urlset>"
+    assert (
+        sitemap[2].decode()
+        == f"<urlset><url><loc>{base}/</loc></url><url><loc>{base}/about/</loc></url></urlset>"
+    )
     assert b"{{base_url}}" not in robots[2] + sitemap[2]
 
 
@@ -136,11 +143,6 @@ def test_refuses_to_serve_files_starting_with_underscore(small_site: Path, path:
     assert b"secret" not in body and b"/old/" not in body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG resources/local_site.py StaticSiteHandler.do_GET: the '_' check runs on the still "
-    "percent-encoded path, but translate_path() unquotes it, so /%5Fredirects serves _redirects",
-)
 @pytest.mark.parametrize("path", ["/%5Fredirects", "/%5fdrafts/secret.html"])
 def test_refuses_percent_encoded_underscore_files(small_site: Path, path: str) -> None:
     (small_site / "_drafts").mkdir()
@@ -151,11 +153,6 @@ def test_refuses_percent_encoded_underscore_files(small_site: Path, path: str) -
     assert b"secret" not in body and b"/old/" not in body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG resources/local_site.py: only do_GET applies the '_' rule and redirects; HEAD goes straight "
-    "to SimpleHTTPRequestHandler.do_HEAD, so HEAD /_redirects answers 200",
-)
 def test_head_request_is_refused_for_underscore_files(small_site: Path) -> None:
     with LocalSite(small_site) as site:
         status, _, _ = fetch(site, "/_redirects", method="HEAD")
