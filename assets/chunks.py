@@ -69,7 +69,12 @@ def chunk_pages(pages: pd.DataFrame, chunk_tokens: int, overlap_tokens: int) -> 
     return pd.DataFrame(rows, columns=RAG_CHUNK_COLUMNS).astype({"chunk_index": "int64", "n_tokens": "int64"})
 
 
-@dg.asset(group_name="ingest", kinds={"langchain", "parquet"}, code_version="1", metadata=reads_settings("rag"))
+@dg.asset(
+    group_name="ingest",
+    kinds={"langchain", "parquet"},
+    code_version="1",
+    metadata=reads_settings("rag.chunk_tokens", "rag.overlap_tokens"),
+)
 def rag_chunks(
     context: dg.AssetExecutionContext, settings: SettingsResource, raw_pages: pd.DataFrame
 ) -> dg.Output[pd.DataFrame]:
@@ -93,7 +98,9 @@ def rag_chunks(
     )
 
 
-@dg.asset_check(asset=rag_chunks, blocking=True, description="Every chunk has text and at most rag.chunk_tokens tokens.")
+@dg.asset_check(
+    asset=rag_chunks, blocking=True, description="Every chunk has text and at most rag.chunk_tokens tokens."
+)
 def rag_chunks_within_token_limit(settings: SettingsResource, rag_chunks: pd.DataFrame) -> dg.AssetCheckResult:
     limit = settings.get().rag.chunk_tokens
     over = rag_chunks[rag_chunks["n_tokens"] > limit]

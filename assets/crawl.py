@@ -152,14 +152,14 @@ def boilerplate_lines(
     texts = [t for t in pages["text"] if t]
     if len(texts) < 3:
         return {}
-    counts = Counter(line for text in texts for line in {ln.strip() for ln in text.splitlines()} if len(line) > min_chars)
+    counts = Counter(
+        line for text in texts for line in {ln.strip() for ln in text.splitlines()} if len(line) > min_chars
+    )
     return {line: n / len(texts) for line, n in counts.most_common() if n / len(texts) > max_share}
 
 
 def robots_by_origin(crawl: CrawlRecords) -> dict[str, str]:
-    return {
-        f"{urlsplit(r['url']).scheme}://{urlsplit(r['url']).netloc}": r["text"] for r in crawl.of_kind("robots")
-    }
+    return {f"{urlsplit(r['url']).scheme}://{urlsplit(r['url']).netloc}": r["text"] for r in crawl.of_kind("robots")}
 
 
 @dg.asset(
@@ -203,7 +203,9 @@ def raw_pages(
     if summary.pages == 0:
         raise CrawlError(explain_empty_crawl(crawl, site.user_agent))
     ok_pages = frame[frame["status"] < 400]
-    context.log.info(f"crawl kept {summary.pages} pages; skipped {dict(summary.skipped)}; errors {dict(summary.errors)}")
+    context.log.info(
+        f"crawl kept {summary.pages} pages; skipped {dict(summary.skipped)}; errors {dict(summary.errors)}"
+    )
 
     yield dg.Output(
         frame,
@@ -216,9 +218,7 @@ def raw_pages(
             "pages_preview": dg.MetadataValue.md(markdown_preview(ok_pages[["url", "title", "text"]], rows=10)),
         },
     )
-    yield dg.AssetCheckResult(
-        check_name="non_empty", passed=summary.pages > 0, metadata={"pages": summary.pages}
-    )
+    yield dg.AssetCheckResult(check_name="non_empty", passed=summary.pages > 0, metadata={"pages": summary.pages})
     violations = robots_violations(ok_pages, robots_by_origin(crawl), site.user_agent)
     yield dg.AssetCheckResult(
         check_name="no_robots_disallowed_url",
@@ -230,5 +230,7 @@ def raw_pages(
         check_name="no_boilerplate_lines",
         passed=not leaked,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"lines": dg.MetadataValue.json({line[:120]: round(share, 2) for line, share in list(leaked.items())[:20]})},
+        metadata={
+            "lines": dg.MetadataValue.json({line[:120]: round(share, 2) for line, share in list(leaked.items())[:20]})
+        },
     )

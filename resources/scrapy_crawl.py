@@ -19,8 +19,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import scrapy
-from scrapy.crawler import CrawlerProcess
 from scrapy import signals
+from scrapy.crawler import CrawlerProcess
 from scrapy.exceptions import (
     CannotResolveHostError,
     CloseSpider,

@@ -9,7 +9,8 @@ from resources.local_site import StaticSiteHandler
 
 CHROME_TOP = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title} | Test Site</title>
 <link rel="canonical" href="{path}"><script>window.dataLayer = [];</script><style>body{{margin:0}}</style></head>
-<body><header class="site-header"><a href="/">Test Site</a><nav><a href="/">Home</a> <a href="/about/">About</a></nav></header>
+<body><header class="site-header"><a href="/">Test Site</a>
+<nav><a href="/">Home</a> <a href="/about/">About</a></nav></header>
 <main id="content"><article class="post"><h1>{title}</h1><div class="post-body">"""
 CHROME_BOTTOM = """</div></article>
 <section class="related-posts"><h2>Related posts</h2><ul>{related}</ul></section>

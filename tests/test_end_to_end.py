@@ -18,14 +18,19 @@ def default_run(tmp_path_factory):
     config = root / "mebot.yaml"
     # The project's own settings, with the crawl delay off and any free port to keep the test quick.
     config.write_text(
-        (PROJECT_ROOT / "mebot.yaml").read_text()
+        (PROJECT_ROOT / "mebot.yaml")
+        .read_text()
         .replace("download_delay: 0.25", "download_delay: 0")
         .replace("local_port: 8765", "local_port: 0")
     )
     env = {**os.environ, "MEBOT_DATA_DIR": str(root / "data"), "MEBOT_DAGSTER_HOME": str(root / "home")}
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "--config", str(config), "run"],
-        capture_output=True, text=True, env=env, timeout=600, cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=root,
     )
     return result, root / "data"
 

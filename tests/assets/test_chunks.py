@@ -1,3 +1,4 @@
+import itertools
 import random
 
 import dagster as dg
@@ -46,8 +47,8 @@ def test_overlap_repeats_text_between_neighbouring_chunks():
     with_overlap = split_text(_prose(60, 20, seed=3), 200, 80)
     without = split_text(_prose(60, 20, seed=3), 200, 0)
     assert len(with_overlap) > len(without) > 2
-    assert all(b[:60] in a for a, b in zip(with_overlap, with_overlap[1:]))
-    assert not any(b[:60] in a for a, b in zip(without, without[1:]))
+    assert all(b[:60] in a for a, b in itertools.pairwise(with_overlap))
+    assert not any(b[:60] in a for a, b in itertools.pairwise(without))
 
 
 def test_chunk_ids_are_stable_and_depend_on_url_position_and_text():
@@ -72,9 +73,7 @@ def test_chunk_pages_skips_error_and_empty_pages():
 
 @dg.asset(name="raw_pages")
 def fake_raw_pages_source() -> pd.DataFrame:
-    return pd.DataFrame(
-        {"url": ["https://x/1"], "title": ["One"], "text": [_prose(20, 150)], "status": [200]}
-    )
+    return pd.DataFrame({"url": ["https://x/1"], "title": ["One"], "text": [_prose(20, 150)], "status": [200]})
 
 
 def test_rag_chunks_materializes_with_its_check_and_metadata(tmp_path, make_config):

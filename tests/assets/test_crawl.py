@@ -167,9 +167,7 @@ def test_same_page_under_a_second_url_is_a_duplicate_url_by_canonical_link() -> 
 def test_canonical_link_to_another_host_is_not_trusted() -> None:
     frame, summary = build_raw_pages(
         records(
-            page(
-                "http://site.test/a/", post("/a/", "Alpha", "Alpha text.", canonical="https://other.test/x/")
-            ),
+            page("http://site.test/a/", post("/a/", "Alpha", "Alpha text.", canonical="https://other.test/x/")),
             page("http://site.test/b/", post("/b/", "Beta", "Beta text.", canonical="https://other.test/x/")),
         ),
         SITE,
@@ -230,9 +228,7 @@ def test_pages_without_text_are_not_duplicates_of_each_other() -> None:
     ],
 )
 def test_index_only_pages_are_skipped(path: str, kept: bool) -> None:
-    frame, summary = build_raw_pages(
-        records(page(f"http://site.test{path}", post(path, "Listing", "Links."))), SITE
-    )
+    frame, summary = build_raw_pages(records(page(f"http://site.test{path}", post(path, "Listing", "Links."))), SITE)
     assert (len(frame) == 1) is kept
     assert summary.skipped.get("index_page", 0) == (0 if kept else 1)
 
@@ -447,9 +443,7 @@ class Run:
 
 def materialize(tmp_path: Path, site: dict[str, Any], data_dir: Path | None = None) -> Run:
     config = tmp_path / "mebot.yaml"
-    config.write_text(
-        yaml.safe_dump({"site": {"download_delay": 0, "local_port": 0, **site}}), encoding="utf-8"
-    )
+    config.write_text(yaml.safe_dump({"site": {"download_delay": 0, "local_port": 0, **site}}), encoding="utf-8")
     data_dir = data_dir or tmp_path / "data"
     result = dg.materialize(
         [raw_pages],
@@ -534,13 +528,10 @@ def test_error_pages_are_recorded_and_the_crawl_continues(tmp_path: Path) -> Non
         page_html(
             "/",
             "Home",
-            '<p><a href="/status/500/">broken</a> <a href="/missing/">gone</a> '
-            '<a href="/after/">after</a></p>',
+            '<p><a href="/status/500/">broken</a> <a href="/missing/">gone</a> <a href="/after/">after</a></p>',
         ),
     )
-    write_page(
-        site_dir, "/after/", page_html("/after/", "After", facts_paragraphs("after"), links=["/deeper/"])
-    )
+    write_page(site_dir, "/after/", page_html("/after/", "After", facts_paragraphs("after"), links=["/deeper/"]))
     write_page(site_dir, "/deeper/", page_html("/deeper/", "Deeper", facts_paragraphs("deeper")))
     (site_dir / "404.html").write_text("<html><body><h1>Not found</h1></body></html>", encoding="utf-8")
     with LocalSite(site_dir, port=0, handler=ErrorRoutesHandler) as site:
@@ -579,9 +570,7 @@ def test_redirect_loop_is_counted_as_too_many_redirects(redirect_loop_run: Run) 
 
 def test_page_over_max_page_bytes_is_skipped_as_too_large(tmp_path: Path) -> None:
     site_dir = write_small_site(tmp_path / "site", posts=2)
-    write_page(
-        site_dir, "/about/", page_html("/about/", "About", '<p><a href="/huge/">huge page</a> about</p>')
-    )
+    write_page(site_dir, "/about/", page_html("/about/", "About", '<p><a href="/huge/">huge page</a> about</p>'))
     paragraph = "<p>" + "filler words " * 80 + "</p>\n"
     huge = page_html("/huge/", "Huge", paragraph * (10_000_000 // len(paragraph)))
     write_page(site_dir, "/huge/", huge)
@@ -596,9 +585,7 @@ def test_page_over_max_page_bytes_is_skipped_as_too_large(tmp_path: Path) -> Non
 
 def test_malformed_html_page_is_kept_with_its_text(tmp_path: Path) -> None:
     site_dir = write_small_site(tmp_path / "site", posts=2)
-    write_page(
-        site_dir, "/about/", page_html("/about/", "About", '<p><a href="/broken/">broken</a> about</p>')
-    )
+    write_page(site_dir, "/about/", page_html("/about/", "About", '<p><a href="/broken/">broken</a> about</p>'))
     broken = (
         b"<html><head><title>Broken page</title><body><article><h1>Broken heading<p>First surviving sentence."
         b"\x00\xff\xfe\x80\x81 junk bytes<div><p>Second surviving sentence.<b><i></div></span></td>"

@@ -80,8 +80,7 @@ def test_h1_becomes_the_title_and_is_not_glued_into_the_text() -> None:
     [
         ("<html><head><title>  Head   title </title></head><body><p>text</p></body></html>", "Head title"),
         (
-            "<html><head><title>Head title</title></head>"
-            "<body><article><h1></h1><p>t</p></article></body></html>",
+            "<html><head><title>Head title</title></head><body><article><h1></h1><p>t</p></article></body></html>",
             "Head title",
         ),
         (
@@ -149,9 +148,7 @@ def test_pre_keeps_its_lines_while_neighbouring_paragraphs_collapse() -> None:
 
 
 def test_table_cells_collapse_whitespace() -> None:
-    html = body(
-        "<article><table><tbody><tr><td> spread\n  cell </td><td>b</td></tr></tbody></table></article>"
-    )
+    html = body("<article><table><tbody><tr><td> spread\n  cell </td><td>b</td></tr></tbody></table></article>")
     assert extract(html).text == "spread cell | b"
 
 
@@ -162,9 +159,7 @@ def test_list_item_wrapping_a_paragraph_starts_with_a_dash() -> None:
 
 
 def test_table_rows_are_consecutive_lines() -> None:
-    html = body(
-        "<article><table><tr><td>a</td><td>b</td></tr><tr><td>c</td><td>d</td></tr></table></article>"
-    )
+    html = body("<article><table><tr><td>a</td><td>b</td></tr><tr><td>c</td><td>d</td></tr></table></article>")
     assert extract(html).text == "a | b\nc | d"
 
 

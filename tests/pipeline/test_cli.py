@@ -50,7 +50,10 @@ def test_mebot_ui_serves_the_asset_graph_on_loopback(project_home, tmp_path):
     env = {**os.environ, "MEBOT_DAGSTER_HOME": str(project_home), "MEBOT_DATA_DIR": str(tmp_path / "data")}
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "ui", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         query = "{ assetNodes { assetKey { path } groupName dependencyKeys { path } } }"

@@ -26,7 +26,15 @@ def test_project_settings_file_parses_with_the_documented_defaults():
 
 def test_every_section_is_present():
     assert set(Settings.model_fields) == {
-        "site", "persona", "rag", "qa", "models", "finetune", "eval", "serve", "budget"
+        "site",
+        "persona",
+        "rag",
+        "qa",
+        "models",
+        "finetune",
+        "eval",
+        "serve",
+        "budget",
     }
 
 
@@ -42,7 +50,10 @@ def test_every_section_is_present():
         ({"site": {"deny": ["(unclosed"]}}, ["site.deny", "(unclosed", "not a valid regular expression"]),
         ({"site": {"recrawl_cron": "weekly"}}, ["site.recrawl_cron", "weekly", "5-field cron"]),
         ({"site": {"obey_robots_txt": "sometimes"}}, ["site.obey_robots_txt", "sometimes", "boolean"]),
-        ({"models": {"chat_provider": "gpt"}}, ["models.chat_provider", "'gpt'", "llama_cpp|openai"]),
+        ({"models": {"chat": {"provider": "gpt"}}}, ["models.chat.provider", "'gpt'", "'llama_cpp' or 'openai'"]),
+        ({"models": {"chat": {"modle": "x"}}}, ["models.chat.modle", "unknown setting", "provider, model"]),
+        ({"rag": {"prompt": "no placeholders"}}, ["rag.prompt", "{context} and {question}"]),
+        ({"rag": {"prompt": "{context} {question} {who}"}}, ["rag.prompt", "placeholder other than"]),
         ({"nonsense": {}}, ["nonsense", "unknown setting", "site"]),
     ],
 )
@@ -83,7 +94,8 @@ def test_empty_file_means_all_defaults(tmp_path):
 @pytest.mark.parametrize(
     ("changed", "stale_sections", "fresh_sections"),
     [
-        ({"rag": {"top_k": 7}}, [("rag",), ("rag", "site")], [("site",), ("qa",)]),
+        ({"rag": {"top_k": 7}}, [("rag",), ("rag.top_k",)], [("rag.chunk_tokens", "rag.overlap_tokens"), ("qa",)]),
+        ({"models": {"chat": {"model": "x"}}}, [("models",), ("models.chat",)], [("models.embedding",)]),
         ({"site": {"max_pages": 3}}, [("site",)], [("rag",), ("persona", "qa")]),
         ({"persona": {"name": "Someone Else"}}, [("persona",)], [("site",), ("rag",)]),
     ],

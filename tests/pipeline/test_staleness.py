@@ -15,6 +15,7 @@ from pipeline.settings import DEFAULT_CONFIG_PATH
 from tests.conftest import deep_merge
 from tests.sites import write_small_site
 
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -61,6 +62,7 @@ def _statuses(instance, defs: dg.Definitions) -> dict[str, StaleStatus]:
         ({}, {"raw_pages": FRESH, "rag_chunks": FRESH}),
         ({"rag": {"chunk_tokens": 500}}, {"raw_pages": FRESH, "rag_chunks": STALE}),
         ({"site": {"deny": ["post-3"]}}, {"raw_pages": STALE, "rag_chunks": FRESH}),
+        ({"rag": {"top_k": 9}}, {"raw_pages": FRESH, "rag_chunks": FRESH}),
         ({"persona": {"name": "Somebody"}}, {"raw_pages": FRESH, "rag_chunks": FRESH}),
         ({"serve": {"port": 8123}}, {"raw_pages": FRESH, "rag_chunks": FRESH}),
     ],

@@ -74,9 +74,7 @@ def crawl_site(site_dir: Path, settings: SiteSettings, start_paths: tuple[str, .
     handler = recording_handler()
     progress: list[str] = []
     with LocalSite(site_dir, port=0, handler=handler) as site:
-        crawl = ScrapyCrawler().crawl(
-            settings, [site.base_url + p for p in start_paths], on_progress=progress.append
-        )
+        crawl = ScrapyCrawler().crawl(settings, [site.base_url + p for p in start_paths], on_progress=progress.append)
         base_url = site.base_url
     return Crawled(crawl, list(handler.requested), progress, base_url)
 
@@ -227,14 +225,10 @@ def test_crawl_job_defaults_allowed_domains_to_start_url_hosts() -> None:
 
 def test_redirect_chain_longer_than_five_hops_is_too_many_redirects(tmp_path: Path) -> None:
     site_dir = tmp_path / "site"
-    write_page(
-        site_dir, "/", page_html("/", "Home", '<p><a href="/r0/">chain</a> <a href="/about/">about</a></p>')
-    )
+    write_page(site_dir, "/", page_html("/", "Home", '<p><a href="/r0/">chain</a> <a href="/about/">about</a></p>'))
     write_page(site_dir, "/about/", page_html("/about/", "About", "<p>about</p>"))
     write_page(site_dir, "/r8/", page_html("/r8/", "End", "<p>end of chain</p>"))
-    (site_dir / "_redirects").write_text(
-        "".join(f"/r{i}/ /r{i + 1}/ 301\n" for i in range(8)), encoding="utf-8"
-    )
+    (site_dir / "_redirects").write_text("".join(f"/r{i}/ /r{i + 1}/ 301\n" for i in range(8)), encoding="utf-8")
     crawled = crawl_site(site_dir, SiteSettings(**FAST))
     errors = crawled.crawl.of_kind("error")
     assert [e["reason"] for e in errors] == ["too_many_redirects"]
@@ -262,9 +256,7 @@ def test_unreachable_start_url_is_recorded_as_unreachable() -> None:
 @pytest.fixture(scope="module")
 def slow_crawl(tmp_path_factory: pytest.TempPathFactory) -> Crawled:
     site_dir = tmp_path_factory.mktemp("slow-site")
-    write_page(
-        site_dir, "/", page_html("/", "Home", '<p><a href="/slow/">slow</a> <a href="/about/">about</a></p>')
-    )
+    write_page(site_dir, "/", page_html("/", "Home", '<p><a href="/slow/">slow</a> <a href="/about/">about</a></p>'))
     write_page(site_dir, "/slow/", page_html("/slow/", "Slow", "<p>too late</p>"))
     write_page(site_dir, "/about/", page_html("/about/", "About", "<p>about</p>"))
     return crawl_site(site_dir, SiteSettings(timeout_s=0.5, **FAST))

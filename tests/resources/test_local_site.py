@@ -52,9 +52,7 @@ def test_applies_redirect_rules(tmp_path: Path) -> None:
     site_dir = tmp_path / "site"
     write_page(site_dir, "/", page_html("/", "Home", "<p>home</p>"))
     (site_dir / "_redirects").write_text(
-        "# comment line\n\n/old/ /new/ 301\n"
-        "/moved/ /elsewhere/ 302  # trailing comment\n"
-        "/default/ /target/\n",
+        "# comment line\n\n/old/ /new/ 301\n/moved/ /elsewhere/ 302  # trailing comment\n/default/ /target/\n",
         encoding="utf-8",
     )
     with LocalSite(site_dir) as site:
@@ -83,9 +81,7 @@ def test_no_redirects_file_means_no_rules(tmp_path: Path) -> None:
 def test_substitutes_base_url_in_robots_txt_and_sitemap_xml(tmp_path: Path) -> None:
     site_dir = tmp_path / "site"
     write_page(site_dir, "/", page_html("/", "Home", "<p>home</p>"))
-    (site_dir / "robots.txt").write_text(
-        "User-agent: *\nSitemap: {{base_url}}/sitemap.xml\n", encoding="utf-8"
-    )
+    (site_dir / "robots.txt").write_text("User-agent: *\nSitemap: {{base_url}}/sitemap.xml\n", encoding="utf-8")
     (site_dir / "sitemap.xml").write_text(
         "<urlset><url><loc>{{base_url}}/</loc></url><url><loc>{{base_url}}/about/</loc></url></urlset>",
         encoding="utf-8",
@@ -100,10 +96,7 @@ def test_substitutes_base_url_in_robots_txt_and_sitemap_xml(tmp_path: Path) -> N
     assert int(robots[1]["content-length"]) == len(robots[2])
     assert sitemap[0] == 200
     assert sitemap[1]["content-type"].startswith("application/xml")
-    assert (
-        sitemap[2].decode()
-        == f"<urlset><url><loc>{base}/</loc></url><url><loc>{base}/about/</loc></url></urlset>"
-    )
+    assert sitemap[2].decode() == f"<urlset><url><loc>{base}/</loc></url><url><loc>{base}/about/</loc></url></urlset>"
     assert b"{{base_url}}" not in robots[2] + sitemap[2]
 
 
