@@ -183,7 +183,13 @@ class ChatModelSettings(_Section):
     base_url: str = Field("", description="openai: the endpoint; empty means OPENAI_BASE_URL or OpenAI itself.")
     api_key_env: str = Field("OPENAI_API_KEY", min_length=1, description="Environment variable holding the key.")
     n_ctx: int = Field(8192, ge=256, le=131072, description="llama_cpp: context window in tokens.")
-    n_threads: int = Field(0, ge=0, le=256, description="llama_cpp: CPU threads; 0 means all cores.")
+    context_window: int = Field(
+        0, ge=0, description="openai: tokens the served model reads (0: the model's known window); set it for a "
+        "local server started with a smaller context",
+    )
+    n_threads: int = Field(
+        0, ge=0, le=256, description="llama_cpp: CPU threads; 0 means all cores but one (a busy core stalls them all)."
+    )
     max_concurrency: int = Field(1, ge=1, le=64, description="Calls in flight at once in a batch.")
     requests_per_minute: int = Field(0, ge=0, description="Client-side request limit; 0 means none.")
     tokens_per_minute: int = Field(0, ge=0, description="Client-side token limit; 0 means none.")
