@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets import chunks, crawl
+from assets import chunks, crawl, index
 from pipeline.settings import (
     PROJECT_ROOT,
     Settings,
@@ -17,10 +17,13 @@ from pipeline.settings import (
     sections_of,
     stamped_code_version,
 )
+from resources.chat import ChatModelResource
 from resources.crawler import ScrapyCrawler
+from resources.embeddings import EmbedderResource
 from resources.parquet_io import ParquetIOManagerFactory
+from resources.vector_index import VectorIndexResource
 
-ASSET_MODULES = [crawl, chunks]
+ASSET_MODULES = [crawl, chunks, index]
 DATA_DIR_ENV_VAR = "MEBOT_DATA_DIR"
 
 
@@ -43,13 +46,17 @@ def build_definitions(config_path: str | Path | None = None, data_dir: str | Pat
     settings = load_settings(config)
     loaded = dg.load_assets_from_modules(ASSET_MODULES)
     assets = [with_settings_code_version(a, settings) for a in loaded if isinstance(a, dg.AssetsDefinition)]
+    data = Path(data_dir).resolve() if data_dir else data_dir_from_env()
     return dg.Definitions(
         assets=assets,
         asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
         resources={
             "settings": SettingsResource(config_path=str(config)),
-            "io_manager": ParquetIOManagerFactory(base_dir=str(Path(data_dir) if data_dir else data_dir_from_env())),
+            "io_manager": ParquetIOManagerFactory(base_dir=str(data)),
             "crawler": ScrapyCrawler(),
+            "embedder": EmbedderResource(cache_dir=str(data / "cache")),
+            "index_store": VectorIndexResource(index_dir=str(data / "index")),
+            "chat_model": ChatModelResource(cache_dir=str(data / "cache")),
         },
     )
 

@@ -203,6 +203,13 @@ class EmbeddingModelSettings(_Section):
     base_url: str = ""
     api_key_env: str = Field("OPENAI_API_KEY", min_length=1)
     batch_size: int = Field(32, ge=1, le=2048)
+    window_tokens: int = Field(
+        128,
+        ge=16,
+        le=8191,
+        description="Model tokens per window; every window of a chunk gets its own vector. Shorter windows keep a "
+        "single fact from being averaged away (MiniLM: 128 retrieved late facts better than its full 256).",
+    )
     window_overlap_tokens: int = Field(
         32, ge=0, le=200, description="Tokens shared by neighbouring windows of a chunk longer than the model reads."
     )

@@ -65,3 +65,51 @@ def test_sample_site_chunks_fit_the_token_limit_and_cover_every_page(default_run
     assert chunks["n_tokens"].max() <= 900
     assert set(chunks["url"]) == set(pages.loc[pages["status"] == 200, "url"])
     assert chunks["text"].str.contains("Brenda").any()
+
+
+# Facts that each live on one page of the sample site (see data/sample_site/).
+SAMPLE_SITE_QUESTIONS = {
+    "What is your sourdough starter called?": "/posts/weekday-sourdough/",
+    "How long does the reconciliation job take since you replaced Spark with DuckDB?": "/posts/spark-to-duckdb/",
+    "Where did you finish in the Dark Peak 160 sportive?": "/posts/dark-peak-160-sportive/",
+    "How much did your Raspberry Pi cloud sensor cost?": "/posts/raspberry-pi-cloud-sensor/",
+    "What sky brightness reading did you measure on La Palma?": "/posts/la-palma-dark-skies/",
+    "Who rode the Coast to Coast with you and how far was it?": "/posts/coast-to-coast-by-bike/",
+    "What do you think of data mesh?": "/posts/data-mesh-is-an-org-chart/",
+    "How many Airflow DAGs did Fernlight have when you left?": "/posts/leaving-fernlight/",
+}
+
+
+def test_retrieval_finds_the_page_that_holds_each_fact(default_run):
+    from assets.rag import load_rag_bot
+    from pipeline.definitions import build_definitions
+    from pipeline.settings import load_settings
+
+    result, data = default_run
+    assert result.returncode == 0
+    config = data.parent / "mebot.yaml"
+    bot = load_rag_bot(load_settings(config), build_definitions(config, data_dir=data).resources, data)
+    found = {
+        question: [source.url for source in bot.retrieve(question)] for question in SAMPLE_SITE_QUESTIONS
+    }
+    misses = {q: urls for q, urls in found.items() if not any(u.endswith(SAMPLE_SITE_QUESTIONS[q]) for u in urls)}
+    assert len(misses) <= 1, misses
+    assert all(len(urls) == 4 for urls in found.values())
+
+
+def test_mebot_ask_json_answers_with_the_right_page_among_its_sources(default_run):
+    import json
+
+    result, data = default_run
+    assert result.returncode == 0
+    env = {**os.environ, "MEBOT_DATA_DIR": str(data), "MEBOT_DAGSTER_HOME": str(data.parent / "home")}
+    asked = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "--config", str(data.parent / "mebot.yaml"), "ask", "--json",
+         "What is your sourdough starter called?"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert asked.returncode == 0, asked.stderr[-3000:]
+    reply = json.loads(asked.stdout)
+    assert reply["answer"].strip()
+    assert any(s["url"].endswith("/posts/weekday-sourdough/") for s in reply["sources"])
+    assert set(reply["sources"][0]) == {"url", "title", "chunk_id", "score"}
