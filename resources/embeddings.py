@@ -13,7 +13,6 @@ only the texts it has not seen to the model. The sentence-transformers model is 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
 import sqlite3
 import threading
@@ -21,13 +20,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 # sentence-transformers and huggingface_hub read this when they are imported; nothing may be downloaded.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import dagster as dg  # noqa: E402
 import numpy as np  # noqa: E402
+
+from resources.endpoints import PLACEHOLDER_API_KEY, is_loopback_url  # noqa: E402
 
 if TYPE_CHECKING:
     from pipeline.settings import EmbeddingModelSettings, Settings
@@ -36,7 +36,6 @@ BUNDLED_MINILM = "all-MiniLM-L6-v2"
 OPENAI_MAX_TOKENS = 8191
 # Dimensions of OpenAI's embedding models; any other model name is asked once for one vector to learn its size.
 OPENAI_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
-PLACEHOLDER_API_KEY = "sk-no-key-needed-for-a-local-server"
 
 # How good a place it is to cut before a token: 3 = a sentence or paragraph starts there, 2 = a word starts there
 # (after whitespace), 1 = a pre-tokenizer unit starts there (punctuation, a CJK character), 0 = inside a word.
@@ -275,16 +274,6 @@ class SentenceTransformerEmbedder(Embedder):
 
 # ---------------------------------------------------------------------------------------------------------------
 # OpenAI-compatible endpoint
-
-
-def is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class OpenAIEmbedder(Embedder):
