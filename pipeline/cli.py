@@ -27,6 +27,14 @@ def _prepare_environment(config: Path) -> None:
     os.chdir(home)
 
 
+def _is_short_scalar(value: object) -> bool:
+    if isinstance(value, bool | int | float):
+        return True
+    if isinstance(value, dict):
+        return len(str(value)) <= 120
+    return isinstance(value, str) and len(value) <= 40 and "\n" not in value
+
+
 def _summary_lines(result) -> list[str]:
     lines = []
     for event in result.get_asset_materialization_events():
@@ -35,9 +43,9 @@ def _summary_lines(result) -> list[str]:
         rows = metadata.get("dagster/row_count")
         partition = f" [{materialization.partition}]" if materialization.partition else ""
         extras = [
-            f"{key}={value.value}"
+            f"{key}={round(value.value, 3) if isinstance(value.value, float) else value.value}"
             for key, value in metadata.items()
-            if key in ("pages", "tokens_max", "tokens_total", "skipped", "errors") and value is not None
+            if not key.startswith("dagster/") and key != "path" and _is_short_scalar(value.value)
         ]
         row_text = f"{rows.value} rows" if rows is not None else ""
         lines.append(f"  {materialization.asset_key.to_user_string()}{partition}: {row_text}  {'  '.join(extras)}")
