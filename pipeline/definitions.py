@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets import chunks, crawl, index
+from pipeline.jobs import ingest_job, recrawl_schedule
 from pipeline.settings import (
     PROJECT_ROOT,
     Settings,
@@ -50,6 +51,8 @@ def build_definitions(config_path: str | Path | None = None, data_dir: str | Pat
     return dg.Definitions(
         assets=assets,
         asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
+        jobs=[ingest_job],
+        schedules=[recrawl_schedule(settings)],
         resources={
             "settings": SettingsResource(config_path=str(config)),
             "io_manager": ParquetIOManagerFactory(base_dir=str(data)),
