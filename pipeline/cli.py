@@ -123,6 +123,12 @@ def cmd_ui(port: int) -> int:
     return 0  # not reached
 
 
+def cmd_serve(config: Path, host: str | None, port: int | None) -> int:
+    from pipeline.server.app import serve
+
+    return serve(config, host, port)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mebot", description=__doc__)
     parser.add_argument("--config", type=Path, default=None, help="settings file (default: mebot.yaml)")
@@ -137,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--k", type=int, default=None, help="chunks to retrieve (default: rag.top_k)")
     ask.add_argument("--json", action="store_true", help='print {"answer": ..., "sources": [...]} as JSON')
     commands.add_parser("check-config", help="validate the settings file and print it")
+    serve = commands.add_parser("serve", help="serve the bot: web page, /api, OpenAI-compatible /v1 (uvicorn)")
+    serve.add_argument("--host", default=None, help="address to listen on (default: serve.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000)")
     args = parser.parse_args(argv)
 
     config = (args.config or Path(os.environ.get(CONFIG_ENV_VAR) or PROJECT_ROOT / "mebot.yaml")).resolve()
@@ -153,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_ui(args.port)
     if args.command == "ask":
         return cmd_ask(config, args.question, args.k, args.json)
+    if args.command == "serve":
+        return cmd_serve(config, args.host, args.port)
     return cmd_run(config, args.select)
 
 

@@ -184,9 +184,14 @@ def _llama(
                     verbose=False,
                 )
             log.info(
-                "loaded %s%s (n_ctx=%d, n_threads=%d, logits_all=%s%s) in %.2f s", path.name,
-                f" + LoRA {Path(lora_path).name}" if lora_path else "", n_ctx, n_threads, logits_all,
-                ", vocab only" if vocab_only else "", time.perf_counter() - started,
+                "loaded %s%s (n_ctx=%d, n_threads=%d, logits_all=%s%s) in %.2f s",
+                path.name,
+                f" + LoRA {Path(lora_path).name}" if lora_path else "",
+                n_ctx,
+                n_threads,
+                logits_all,
+                ", vocab only" if vocab_only else "",
+                time.perf_counter() - started,
             )
             loaded = _MODELS[key] = _LoadedModel(llm, threading.Lock())
     return loaded
@@ -368,9 +373,7 @@ class ChatClient:
             if lora_path:
                 raise ValueError("lora_path applies to provider llama_cpp; an OpenAI fine-tune is a model name")
             self.lora_path = None
-            self.base_url = (chat.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL).rstrip(
-                "/"
-            )
+            self.base_url = (chat.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL).rstrip("/")
             self._api_key = self._read_api_key()
             import openai
 
@@ -415,6 +418,15 @@ class ChatClient:
         return text
 
     # ------------------------------------------------------------------------------------------- public
+
+    def warm_up(self) -> None:
+        """Load the local model's weights now rather than on the first call (no-op for remote providers)."""
+        if self.chat.provider != "llama_cpp":
+            return
+        _llama(
+            self.gguf_path, lora_path=self.lora_path, n_ctx=self.chat.n_ctx, n_threads=self.n_threads, logits_all=False
+        )
+        self.count_tokens("warm up")
 
     def count_tokens(self, text: str) -> int:
         """Tokens in `text` by the model's own tokenizer (llama_cpp) or cl100k_base (openai)."""
@@ -632,8 +644,12 @@ class ChatClient:
             if attempt + 1 < attempts:
                 delay = min(retry_after, RETRY_AFTER_MAX_S) if retry_after is not None else backoff_delay_s(attempt)
                 log.warning(
-                    "chat provider at %s: %s; retry %d of %d in %.2f s", self.base_url,
-                    self._redact(last_error), attempt + 1, self.chat.max_retries, delay,
+                    "chat provider at %s: %s; retry %d of %d in %.2f s",
+                    self.base_url,
+                    self._redact(last_error),
+                    attempt + 1,
+                    self.chat.max_retries,
+                    delay,
                 )
                 time.sleep(delay)
         raise ChatProviderError(
@@ -646,9 +662,7 @@ class ChatClient:
         text = (choice.message.content if choice.message is not None else None) or ""
         usage = getattr(response, "usage", None)
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0) if usage else prompt_estimate
-        completion_tokens = (
-            int(getattr(usage, "completion_tokens", 0) or 0) if usage else tokens.count_tokens(text)
-        )
+        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0) if usage else tokens.count_tokens(text)
         if self._token_pacer is not None:
             self._token_pacer.refund(booked_tokens - prompt_tokens - completion_tokens)
         logprobs = None

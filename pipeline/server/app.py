@@ -1,0 +1,547 @@
+"""`mebot serve`: the bot over HTTP (Starlette + uvicorn).
+
+Endpoints:
+    GET  /                       the web page (static files in pipeline/server/static, no external assets)
+    GET  /api?query=...&model=qa|finetune[:<key>]|rag|ft-<key>[&retrieval_only=1]
+                                 the original bot's reply shape: {"text", "sourceDocuments": [...]} plus scores
+    POST /v1/chat/completions    OpenAI-compatible (non-streaming and SSE streaming); model rag or ft-<key>
+    GET  /v1/models              the served models
+    GET  /healthz                ready or not, index version, models
+
+Limits (settings `serve`): question length (413), a per-client token bucket (429 + Retry-After), a bounded
+generation queue (503 when full; one generation at a time in a worker thread, llama.cpp being single-threaded
+per model), a CORS allow-list. Every error is JSON `{"error": {"message", "type", "code"}}`; unexpected
+exceptions are logged on the server and answered with a generic message (no traces, paths or secrets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from assets.rag import ModelOutputError, QuestionError, Source
+from pipeline.server.models import RAG_MODEL, ModelRegistry, NotReadyError, Reply, UnknownModelError
+from pipeline.settings import Settings
+from resources.chat import BudgetExceeded, ChatProviderError
+
+log = logging.getLogger("mebot.serve")
+
+STATIC_DIR = Path(__file__).with_name("static")
+MAX_BODY_BYTES = 1 << 20
+STREAM_PIECE_WORDS = 3
+KEEPALIVE_S = 10.0
+
+
+# ------------------------------------------------------------------------------------------------- errors
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, code: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.headers = headers or {}
+
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "server_busy_error",
+}
+
+
+def error_body(status: int, message: str, code: str) -> dict:
+    return {"error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"), "code": code}}
+
+
+def error_response(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, code), status_code=status, headers=headers)
+
+
+# -------------------------------------------------------------------------------------------------- limits
+
+
+class TokenBuckets:
+    """Per-client token buckets: `burst` requests at once, refilled at `per_minute` / 60 per second."""
+
+    def __init__(self, per_minute: float, burst: int, max_clients: int = 10_000):
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self.max_clients = max_clients
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, updated at)
+
+    def take(self, client: str, now: float | None = None) -> float:
+        """0 if the request may go ahead (a token is taken), else the seconds until the next token."""
+        now = time.monotonic() if now is None else now
+        tokens, updated = self._buckets.get(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - updated) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[client] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[client] = (tokens, now)
+        if len(self._buckets) > self.max_clients:
+            self._prune(now)
+        return (1.0 - tokens) / self.rate
+
+    def _prune(self, now: float) -> None:
+        full_after = self.burst / self.rate
+        for client, (_, updated) in list(self._buckets.items()):
+            if now - updated >= full_after:
+                del self._buckets[client]
+
+
+class GenerationQueue:
+    """One generation at a time in a worker thread; at most `max_waiting` more wait, the rest get 503."""
+
+    def __init__(self, max_waiting: int):
+        self.capacity = 1 + max_waiting
+        self.pending = 0  # running + waiting; only touched on the event loop
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+
+    def reserve(self) -> None:
+        if self.pending >= self.capacity:
+            raise ApiError(
+                503,
+                f"the server is busy: {self.pending} answers are being generated or waiting (limit "
+                f"{self.capacity}); try again shortly",
+                "queue_full",
+                {"Retry-After": "5"},
+            )
+        self.pending += 1
+
+    def release(self) -> None:
+        self.pending -= 1
+
+    def submit(self, fn, *args) -> asyncio.Future:
+        return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# ------------------------------------------------------------------------------------------------ the app
+
+
+class Server:
+    """State of one running server: the model registry, limits and the generation worker."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry):
+        self.settings = settings
+        self.registry = registry
+        serve = settings.serve
+        self.buckets = TokenBuckets(serve.rate_limit_per_minute, serve.rate_limit_burst)
+        self.queue = GenerationQueue(serve.max_queued_generations)
+        self.retrieval_slots = asyncio.Semaphore(4)
+        self.started_at = time.time()
+
+    # --------------------------------------------------------------------------------------- helpers
+
+    def rate_limit(self, request: Request) -> None:
+        client = request.client.host if request.client else "unknown"
+        wait = self.buckets.take(client)
+        if wait > 0:
+            raise ApiError(
+                429,
+                f"too many requests: the limit is {self.settings.serve.rate_limit_per_minute:g} per minute "
+                f"(bursts of {self.settings.serve.rate_limit_burst}); retry in {math.ceil(wait)} s",
+                "rate_limited",
+                {"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+
+    def check_question(self, question: Any) -> str:
+        if not isinstance(question, str) or not question.strip():
+            raise ApiError(400, 'the question is empty; ask something, e.g. "What telescope do you own?"', "empty")
+        limit = self.settings.serve.max_query_chars
+        if len(question) > limit:
+            raise ApiError(
+                413, f"the question is {len(question)} characters long; the limit is {limit}", "query_too_long"
+            )
+        return question
+
+    def check_ready(self) -> None:
+        if not self.registry.ready:
+            raise ApiError(503, self.registry.not_ready_reason or "no index yet: run `make run` first", "not_ready")
+
+    async def generate(self, model: str, question: str) -> Reply:
+        """`model`'s answer, computed in the generation worker; the queue slot must be reserved already."""
+        try:
+            return await self.queue.submit(self.registry.answer, model, question)
+        except QuestionError as exc:
+            raise ApiError(400, str(exc), "bad_question") from None
+        except NotReadyError as exc:
+            raise ApiError(503, str(exc), "not_ready") from None
+        except ModelOutputError:
+            raise ApiError(502, f"the model {model} returned no usable answer; ask again", "model_output") from None
+        except (ChatProviderError, BudgetExceeded) as exc:
+            log.error("generation failed: %s", exc)
+            raise ApiError(502, f"the model {model} is unavailable (see the server log)", "model_error") from None
+
+    # ------------------------------------------------------------------------------------- endpoints
+
+    async def index_page(self, request: Request) -> Response:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def healthz(self, request: Request) -> Response:
+        ready = self.registry.ready
+        body = {
+            "status": "ok" if ready else "not_ready",
+            "ready": ready,
+            "index_version": self.registry.index_version(),
+            "models": self.registry.names() if ready else [],
+            "queued_generations": self.queue.pending,
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
+        if not ready:
+            body["reason"] = self.registry.not_ready_reason
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def models(self, request: Request) -> Response:
+        created = int(self.registry.loaded_at or self.started_at)
+        names = self.registry.names() if self.registry.ready else []
+        data = [{"id": name, "object": "model", "created": created, "owned_by": "mebot"} for name in names]
+        return JSONResponse({"object": "list", "data": data})
+
+    def api_model(self, value: str) -> str:
+        """`qa` -> rag, `finetune` -> the first ft model, `finetune:<key>` -> ft-<key>; rag/ft-<key> as they are."""
+        names = self.registry.names()
+        value = value.strip() or "qa"
+        if value in ("qa", RAG_MODEL):
+            return RAG_MODEL
+        finetuned = [n for n in names if n != RAG_MODEL]
+        if value == "finetune":
+            if not finetuned:
+                raise ApiError(400, "no fine-tuned model is available; the valid models are: qa (rag)", "unknown_model")
+            return finetuned[0]
+        if value.startswith("finetune:"):
+            value = "ft-" + value.split(":", 1)[1]
+        if value in finetuned:
+            return value
+        valid = ["qa", *(["finetune"] if finetuned else []), *("finetune:" + n[3:] for n in finetuned)]
+        raise ApiError(400, f"unknown model {value!r}; the valid models are: {', '.join(valid)}", "unknown_model")
+
+    async def api(self, request: Request) -> Response:
+        self.rate_limit(request)
+        params = request.query_params
+        question = self.check_question(params.get("query", params.get("question", "")))
+        self.check_ready()
+        model = self.api_model(params.get("model", "qa"))
+        retrieval_only = params.get("retrieval_only", "").lower() in ("1", "true", "yes")
+        if retrieval_only:
+            if model != RAG_MODEL:
+                raise ApiError(400, "retrieval_only applies to the qa (rag) model only", "bad_request")
+            started = time.monotonic()
+            async with self.retrieval_slots:
+                try:
+                    sources = await asyncio.to_thread(self.registry.retrieve, question)
+                except QuestionError as exc:
+                    raise ApiError(400, str(exc), "bad_question") from None
+            reply = Reply(model=model, text="", sources=sources, latency_s=round(time.monotonic() - started, 3))
+        else:
+            self.queue.reserve()
+            try:
+                reply = await self.generate(model, question)
+            finally:
+                self.queue.release()
+        return JSONResponse(
+            {
+                "text": reply.text,
+                "sourceDocuments": [source_document(s) for s in reply.sources],
+                "model": reply.model,
+                "retrieval_only": retrieval_only,
+                "cached": reply.cached,
+                "latency_s": reply.latency_s,
+            }
+        )
+
+    async def chat_completions(self, request: Request) -> Response:
+        self.rate_limit(request)
+        body = await read_json(request)
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise ApiError(
+                400, f"'model' is required; the valid models are: {', '.join(self.registry.names())}", "missing_model"
+            )
+        question = self.check_question(last_user_message(body.get("messages")))
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise ApiError(400, "'stream' must be true or false", "bad_request")
+        self.check_ready()
+        try:
+            self.registry.check(model)
+        except UnknownModelError as exc:
+            raise ApiError(400, str(exc), "model_not_found") from None
+        self.queue.reserve()
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        if not stream:
+            try:
+                reply = await self.generate(model, question)
+            finally:
+                self.queue.release()
+            return JSONResponse(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": "stop"}
+                    ],
+                    "usage": usage(reply),
+                    "sources": [source_json(s) for s in reply.sources],
+                }
+            )
+        return StreamingResponse(
+            self.stream_completion(completion_id, created, model, question),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def stream_completion(
+        self, completion_id: str, created: int, model: str, question: str
+    ) -> AsyncIterator[str]:
+        """SSE: a role chunk at once, keep-alive comments while the answer is generated, the answer in pieces of a
+        few words, a finish chunk (with usage and sources), then `data: [DONE]`. The queue slot is ours."""
+
+        def chunk(delta: dict, finish: str | None = None, **extra: Any) -> str:
+            payload = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra,
+            }
+            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+        released = False
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            task = asyncio.ensure_future(self.generate(model, question))
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_S)
+                if done:
+                    break
+                yield ": keep-alive\n\n"
+            self.queue.release()
+            released = True
+            try:
+                reply = task.result()
+            except ApiError as exc:
+                yield f"data: {json.dumps(error_body(exc.status, exc.message, exc.code))}\n\n"
+                yield "data: [DONE]\n\n"
+                return
+            words = reply.text.split(" ")
+            for start in range(0, len(words), STREAM_PIECE_WORDS):
+                piece = " ".join(words[start : start + STREAM_PIECE_WORDS])
+                yield chunk({"content": piece if start == 0 else " " + piece})
+            yield chunk({}, "stop", usage=usage(reply), sources=[source_json(s) for s in reply.sources])
+            yield "data: [DONE]\n\n"
+        except Exception:  # noqa: BLE001 - the status line is sent; report in-band
+            log.exception("streaming failed")
+            yield f"data: {json.dumps(error_body(500, 'the answer failed (see the server log)', 'internal_error'))}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            if not released:
+                self.queue.release()
+
+
+# ----------------------------------------------------------------------------------------------- formats
+
+
+def source_json(source: Source) -> dict:
+    return {"url": source.url, "title": source.title, "chunk_id": source.chunk_id, "score": source.score}
+
+
+def source_document(source: Source) -> dict:
+    """The original bot's (LangChain's) source document, with the chunk id and score added."""
+    return {
+        "pageContent": source.text,
+        "metadata": {"url": source.url, "title": source.title, "chunk_id": source.chunk_id, "score": source.score},
+        "score": source.score,
+    }
+
+
+def usage(reply: Reply) -> dict:
+    return {
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+    }
+
+
+async def read_json(request: Request) -> dict:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", "body_too_large")
+    raw = b""
+    async for part in request.stream():
+        raw += part
+        if len(raw) > MAX_BODY_BYTES:
+            raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", "body_too_large")
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON ({exc.__class__.__name__})", "invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object", "invalid_json")
+    return body
+
+
+def last_user_message(messages: Any) -> str:
+    """The text of the last message with role `user` (string content or a list of text parts)."""
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects", "bad_messages")
+    for message in reversed(messages):
+        if not isinstance(message, dict):
+            raise ApiError(400, "every message must be an object with role and content", "bad_messages")
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "\n".join(
+                str(part.get("text", "")) for part in content if isinstance(part, dict) and part.get("type") == "text"
+            )
+        if not isinstance(content, str):
+            raise ApiError(400, "the last user message has no text content", "bad_messages")
+        return content
+    raise ApiError(400, "'messages' holds no message with role 'user'", "bad_messages")
+
+
+# --------------------------------------------------------------------------------------------- assembly
+
+
+def create_app(settings: Settings, registry: ModelRegistry) -> Starlette:
+    server: Server | None = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        nonlocal server
+        server = Server(settings, registry)
+        app.state.server = server
+        await asyncio.to_thread(registry.refresh)
+        watcher = asyncio.create_task(watch(registry, settings.serve.reload_check_s))
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            server.queue.shutdown()
+
+    def endpoint(name: str):
+        async def handle(request: Request) -> Response:
+            try:
+                return await getattr(request.app.state.server, name)(request)
+            except ApiError as exc:
+                return error_response(exc.status, exc.message, exc.code, exc.headers)
+            except Exception:  # noqa: BLE001 - never leak a trace
+                log.exception("%s %s failed", request.method, request.url.path)
+                return error_response(500, "internal error (see the server log)", "internal_error")
+
+        return handle
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return error_response(exc.status_code, str(exc.detail), "not_found" if exc.status_code == 404 else "http")
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        return error_response(500, "internal error (see the server log)", "internal_error")
+
+    routes = [
+        Route("/", endpoint("index_page")),
+        Route("/healthz", endpoint("healthz")),
+        Route("/api", endpoint("api")),
+        Route("/v1/models", endpoint("models")),
+        Route("/v1/chat/completions", endpoint("chat_completions"), methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+    ]
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.serve.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+    )
+
+
+async def watch(registry: ModelRegistry, every_s: float) -> None:
+    """Look for a newer materialization (and new adapters) every `every_s` seconds; load it off the loop."""
+    while True:
+        await asyncio.sleep(max(0.2, every_s))
+        try:
+            await asyncio.to_thread(registry.refresh)
+        except Exception:  # noqa: BLE001 - keep serving the old bot
+            log.exception("reloading the index failed")
+
+
+def warm_up(registry: ModelRegistry) -> None:
+    """Load the chat model's weights now rather than on the first question (llama.cpp only)."""
+    try:
+        chat = registry.bot.chat
+    except NotReadyError:
+        return
+    chat.warm_up()
+
+
+def serve(config: Path, host: str | None = None, port: int | None = None) -> int:
+    """Load the settings, resources and models, then run uvicorn until interrupted."""
+    import uvicorn
+
+    from pipeline.definitions import build_definitions, data_dir_from_env
+    from pipeline.settings import load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(config)
+    data_dir = data_dir_from_env()
+    registry = ModelRegistry(settings, build_definitions(config, data_dir=data_dir).resources, data_dir)
+    registry.refresh()
+    if registry.ready:
+        warm_up(registry)
+        log.info("mebot serve: models %s", ", ".join(registry.names()))
+    else:
+        log.warning("mebot serve: not ready: %s", registry.not_ready_reason)
+    host = host or settings.serve.host
+    port = settings.serve.port if port is None else port
+    print(f"mebot: serving on http://{host}:{port}/", flush=True)
+    uvicorn.run(
+        create_app(settings, registry),
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=3,
+    )
+    # An answer still generating in the worker thread has no one waiting for it; don't wait for it to finish.
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)
