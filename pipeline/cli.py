@@ -62,33 +62,50 @@ def user_error_message(error) -> str:
     return error.message.strip()
 
 
-def cmd_run(config: Path, select: str) -> int:
+def cmd_run(config: Path, select: str | None) -> int:
     import dagster as dg
 
     from pipeline.definitions import build_definitions
+    from pipeline.jobs import DEFAULT_RUN_SELECTION
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     defs = build_definitions(config)
+    graph = defs.resolve_asset_graph()
+    selection = dg.AssetSelection.from_coercible(select) if select else DEFAULT_RUN_SELECTION
+    keys = selection.resolve(graph)
+    partitioned = sorted(k for k in keys if graph.get(k).partitions_def is not None)
+    plain = [k for k in keys if k not in partitioned]
+    # One run for the unpartitioned assets, then one per partition (e.g. per sweep point) of the others.
+    runs: list[tuple[list, str | None]] = [(plain, None)] if plain else []
+    if partitioned:
+        partition_keys = graph.get(partitioned[0]).partitions_def.get_partition_keys()
+        runs += [(partitioned, key) for key in partition_keys]
     started = time.monotonic()
-    print(f"mebot: materializing {select!r} with {config}", flush=True)
-    result = dg.materialize(
-        [*defs.assets, *defs.asset_checks],
-        resources=defs.resources,
-        instance=dg.DagsterInstance.get(),
-        selection=select,
-        raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-        tags={"mebot/command": "run"},
-    )
+    print(f"mebot: materializing {select or 'the ingest and index groups'} with {config}", flush=True)
+    success, lines = True, []
+    for run_keys, partition in runs:
+        result = dg.materialize(
+            [*defs.assets, *defs.asset_checks],
+            resources=defs.resources,
+            instance=dg.DagsterInstance.get(),
+            selection=dg.AssetSelection.assets(*run_keys),
+            partition_key=partition,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+            tags={"mebot/command": "run"},
+        )
+        lines += _summary_lines(result)
+        if not result.success:
+            success = False
+            for event in result.all_events:
+                if event.is_failure and event.step_failure_data:
+                    message = user_error_message(event.step_failure_data.error)
+                    print(f"\n{event.step_key}: {message}", file=sys.stderr)
     elapsed = time.monotonic() - started
-    print(f"\nmebot run {'succeeded' if result.success else 'FAILED'} in {elapsed:.1f}s (run {result.run_id})")
-    print("\n".join(_summary_lines(result)))
-    if not result.success:
-        for event in result.all_events:
-            if event.is_failure and event.step_failure_data:
-                print(f"\n{event.step_key}: {user_error_message(event.step_failure_data.error)}", file=sys.stderr)
-    return 0 if result.success else 1
+    print(f"\nmebot run {'succeeded' if success else 'FAILED'} in {elapsed:.1f}s ({len(runs)} run(s))")
+    print("\n".join(lines))
+    return 0 if success else 1
 
 
 def cmd_ask(config: Path, question: str, k: int | None, as_json: bool) -> int:
@@ -134,7 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=None, help="settings file (default: mebot.yaml)")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="materialize the asset graph and print a summary")
-    run.add_argument("--select", default="*", help="Dagster asset selection, e.g. 'raw_pages' or 'rag_chunks+'")
+    run.add_argument(
+        "--select",
+        default=None,
+        help="Dagster asset selection, e.g. 'raw_pages', 'rag_chunks+' or '*' (default: crawl to vector index); "
+        "partitioned assets run once per partition",
+    )
     ui = commands.add_parser("ui", help="start the Dagster UI (dagster dev) on 127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
     ask = commands.add_parser("ask", help="ask the bot a question; prints the answer and its sources")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets import chunks, crawl, index
+from assets import chunks, crawl, finetune_data, index, qa
 from pipeline.jobs import ingest_job, recrawl_schedule
 from pipeline.settings import (
     PROJECT_ROOT,
@@ -24,7 +24,7 @@ from resources.embeddings import EmbedderResource
 from resources.parquet_io import ParquetIOManagerFactory
 from resources.vector_index import VectorIndexResource
 
-ASSET_MODULES = [crawl, chunks, index]
+ASSET_MODULES = [crawl, chunks, index, qa, finetune_data]
 DATA_DIR_ENV_VAR = "MEBOT_DATA_DIR"
 
 
@@ -60,6 +60,7 @@ def build_definitions(config_path: str | Path | None = None, data_dir: str | Pat
             "embedder": EmbedderResource(cache_dir=str(data / "cache")),
             "index_store": VectorIndexResource(index_dir=str(data / "index")),
             "chat_model": ChatModelResource(cache_dir=str(data / "cache")),
+            "finetune_files": finetune_data.FinetuneFiles(base_dir=str(data / "finetune")),
         },
     )
 

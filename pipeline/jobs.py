@@ -10,9 +10,12 @@ import dagster as dg
 
 from pipeline.settings import Settings
 
+# What `mebot run` / `make run` build by default: the RAG bot, crawl to vector index.
+DEFAULT_RUN_SELECTION = dg.AssetSelection.groups("ingest", "index")
+
 ingest_job = dg.define_asset_job(
     "ingest",
-    selection=dg.AssetSelection.groups("ingest", "index"),
+    selection=DEFAULT_RUN_SELECTION,
     description="Crawl the site, chunk it, embed the chunks and rebuild the vector index.",
 )
 

@@ -13,6 +13,7 @@ from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from pipeline.cli import user_error_message
 from pipeline.definitions import build_definitions
+from pipeline.jobs import DEFAULT_RUN_SELECTION
 from pipeline.settings import DEFAULT_CONFIG_PATH
 from tests.conftest import deep_merge
 from tests.sites import write_small_site
@@ -61,7 +62,7 @@ def project(tmp_path):
         yield project
 
 
-def _materialize(instance, defs: dg.Definitions, selection: str = "*") -> dg.ExecuteInProcessResult:
+def _materialize(instance, defs: dg.Definitions, selection=DEFAULT_RUN_SELECTION) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [*defs.assets, *defs.asset_checks], resources=defs.resources, instance=instance, selection=selection
     )
@@ -69,7 +70,12 @@ def _materialize(instance, defs: dg.Definitions, selection: str = "*") -> dg.Exe
 
 def _statuses(instance, defs: dg.Definitions) -> dict[str, StaleStatus]:
     resolver = get_stale_status_resolver(instance, list(defs.assets))
-    return {key.to_user_string(): resolver.get_status(key) for a in defs.assets for key in a.keys}
+    return {
+        key.to_user_string(): resolver.get_status(key)
+        for a in defs.assets
+        for key in a.keys
+        if key.to_user_string() in ASSETS
+    }
 
 
 ASSETS = ("raw_pages", "rag_chunks", "chunk_embeddings", "vector_index")
