@@ -108,17 +108,22 @@ def cmd_run(config: Path, select: str | None) -> int:
     return 0 if success else 1
 
 
-def cmd_ask(config: Path, question: str, k: int | None, as_json: bool) -> int:
+def cmd_ask(config: Path, question: str, model: str, k: int | None, as_json: bool) -> int:
     import json
 
-    from assets.rag import load_rag_bot
+    from assets.rag import RagAnswer
     from pipeline.definitions import build_definitions, data_dir_from_env
+    from pipeline.server.models import RAG_MODEL, ModelRegistry
 
-    defs = build_definitions(config)
-    settings = load_settings(config)
+    registry = ModelRegistry(load_settings(config), build_definitions(config).resources, data_dir_from_env())
     try:
-        bot = load_rag_bot(settings, defs.resources, data_dir_from_env())
-        answer = bot.ask(question, k=k)
+        registry.refresh()
+        registry.check(model)
+        if model == RAG_MODEL:
+            answer = registry.bot.ask(question, k=k)
+        else:
+            reply = registry.answer(model, question)
+            answer = RagAnswer(question=question, answer=reply.text, sources=[], model=model)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"mebot: {exc}", file=sys.stderr)
         return 1
@@ -126,7 +131,8 @@ def cmd_ask(config: Path, question: str, k: int | None, as_json: bool) -> int:
         print(json.dumps(answer.to_json(), indent=2, ensure_ascii=False))
         return 0
     print(answer.answer)
-    print("\nSources:")
+    if answer.sources:
+        print("\nSources:")
     for number, source in enumerate(answer.sources, start=1):
         print(f"  {number}. {source.title} - {source.url} (score {source.score:.3f})")
     return 0
@@ -161,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--port", type=int, default=3000)
     ask = commands.add_parser("ask", help="ask the bot a question; prints the answer and its sources")
     ask.add_argument("question")
-    ask.add_argument("--model", default="rag", choices=["rag"], help="which bot answers (rag)")
+    ask.add_argument("--model", default="rag", help="rag, or ft-<sweep key> for a fine-tuned model")
     ask.add_argument("--k", type=int, default=None, help="chunks to retrieve (default: rag.top_k)")
     ask.add_argument("--json", action="store_true", help='print {"answer": ..., "sources": [...]} as JSON')
     commands.add_parser("check-config", help="validate the settings file and print it")
@@ -183,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ui":
         return cmd_ui(args.port)
     if args.command == "ask":
-        return cmd_ask(config, args.question, args.k, args.json)
+        return cmd_ask(config, args.question, args.model, args.k, args.json)
     if args.command == "serve":
         return cmd_serve(config, args.host, args.port)
     return cmd_run(config, args.select)

@@ -89,9 +89,7 @@ def test_retrieval_finds_the_page_that_holds_each_fact(default_run):
     assert result.returncode == 0
     config = data.parent / "mebot.yaml"
     bot = load_rag_bot(load_settings(config), build_definitions(config, data_dir=data).resources, data)
-    found = {
-        question: [source.url for source in bot.retrieve(question)] for question in SAMPLE_SITE_QUESTIONS
-    }
+    found = {question: [source.url for source in bot.retrieve(question)] for question in SAMPLE_SITE_QUESTIONS}
     misses = {q: urls for q, urls in found.items() if not any(u.endswith(SAMPLE_SITE_QUESTIONS[q]) for u in urls)}
     assert len(misses) <= 1, misses
     assert all(len(urls) == 4 for urls in found.values())
@@ -104,12 +102,45 @@ def test_mebot_ask_json_answers_with_the_right_page_among_its_sources(default_ru
     assert result.returncode == 0
     env = {**os.environ, "MEBOT_DATA_DIR": str(data), "MEBOT_DAGSTER_HOME": str(data.parent / "home")}
     asked = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "--config", str(data.parent / "mebot.yaml"), "ask", "--json",
-         "What is your sourdough starter called?"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "--config",
+            str(data.parent / "mebot.yaml"),
+            "ask",
+            "--json",
+            "What is your sourdough starter called?",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert asked.returncode == 0, asked.stderr[-3000:]
     reply = json.loads(asked.stdout)
     assert reply["answer"].strip()
     assert any(s["url"].endswith("/posts/weekday-sourdough/") for s in reply["sources"])
     assert set(reply["sources"][0]) == {"url", "title", "chunk_id", "score"}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["   "], "the question is empty"),
+        (["--model", "ft-nope", "Who are you?"], "unknown model 'ft-nope'; the valid models are: rag"),
+    ],
+)
+def test_mebot_ask_rejects_bad_input_with_a_clear_message(default_run, arguments, message):
+    result, data = default_run
+    assert result.returncode == 0
+    env = {**os.environ, "MEBOT_DATA_DIR": str(data), "MEBOT_DAGSTER_HOME": str(data.parent / "home")}
+    asked = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "--config", str(data.parent / "mebot.yaml"), "ask", *arguments],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert asked.returncode == 1
+    assert message in asked.stderr

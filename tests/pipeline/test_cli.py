@@ -89,3 +89,16 @@ def test_make_setup_is_a_no_op_the_second_time():
     """`make test` and `make run` install once; with nothing changed, setup has nothing to do."""
     result = subprocess.run(["make", "-q", "setup"], cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, "make setup would reinstall although pyproject.toml did not change"
+
+
+def test_mebot_ask_without_outputs_says_to_run_make_run_first(tmp_path):
+    env = {**os.environ, "MEBOT_DATA_DIR": str(tmp_path / "data"), "MEBOT_DAGSTER_HOME": str(tmp_path / "home")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "ask", "What telescope do you own?"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert "run `make run` first" in result.stderr
