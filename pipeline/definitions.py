@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets import chunks, crawl, finetune_data, index, qa
+from assets import chunks, crawl, finetune, finetune_data, index, qa
 from pipeline.jobs import ingest_job, recrawl_schedule
 from pipeline.settings import (
     PROJECT_ROOT,
@@ -21,10 +21,11 @@ from pipeline.settings import (
 from resources.chat import ChatModelResource
 from resources.crawler import ScrapyCrawler
 from resources.embeddings import EmbedderResource
+from resources.lora import ModelStore
 from resources.parquet_io import ParquetIOManagerFactory
 from resources.vector_index import VectorIndexResource
 
-ASSET_MODULES = [crawl, chunks, index, qa, finetune_data]
+ASSET_MODULES = [crawl, chunks, index, qa, finetune_data, finetune]
 DATA_DIR_ENV_VAR = "MEBOT_DATA_DIR"
 
 
@@ -61,6 +62,7 @@ def build_definitions(config_path: str | Path | None = None, data_dir: str | Pat
             "index_store": VectorIndexResource(index_dir=str(data / "index")),
             "chat_model": ChatModelResource(cache_dir=str(data / "cache")),
             "finetune_files": finetune_data.FinetuneFiles(base_dir=str(data / "finetune")),
+            "model_store": ModelStore(base_dir=str(data / "models")),
         },
     )
 

@@ -1,0 +1,121 @@
+"""Local LoRA fine-tuning: seconds per training step, and generation speed of the fine-tuned model in llama.cpp.
+
+1. Seconds per optimizer step of `train_lora` on examples shaped like the sample site's training file: one
+   paragraph-sized passage (~300 SmolLM2 tokens with the prompt) per example, batch 4 (the default sweep),
+   `--max-seq-tokens` (384, the default setting), float32 (and bfloat16 with --bf16), torch threads as
+   training uses them (all cores but one unless --threads). The base model's load time is reported apart.
+2. Generation tokens/s through ChatClient (cache off) of the base GGUF and of the base GGUF + the exported LoRA
+   adapter, greedy, same prompt, runs alternating. tokens/s = completion tokens / wall time of the call.
+   Target: fine-tuned ≥ 0.8 x base.
+
+    .venv/bin/python bench/bench_finetune.py [--steps 4] [--reps 5] [--max-tokens 128] [--bf16]
+
+The machine must be otherwise idle (2 cores: any other busy process slows both torch and llama.cpp a lot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import lxml.html  # noqa: E402
+
+from assets.finetune_format import chat_example  # noqa: E402
+from pipeline.settings import PROJECT_ROOT, ChatModelSettings, LocalFinetuneSettings, Settings, SweepPoint  # noqa: E402
+from resources.chat import ChatClient  # noqa: E402
+from resources.lora import default_threads, export_lora_gguf, load_base_model, train_lora  # noqa: E402
+
+SITE = PROJECT_ROOT / "data" / "sample_site"
+
+
+def site_examples(settings: Settings, min_words: int = 180, max_words: int = 240) -> list[list[dict]]:
+    """Passages of ~200 words (≈ 250-300 tokens) from the sample site, each with a question about its page."""
+    passages: list[tuple[str, str]] = []
+    for page in sorted(SITE.rglob("*.html")):
+        doc = lxml.html.fromstring(page.read_text(encoding="utf-8"))
+        title = " ".join((doc.findtext(".//title") or page.stem).split())
+        words: list[str] = []
+        for paragraph in doc.iter("p"):
+            words.extend(paragraph.text_content().split())
+            if len(words) >= min_words:
+                passages.append((title, " ".join(words[:max_words])))
+                words = []
+    return [chat_example(settings, f"What did you write in '{title}'?", text) for title, text in passages]
+
+
+def seconds_per_step(examples, dtype: str, steps: int, max_seq: int, threads: int) -> dict:
+    point = SweepPoint(n_epochs=1, batch_size=4, learning_rate_multiplier=1.0, lora_r=8, lora_alpha=16)
+    local = LocalFinetuneSettings(max_steps=steps, max_seq_tokens=max_seq, dtype=dtype)
+    events: list[dict] = []
+    result = train_lora(examples, [], point, local, None, events.append, n_threads=threads)
+    times = [e["seconds"] for e in events if e["event"] == "step"]
+    return {
+        "result": result,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "tokens_per_step": result.train_tokens / result.steps,
+    }
+
+
+def tokens_per_s(client: ChatClient, messages: list[dict], max_tokens: int) -> float:
+    started = time.perf_counter()
+    result = client.complete(messages, temperature=0.0, max_tokens=max_tokens)
+    return result.completion_tokens / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--max-seq-tokens", type=int, default=384)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores but one)")
+    parser.add_argument("--bf16", action="store_true", help="also measure dtype bfloat16")
+    args = parser.parse_args()
+    threads = args.threads or default_threads()
+    settings = Settings()
+
+    started = time.perf_counter()
+    base = load_base_model()
+    print(f"base model load: {time.perf_counter() - started:.1f} s ({base.identity})")
+    examples = site_examples(settings)
+    print(f"{len(examples)} sample-site examples; batch 4, max_seq_tokens {args.max_seq_tokens}, {threads} thread(s)")
+
+    dtypes = ["float32"] + (["bfloat16"] if args.bf16 else [])
+    trained = None
+    for dtype in dtypes:
+        stats = seconds_per_step(examples, dtype, args.steps, args.max_seq_tokens, threads)
+        print(
+            f"{dtype}: {stats['median_s']:.2f} s/step median ({stats['min_s']:.2f}-{stats['max_s']:.2f}) over "
+            f"{args.steps} steps, {stats['tokens_per_step']:.0f} tokens/step, "
+            f"{stats['tokens_per_step'] / stats['median_s']:.0f} tokens/s trained"
+        )
+        trained = trained or stats["result"]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = export_lora_gguf(trained.peft_model, Path(tmp) / "adapter.gguf")
+        chat = ChatModelSettings()
+        plain = ChatClient(chat, prices={}, cache=None, budget_usd=None)
+        tuned = ChatClient(chat, prices={}, cache=None, budget_usd=None, lora_path=str(adapter))
+        messages = chat_example(settings, "Tell me about your work as a data engineer, in detail.")
+        for client in (plain, tuned):  # load both models before timing
+            client.complete(messages, temperature=0.0, max_tokens=4)
+        base_rates, tuned_rates = [], []
+        for _ in range(args.reps):
+            base_rates.append(tokens_per_s(plain, messages, args.max_tokens))
+            tuned_rates.append(tokens_per_s(tuned, messages, args.max_tokens))
+    b, t = statistics.median(base_rates), statistics.median(tuned_rates)
+    print(f"llama.cpp generation, base:       {b:.1f} tokens/s median ({min(base_rates):.1f}-{max(base_rates):.1f})")
+    print(f"llama.cpp generation, base + LoRA: {t:.1f} tokens/s median ({min(tuned_rates):.1f}-{max(tuned_rates):.1f})")
+    print(f"ratio fine-tuned / base: {t / b:.2f} (target >= 0.8)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,480 @@
+"""Local fine-tuning: LoRA (peft) on the bundled SmolLM2 weights, and the adapter as a GGUF LoRA for llama.cpp.
+
+- `load_base_model()`: transformers dequantizes the bundled Q4_1 GGUF into a trainable torch model (plus its
+  tokenizer, read from the same file). Slow (≈ 30-40 s, mostly the tokenizer), so loaded once per process;
+  every training run works on a copy, so sweep points in one process never see each other's adapters.
+- `train_lora()`: LoRA on q/k/v/o projections with r/alpha from the sweep point; examples are chat messages
+  rendered with the model's own chat template (the same text llama.cpp builds at inference), and the loss is on
+  the assistant part only. AdamW, learning rate `base_lr x multiplier` decaying linearly to zero; training loss
+  per optimizer step, validation loss per epoch. A NaN/inf loss raises `TrainingDiverged`.
+- `export_lora_gguf()`: writes the adapter as a GGUF LoRA (general.type "adapter", adapter.type "lora",
+  adapter.lora.alpha; tensors `blk.N.attn_q.weight.lora_a` / `.lora_b`), which
+  `ChatClient(..., lora_path=...)` (llama.cpp) applies on top of the bundled GGUF. llama.cpp stores the q and k
+  projections with their rows permuted for its rope layout (transformers undoes this when it loads the GGUF), so
+  the B matrices of q and k are permuted the same way here, as llama.cpp's `convert_lora_to_gguf.py` does.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from pipeline.settings import LocalFinetuneSettings, SweepPoint
+from resources.chat import bundled_gguf_path
+
+LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
+# torch's CPU threads spin-wait for each other like llama.cpp's: with every core in use, one busy process
+# elsewhere (another partition's run, the UI) made a step 12x slower here (38 s vs 3.2 s on 2 cores). So, like
+# the chat client, training leaves a core for everything else unless told otherwise.
+IGNORE_INDEX = -100
+GGUF_ARCH = "llama"
+
+# module name in the HF model → llama.cpp tensor base name
+_GGUF_TENSOR = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output"}
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; names the step and the sweep point."""
+
+
+@dataclass
+class BaseModel:
+    model: Any  # transformers LlamaForCausalLM, float32, never trained itself (training copies it)
+    tokenizer: Any
+    gguf_path: Path
+    identity: str  # e.g. "SmolLM2-135M-Instruct.Q4_1.gguf (llama, 30 layers)"
+    load_seconds: float
+
+
+@dataclass
+class TrainingResult:
+    point_key: str
+    learning_rate: float
+    train_losses: list[float]  # one per optimizer step
+    val_losses: list[float]  # one per epoch (plus one at a max_steps stop inside an epoch)
+    val_steps: list[int]  # the step after which each validation loss was measured
+    steps: int
+    epochs_completed: float  # fractional when max_steps stopped inside an epoch
+    stopped_by_max_steps: bool
+    seconds: float  # training and validation, not the model load
+    train_seconds: float  # optimizer steps only
+    n_train: int
+    n_validation: int
+    train_tokens: int  # tokens seen by training steps (prompt + answer, over all epochs)
+    truncated_examples: int  # examples cut to max_seq_tokens
+    dtype: str
+    threads: int
+    base_model: str
+    peft_model: Any = field(default=None, repr=False)
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.train_seconds / self.steps if self.steps else 0.0
+
+    @property
+    def final_train_loss(self) -> float:
+        return self.train_losses[-1] if self.train_losses else math.nan
+
+    @property
+    def final_val_loss(self) -> float:
+        return self.val_losses[-1] if self.val_losses else math.nan
+
+    def log_dict(self) -> dict[str, Any]:
+        """Everything but the model, JSON-ready (training_log.json)."""
+        data = asdict(self)
+        data.pop("peft_model")
+        data["seconds_per_step"] = self.seconds_per_step
+        return data
+
+
+# --------------------------------------------------------------------------------------------- base model
+
+_BASE: dict[str, BaseModel] = {}
+_BASE_LOCK = threading.Lock()
+
+
+def load_base_model(gguf_path: Path | None = None) -> BaseModel:
+    """The bundled SmolLM2 GGUF (or `gguf_path`) as a float32 torch model + tokenizer, once per process."""
+    path = Path(gguf_path or bundled_gguf_path()).resolve()
+    with _BASE_LOCK:
+        loaded = _BASE.get(str(path))
+        if loaded is not None:
+            return loaded
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        started = time.perf_counter()
+        hf_logging.disable_progress_bar()
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        # The weights are dequantized plain tensors now; without this, save_pretrained refuses ("quantized").
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.eval()
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        config = model.config
+        identity = f"{path.name} ({config.model_type}, {config.num_hidden_layers} layers)"
+        loaded = _BASE[str(path)] = BaseModel(model, tokenizer, path, identity, time.perf_counter() - started)
+        return loaded
+
+
+# ------------------------------------------------------------------------------------------------ encoding
+
+
+@dataclass
+class EncodedExample:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX on the prompt; the assistant's tokens (with the end-of-turn) otherwise
+    truncated: bool
+
+
+def encode_example(tokenizer: Any, messages: list[dict], max_tokens: int) -> EncodedExample:
+    """Render the messages with the model's chat template; loss only on the final assistant message."""
+    if not messages or messages[-1].get("role") != "assistant":
+        raise ValueError("a training example must end with the assistant's message")
+    full = _template_ids(tokenizer, messages, add_generation_prompt=False)
+    prompt = _template_ids(tokenizer, messages[:-1], add_generation_prompt=True)
+    if full[: len(prompt)] != prompt:
+        raise ValueError("the chat template does not render the prompt as a prefix of the full example")
+    labels = [IGNORE_INDEX] * len(prompt) + full[len(prompt) :]
+    truncated = len(full) > max_tokens
+    return EncodedExample(full[:max_tokens], labels[:max_tokens], truncated)
+
+
+def _template_ids(tokenizer: Any, messages: list[dict], *, add_generation_prompt: bool) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _collate(batch: list[EncodedExample], pad_id: int) -> tuple[Any, Any, Any]:
+    import torch
+
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, example in enumerate(batch):
+        n = len(example.input_ids)
+        ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        mask[row, :n] = 1
+    return ids, labels, mask
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def _batch_loss(model: Any, batch: list[EncodedExample], pad_id: int) -> tuple[Any, int]:
+    """Mean cross-entropy over the batch's answer tokens, and how many answer tokens there were."""
+    import torch
+
+    ids, labels, mask = _collate(batch, pad_id)
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    n_tokens = int((shift_labels != IGNORE_INDEX).sum())
+    loss = torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX
+    )
+    return loss, n_tokens
+
+
+def _validation_loss(model: Any, examples: list[EncodedExample], batch_size: int, pad_id: int) -> float:
+    """Token-weighted mean loss over every validation answer token (nan without validation examples)."""
+    import torch
+
+    if not examples:
+        return math.nan
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            loss, n = _batch_loss(model, examples[start : start + batch_size], pad_id)
+            if n:
+                total += float(loss) * n
+                count += n
+    model.train()
+    return total / count if count else math.nan
+
+
+def default_threads() -> int:
+    """All cores but one (at least one)."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def train_lora(
+    examples: list[list[dict]],
+    validation: list[list[dict]],
+    point: SweepPoint,
+    local: LocalFinetuneSettings,
+    out_dir: Path | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    base: BaseModel | None = None,
+    n_threads: int | None = None,
+) -> TrainingResult:
+    """Train a LoRA adapter for one sweep point on chat-message examples (each ending with the assistant).
+
+    `point` gives n_epochs, batch_size, learning_rate_multiplier, lora_r and lora_alpha; `local` gives base_lr,
+    max_seq_tokens, max_steps (0: all epochs), dtype and seed. With `out_dir`, the peft adapter is saved to
+    `out_dir/peft_adapter/`. `on_log` receives one dict per step ({"event": "step", ...}) and per validation
+    ({"event": "validation", ...}). Raises TrainingDiverged when a loss is NaN or infinite. torch uses
+    `n_threads` CPU threads (default: `local.n_threads` if that setting exists and is set, else all cores but
+    one) and the previous thread count is restored afterwards.
+    """
+    import torch
+
+    if not examples:
+        raise ValueError(f"sweep point {point.key}: no training examples")
+    threads = n_threads or getattr(local, "n_threads", 0) or default_threads()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _train(examples, validation, point, local, out_dir, on_log, base or load_base_model(), threads)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(
+    examples: list[list[dict]],
+    validation: list[list[dict]],
+    point: SweepPoint,
+    local: LocalFinetuneSettings,
+    out_dir: Path | None,
+    on_log: Callable[[dict[str, Any]], None] | None,
+    base: BaseModel,
+    threads: int,
+) -> TrainingResult:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    tokenizer = base.tokenizer
+    pad_id = int(tokenizer.pad_token_id)
+    log = on_log or (lambda _event: None)
+
+    train_set = [encode_example(tokenizer, m, local.max_seq_tokens) for m in examples]
+    val_set = [encode_example(tokenizer, m, local.max_seq_tokens) for m in validation]
+    truncated = sum(e.truncated for e in train_set + val_set)
+    # An example whose answer was cut away entirely has nothing to learn from.
+    train_set = [e for e in train_set if any(label != IGNORE_INDEX for label in e.labels[1:])]
+    val_set = [e for e in val_set if any(label != IGNORE_INDEX for label in e.labels[1:])]
+    if not train_set:
+        raise ValueError(
+            f"sweep point {point.key}: every training example's answer lies beyond "
+            f"finetune.local.max_seq_tokens={local.max_seq_tokens}"
+        )
+
+    torch.manual_seed(local.seed)
+    rng = random.Random(local.seed)
+    # bfloat16: the frozen base weights in bf16, the LoRA weights (peft's default) and the optimizer in float32.
+    # (torch.autocast on CPU was 20x slower here.)
+    work_model = copy.deepcopy(base.model)
+    if local.dtype == "bfloat16":
+        work_model = work_model.to(torch.bfloat16)
+    model = get_peft_model(
+        work_model,
+        LoraConfig(
+            r=point.lora_r,
+            lora_alpha=point.lora_alpha,
+            target_modules=LORA_TARGET_MODULES,
+            lora_dropout=0.0,
+            bias="none",
+            task_type="CAUSAL_LM",
+        ),
+    )
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    learning_rate = local.base_lr * point.learning_rate_multiplier
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0)
+    steps_per_epoch = math.ceil(len(train_set) / point.batch_size)
+    total_steps = steps_per_epoch * point.n_epochs
+    if local.max_steps:
+        total_steps = min(total_steps, local.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total_steps))
+
+    train_losses: list[float] = []
+    val_losses: list[float] = []
+    val_steps: list[int] = []
+    train_tokens = 0
+    train_seconds = 0.0
+    started = time.perf_counter()
+    step = 0
+    for epoch in range(1, point.n_epochs + 1):
+        order = list(range(len(train_set)))
+        rng.shuffle(order)
+        for start in range(0, len(order), point.batch_size):
+            if step >= total_steps:
+                break
+            batch = [train_set[i] for i in order[start : start + point.batch_size]]
+            step_started = time.perf_counter()
+            loss, n_answer = _batch_loss(model, batch, pad_id)
+            value = loss.detach().item()
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"sweep point {point.key}: training loss became {value} at step {step + 1} of {total_steps} "
+                    f"(epoch {epoch}, learning rate {learning_rate:g} = finetune.local.base_lr "
+                    f"{local.base_lr:g} x multiplier {point.learning_rate_multiplier:g}); lower the learning rate"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            seconds = time.perf_counter() - step_started
+            train_seconds += seconds
+            train_losses.append(value)
+            train_tokens += sum(len(e.input_ids) for e in batch)
+            log(
+                {
+                    "event": "step",
+                    "step": step,
+                    "total_steps": total_steps,
+                    "epoch": epoch,
+                    "loss": value,
+                    "answer_tokens": n_answer,
+                    "seconds": seconds,
+                }
+            )
+        val = _validation_loss(model, val_set, point.batch_size, pad_id)
+        if val_set and not math.isfinite(val):
+            raise TrainingDiverged(
+                f"sweep point {point.key}: validation loss became {val} after step {step} (epoch {epoch})"
+            )
+        val_losses.append(val)
+        val_steps.append(step)
+        log({"event": "validation", "step": step, "epoch": epoch, "val_loss": val})
+        if step >= total_steps:
+            break
+    model.eval()
+
+    result = TrainingResult(
+        point_key=point.key,
+        learning_rate=learning_rate,
+        train_losses=train_losses,
+        val_losses=val_losses,
+        val_steps=val_steps,
+        steps=step,
+        epochs_completed=round(step / steps_per_epoch, 3),
+        stopped_by_max_steps=step < steps_per_epoch * point.n_epochs,
+        seconds=time.perf_counter() - started,
+        train_seconds=train_seconds,
+        n_train=len(train_set),
+        n_validation=len(val_set),
+        train_tokens=train_tokens,
+        truncated_examples=truncated,
+        dtype=local.dtype,
+        threads=threads,
+        base_model=base.identity,
+        peft_model=model,
+    )
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(out_dir / "peft_adapter"), save_embedding_layers=False)
+        (out_dir / "training_log.json").write_text(json.dumps(result.log_dict(), indent=2), encoding="utf-8")
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+def _permute_rows(weight: Any, n_head: int) -> Any:
+    """llama.cpp's row order for rope-rotated projections (convert_hf_to_gguf.py's LlamaModel.permute)."""
+    return (
+        weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def lora_tensors(peft_model: Any) -> tuple[dict[str, Any], float, int]:
+    """{gguf tensor name: float32 numpy array}, alpha and rank of a peft LoRA on a llama model."""
+    from gguf import MODEL_ARCH, get_tensor_name_map
+    from peft.tuners.lora import LoraLayer
+
+    config = peft_model.base_model.model.config
+    n_head, n_head_kv = config.num_attention_heads, config.num_key_value_heads
+    name_map = get_tensor_name_map(MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    lora_config = peft_model.peft_config["default"]
+    if getattr(lora_config, "use_rslora", False) or lora_config.rank_pattern or lora_config.alpha_pattern:
+        raise ValueError("only a plain LoRA (one r and alpha for every layer, no rsLoRA) can be exported")
+    tensors: dict[str, Any] = {}
+    for name, module in peft_model.named_modules():
+        if not isinstance(module, LoraLayer) or "default" not in getattr(module, "lora_A", {}):
+            continue
+        hf_name = name.split("base_model.model.", 1)[-1]  # model.layers.N.self_attn.q_proj
+        gguf_base = name_map.get_name(hf_name)
+        if gguf_base is None:
+            raise ValueError(f"no llama.cpp tensor for {hf_name}")
+        a = module.lora_A["default"].weight.detach().float().cpu().numpy()  # (r, in)
+        b = module.lora_B["default"].weight.detach().float().cpu().numpy()  # (out, r)
+        suffix = hf_name.rsplit(".", 1)[-1]
+        if suffix == "q_proj":
+            b = _permute_rows(b, n_head)
+        elif suffix == "k_proj":
+            b = _permute_rows(b, n_head_kv)
+        tensors[f"{gguf_base}.weight.lora_a"] = a.copy()
+        tensors[f"{gguf_base}.weight.lora_b"] = b.copy()
+    if not tensors:
+        raise ValueError("the model has no LoRA layers to export")
+    return tensors, float(lora_config.lora_alpha), int(lora_config.r)
+
+
+def export_lora_gguf(peft_model: Any, out_path: Path) -> Path:
+    """Write the peft LoRA as a GGUF adapter llama.cpp loads (`Llama(..., lora_path=out_path)`); atomic."""
+    import gguf
+
+    tensors, alpha, rank = lora_tensors(peft_model)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_path.with_name(f".{out_path.name}.partial")
+    writer = gguf.GGUFWriter(str(partial), arch=GGUF_ARCH)
+    try:
+        writer.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+        writer.add_name(f"mebot LoRA r={rank} alpha={alpha:g}")
+        for name in sorted(tensors, key=_tensor_order):
+            writer.add_tensor(name, tensors[name])
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    partial.replace(out_path)
+    return out_path
+
+
+def _tensor_order(name: str) -> tuple[int, str]:
+    parts = name.split(".")
+    return (int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else -1, name)
+
+
+# ------------------------------------------------------------------------------------------------ resource
+
+
+class ModelStore(dg.ConfigurableResource):
+    """Where fine-tuned models live: `<base_dir>/<partition key>/` (adapter.gguf, peft_adapter/, logs, plot)."""
+
+    base_dir: str
+
+    def model_dir(self, key: str) -> Path:
+        if not key or "/" in key or "\\" in key or key in {".", ".."}:
+            raise ValueError(f"not a usable model folder name: {key!r}")
+        return Path(self.base_dir).expanduser().resolve() / key
