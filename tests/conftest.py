@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,3 +52,28 @@ def site_config(make_config: Callable[..., Path], small_site: Path) -> Callable[
         return make_config(deep_merge(local, overrides or {}), name=name)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """`mebot run` on the embedded sample site into a tmp data dir, once per session: (result, data dir).
+
+    The end-to-end and the server tests share it; the config beside it is `<data>/../mebot.yaml`."""
+    root = tmp_path_factory.mktemp("e2e")
+    config = root / "mebot.yaml"
+    # The project's own settings, with the crawl delay off and any free port to keep the test quick.
+    config.write_text(
+        DEFAULT_CONFIG_PATH.read_text()
+        .replace("download_delay: 0.25", "download_delay: 0")
+        .replace("local_port: 8765", "local_port: 0")
+    )
+    env = {**os.environ, "MEBOT_DATA_DIR": str(root / "data"), "MEBOT_DAGSTER_HOME": str(root / "home")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "--config", str(config), "run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=root,
+    )
+    return result, root / "data"

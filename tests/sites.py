@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import textwrap
+import socket
 from pathlib import Path
 
 from resources.local_site import StaticSiteHandler
@@ -65,8 +65,11 @@ def write_small_site(site: Path, posts: int = 4) -> Path:
     return site
 
 
-def dedent(html: str) -> str:
-    return textwrap.dedent(html).strip()
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class ErrorRoutesHandler(StaticSiteHandler):

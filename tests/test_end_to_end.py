@@ -7,32 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from pipeline.settings import PROJECT_ROOT
-
 CHROME_PHRASES = ["Related posts", "Leave a comment", "Powered by a static site generator", "Recent posts"]
-
-
-@pytest.fixture(scope="module")
-def default_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    config = root / "mebot.yaml"
-    # The project's own settings, with the crawl delay off and any free port to keep the test quick.
-    config.write_text(
-        (PROJECT_ROOT / "mebot.yaml")
-        .read_text()
-        .replace("download_delay: 0.25", "download_delay: 0")
-        .replace("local_port: 8765", "local_port: 0")
-    )
-    env = {**os.environ, "MEBOT_DATA_DIR": str(root / "data"), "MEBOT_DAGSTER_HOME": str(root / "home")}
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "--config", str(config), "run"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        cwd=root,
-    )
-    return result, root / "data"
 
 
 def test_mebot_run_succeeds_and_prints_a_summary(default_run):

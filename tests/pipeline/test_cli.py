@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,12 +13,7 @@ import dagster as dg
 import pytest
 
 from pipeline.settings import PROJECT_ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.sites import free_port
 
 
 @pytest.fixture
@@ -46,7 +40,7 @@ def test_dagster_yaml_turns_telemetry_off_and_keeps_storage_under_dot_dagster_ho
 
 
 def test_mebot_ui_serves_the_asset_graph_on_loopback(project_home, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MEBOT_DAGSTER_HOME": str(project_home), "MEBOT_DATA_DIR": str(tmp_path / "data")}
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "ui", "--port", str(port)],

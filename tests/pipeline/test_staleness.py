@@ -2,7 +2,6 @@
 re-materialized upstream actually has new data (data versions), which is what keeps recrawls incremental."""
 
 import contextlib
-import socket
 from pathlib import Path
 
 import dagster as dg
@@ -16,14 +15,7 @@ from pipeline.definitions import build_definitions
 from pipeline.jobs import DEFAULT_RUN_SELECTION
 from pipeline.settings import DEFAULT_CONFIG_PATH
 from tests.conftest import deep_merge
-from tests.sites import write_small_site
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
+from tests.sites import free_port, write_small_site
 
 FRESH, STALE = StaleStatus.FRESH, StaleStatus.STALE
 

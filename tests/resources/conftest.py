@@ -4,7 +4,6 @@ SmolLM2 GGUF, started once per test session and stopped at the end."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -17,14 +16,9 @@ from pathlib import Path
 import pytest
 
 from resources.chat import bundled_gguf_path
+from tests.sites import free_port
 
 SERVER_START_TIMEOUT_S = 90.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -53,8 +47,9 @@ def _wait_for_models(base_url: str, process: subprocess.Popen, log_path: Path) -
             return models[0]["id"]
         except (urllib.error.URLError, ConnectionError, TimeoutError, KeyError, IndexError):
             time.sleep(0.2)
-    raise RuntimeError(f"llama_cpp.server did not answer /v1/models in {SERVER_START_TIMEOUT_S:.0f} s:\n"
-                       f"{_log_tail(log_path)}")
+    raise RuntimeError(
+        f"llama_cpp.server did not answer /v1/models in {SERVER_START_TIMEOUT_S:.0f} s:\n{_log_tail(log_path)}"
+    )
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -73,15 +68,24 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServ
     port = free_port()
     log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
     command = [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(bundled_gguf_path()),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--n_ctx", "2048",
-        "--logits_all", "true",
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(bundled_gguf_path()),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "2048",
+        "--logits_all",
+        "true",
         # one thread, as in test_chat.py: steady even when another process keeps a core busy
-        "--n_threads", "1",
-        "--n_threads_batch", "1",
+        "--n_threads",
+        "1",
+        "--n_threads_batch",
+        "1",
     ]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

