@@ -32,7 +32,13 @@ ui: setup
 lint: setup
 	$(BIN)/ruff check .
 
-bench: setup
-	$(BIN)/python bench/bench_generation.py
-	$(BIN)/python bench/bench_embeddings.py
-	$(BIN)/python bench/bench_index.py
+# Benchmarks (not part of `make test`): bench/run_all.py prints one table and writes bench/results.md. The bench
+# extra (the LangChain reference) has its own stamp, so `make run`/`make test` keep installing `.[dev]` only.
+BENCH_STAMP := $(VENV)/.bench-installed-stamp
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --disable-pip-version-check --quiet -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: setup $(BENCH_STAMP)
+	$(BIN)/python bench/run_all.py

@@ -24,7 +24,8 @@ Held-out splits (`qa.split`), deterministic given `qa.seed`:
 - `by_question`: per passage the questions (in a seeded order) are: the first → train, the second → held out,
   any further ones → train (more paraphrases of material the model learns). The held-out question goes to
   validation for a seeded `qa.validation_fraction` of the passages and to test for the rest, so validation and
-  test both ask about material the model trained on, in words it did not see. Every passage trains, so
+  test both ask about material the model trained on, in words it did not see (with a validation fraction above
+  0 and at least two held-out questions, validation gets one and test keeps one). Every passage trains, so
   `qa.train_fraction` plays no part here. A passage left with one question has no held-out question.
 - `by_page`: pages are ordered by a seeded hash of their URL and cut into train / validation / test by
   `qa.train_fraction` and `qa.validation_fraction` (test: the rest); every question of a page has the page's
@@ -306,12 +307,21 @@ def _unit(seed: int, *parts: str) -> float:
 
 def split_by_question(chunk_ids: list[str], counts: dict[str, int], qa: QaSettings) -> dict[tuple[str, int], str]:
     """(chunk_id, question index) → split. Per passage, in a seeded order: first → train, second → validation
-    (for a seeded qa.validation_fraction of passages) or test, the rest → train."""
+    (for a seeded qa.validation_fraction of the passages that have a second question, at least one when the
+    fraction is above 0 and two such passages exist) or test, the rest → train."""
+    held_out_passages = sorted(
+        (cid for cid in dict.fromkeys(chunk_ids) if counts.get(cid, 0) >= 2),
+        key=lambda cid: (_unit(qa.seed, "validation", cid), cid),
+    )
+    n_validation = round(qa.validation_fraction * len(held_out_passages))
+    if qa.validation_fraction > 0 and len(held_out_passages) >= 2:
+        n_validation = min(max(n_validation, 1), len(held_out_passages) - 1)
+    validation = set(held_out_passages[:n_validation])
     splits = {}
     for cid in chunk_ids:
         order = list(range(counts.get(cid, 0)))
         random.Random(f"{qa.seed}:{cid}").shuffle(order)
-        held_out = "validation" if _unit(qa.seed, "validation", cid) < qa.validation_fraction else "test"
+        held_out = "validation" if cid in validation else "test"
         for rank, index in enumerate(order):
             splits[(cid, index)] = held_out if rank == 1 else "train"
     return splits
@@ -334,6 +344,27 @@ def split_pages(urls: list[str], qa: QaSettings) -> dict[str, str]:
         url: "train" if i < n_train else "validation" if i < n_train + n_validation else "test"
         for i, url in enumerate(ordered)
     }
+
+
+def sample_passages(passages: pd.DataFrame, max_passages: int, seed: int) -> pd.DataFrame:
+    """At most `max_passages` passages (0: all), spread over the pages: pages take turns (in a seeded order), each
+    giving its next passage in a seeded order. Kept passages stay in their original order, so growing the
+    sample only adds passages and every earlier question stays cached."""
+    if max_passages <= 0 or len(passages) <= max_passages:
+        return passages
+    chunk_ids = list(passages["chunk_id"])
+    by_page: dict[str, list[int]] = {}
+    for position, url in enumerate(passages["url"]):
+        by_page.setdefault(url, []).append(position)
+    for positions in by_page.values():
+        positions.sort(key=lambda i: _unit(seed, "passage", chunk_ids[i]))
+    pages = sorted(by_page, key=lambda url: (_unit(seed, "page-turn", url), url))
+    chosen: list[int] = []
+    while len(chosen) < max_passages:
+        for url in pages:
+            if by_page[url] and len(chosen) < max_passages:
+                chosen.append(by_page[url].pop(0))
+    return passages.iloc[sorted(chosen)].reset_index(drop=True)
 
 
 def qa_id(chunk: str, question: str, split: str) -> str:
@@ -414,6 +445,7 @@ def qa_chunks(
     code_version="1",
     metadata=reads_settings(
         "qa.prompt",
+        "qa.max_passages",
         "qa.questions_per_chunk",
         "qa.max_question_chars",
         "qa.temperature",
@@ -438,19 +470,22 @@ def synthetic_qa(
     config = settings.for_asset(context)
     qa = config.qa
     client = chat_model.client(config)
+    passages = sample_passages(qa_chunks, qa.max_passages, qa.seed)
+    if len(passages) < len(qa_chunks):
+        context.log.info(f"writing questions for {len(passages)} of {len(qa_chunks)} passages (qa.max_passages)")
     started = time.monotonic()
-    questions, stats = write_questions(client, qa_chunks, qa, log=context.log.info)
+    questions, stats = write_questions(client, passages, qa, log=context.log.info)
     seconds = time.monotonic() - started
-    frame = assign_splits(qa_chunks, questions, qa)
+    frame = assign_splits(passages, questions, qa)
     by_split = {split: int((frame["split"] == split).sum()) for split in SPLITS}
     passages_with = sum(1 for qs in questions.values() if qs)
     if frame.empty:
         context.log.warning(
-            f"the chat model ({client.identity}) wrote no usable question for {len(qa_chunks)} passages: "
+            f"the chat model ({client.identity}) wrote no usable question for {len(passages)} passages: "
             f"rejected outputs {dict(stats.rejected)}"
         )
     context.log.info(
-        f"{stats.written} questions for {passages_with}/{len(qa_chunks)} passages in {seconds:.1f} s; "
+        f"{stats.written} questions for {passages_with}/{len(passages)} passages in {seconds:.1f} s; "
         f"by split {by_split}; dropped {dict(stats.dropped)}"
     )
     return dg.Output(
@@ -459,7 +494,8 @@ def synthetic_qa(
         metadata={
             "questions_by_split": dg.MetadataValue.json(by_split),
             "questions_written": dg.MetadataValue.int(stats.written),
-            "passages": dg.MetadataValue.int(len(qa_chunks)),
+            "passages": dg.MetadataValue.int(len(passages)),
+            "passages_available": dg.MetadataValue.int(len(qa_chunks)),
             "passages_with_questions": dg.MetadataValue.int(passages_with),
             "questions_never_written": dg.MetadataValue.int(stats.never_written),
             "dropped": dg.MetadataValue.json(dict(sorted(stats.dropped.items()))),

@@ -8,21 +8,25 @@
    adapter, greedy, same prompt, runs alternating. tokens/s = completion tokens / wall time of the call.
    Target: fine-tuned ≥ 0.8 x base.
 
-    .venv/bin/python bench/bench_finetune.py [--steps 4] [--reps 5] [--max-tokens 128] [--bf16]
+    .venv/bin/python bench/bench_finetune.py [--steps 4] [--reps 5] [--max-tokens 128] [--bf16] [--quick] [--json OUT]
+
+Not part of `make bench` (training steps take tens of seconds each on 2 cores): `bench/run_all.py --only finetune`.
 
 The machine must be otherwise idle (2 cores: any other busy process slows both torch and llama.cpp a lot).
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import ROOT, Result, finish, ratios, result, standalone_parser  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
 
 import lxml.html  # noqa: E402
 
@@ -32,6 +36,7 @@ from resources.chat import ChatClient  # noqa: E402
 from resources.lora import default_threads, export_lora_gguf, load_base_model, train_lora  # noqa: E402
 
 SITE = PROJECT_ROOT / "data" / "sample_site"
+SECTION = "9. Fine-tuning (optional)"
 
 
 def site_examples(settings: Settings, min_words: int = 180, max_words: int = 240) -> list[list[dict]]:
@@ -53,15 +58,9 @@ def seconds_per_step(examples, dtype: str, steps: int, max_seq: int, threads: in
     point = SweepPoint(n_epochs=1, batch_size=4, learning_rate_multiplier=1.0, lora_r=8, lora_alpha=16)
     local = LocalFinetuneSettings(max_steps=steps, max_seq_tokens=max_seq, dtype=dtype)
     events: list[dict] = []
-    result = train_lora(examples, [], point, local, None, events.append, n_threads=threads)
+    trained = train_lora(examples, [], point, local, None, events.append, n_threads=threads)
     times = [e["seconds"] for e in events if e["event"] == "step"]
-    return {
-        "result": result,
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "max_s": max(times),
-        "tokens_per_step": result.train_tokens / result.steps,
-    }
+    return {"result": trained, "times": times, "tokens_per_step": trained.train_tokens / trained.steps}
 
 
 def tokens_per_s(client: ChatClient, messages: list[dict], max_tokens: int) -> float:
@@ -70,32 +69,38 @@ def tokens_per_s(client: ChatClient, messages: list[dict], max_tokens: int) -> f
     return result.completion_tokens / (time.perf_counter() - started)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--max-seq-tokens", type=int, default=384)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores but one)")
-    parser.add_argument("--bf16", action="store_true", help="also measure dtype bfloat16")
-    args = parser.parse_args()
-    threads = args.threads or default_threads()
+def run(
+    quick: bool = False,
+    steps: int = 4,
+    reps: int = 5,
+    max_tokens: int = 128,
+    max_seq_tokens: int = 384,
+    threads: int = 0,
+    bf16: bool = False,
+) -> list[Result]:
+    if quick:
+        steps, reps = 2, 3
+    threads = threads or default_threads()
     settings = Settings()
 
     started = time.perf_counter()
     base = load_base_model()
-    print(f"base model load: {time.perf_counter() - started:.1f} s ({base.identity})")
+    load_s = time.perf_counter() - started
     examples = site_examples(settings)
-    print(f"{len(examples)} sample-site examples; batch 4, max_seq_tokens {args.max_seq_tokens}, {threads} thread(s)")
+    out = [result(SECTION, "base model load (GGUF → torch)", [load_s], "s", note=base.identity)]
 
-    dtypes = ["float32"] + (["bfloat16"] if args.bf16 else [])
     trained = None
-    for dtype in dtypes:
-        stats = seconds_per_step(examples, dtype, args.steps, args.max_seq_tokens, threads)
-        print(
-            f"{dtype}: {stats['median_s']:.2f} s/step median ({stats['min_s']:.2f}-{stats['max_s']:.2f}) over "
-            f"{args.steps} steps, {stats['tokens_per_step']:.0f} tokens/step, "
-            f"{stats['tokens_per_step'] / stats['median_s']:.0f} tokens/s trained"
+    for dtype in ["float32"] + (["bfloat16"] if bf16 else []):
+        stats = seconds_per_step(examples, dtype, steps, max_seq_tokens, threads)
+        out.append(
+            result(
+                SECTION,
+                f"LoRA training step, {dtype}",
+                stats["times"],
+                "s/step",
+                note=f"batch 4, {stats['tokens_per_step']:.0f} tokens/step, max_seq_tokens {max_seq_tokens}, "
+                f"{threads} thread(s), {len(examples)} sample-site examples",
+            )
         )
         trained = trained or stats["result"]
 
@@ -108,14 +113,29 @@ def main() -> None:
         for client in (plain, tuned):  # load both models before timing
             client.complete(messages, temperature=0.0, max_tokens=4)
         base_rates, tuned_rates = [], []
-        for _ in range(args.reps):
-            base_rates.append(tokens_per_s(plain, messages, args.max_tokens))
-            tuned_rates.append(tokens_per_s(tuned, messages, args.max_tokens))
-    b, t = statistics.median(base_rates), statistics.median(tuned_rates)
-    print(f"llama.cpp generation, base:       {b:.1f} tokens/s median ({min(base_rates):.1f}-{max(base_rates):.1f})")
-    print(f"llama.cpp generation, base + LoRA: {t:.1f} tokens/s median ({min(tuned_rates):.1f}-{max(tuned_rates):.1f})")
-    print(f"ratio fine-tuned / base: {t / b:.2f} (target >= 0.8)")
+        for _ in range(reps):
+            base_rates.append(tokens_per_s(plain, messages, max_tokens))
+            tuned_rates.append(tokens_per_s(tuned, messages, max_tokens))
+    out += [
+        result(SECTION, "llama.cpp generation, base", base_rates, "tokens/s"),
+        result(SECTION, "llama.cpp generation, base + LoRA", tuned_rates, "tokens/s"),
+        result(SECTION, "fine-tuned / base", ratios(tuned_rates, base_rates), "ratio", target=(">=", 0.8)),
+    ]
+    return out
+
+
+def main() -> int:
+    parser = standalone_parser(__doc__)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--max-seq-tokens", type=int, default=384)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores but one)")
+    parser.add_argument("--bf16", action="store_true", help="also measure dtype bfloat16")
+    args = parser.parse_args()
+    results = run(args.quick, args.steps, args.reps, args.max_tokens, args.max_seq_tokens, args.threads, args.bf16)
+    return finish(results, args.json)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,21 +1,21 @@
-"""`mebot serve` under load: /api latency for retrieval-only and full answers, requests/s, peak memory.
+"""`mebot serve` under load: /api latency for retrieval-only and full answers, requests/s, memory.
 
-    .venv/bin/python bench/bench_serve.py [--data-dir data] [--config mebot.yaml] [--requests 200]
-        [--concurrency 10] [--full 3]
+    .venv/bin/python bench/bench_serve.py [--data-dir data] [--config mebot.yaml] [--requests 150]
+        [--concurrency 10] [--full 3] [--quick] [--json OUT]
 
 Starts `mebot serve` as a subprocess on a free loopback port over an already materialized data dir (`make run`
-first), with the rate limit lifted (the benchmark is one client) and everything else from the settings file.
-Measures, over HTTP with httpx:
-- retrieval-only: `--requests` GET /api?retrieval_only=1 (the sample-site questions in turn), `--concurrency`
-  at a time: p50/p95 latency and requests/s;
+first; bench/run_all.py passes the end-to-end benchmark's), with the rate limit lifted (the benchmark is one
+client) and everything else from the settings file. Measures, over HTTP with httpx:
+- retrieval-only: three rounds of `--requests` GET /api?retrieval_only=1 (the sample-site questions in turn),
+  `--concurrency` at a time: p50/p95 latency and requests/s per round, median (min–max) over the rounds;
 - full answers: `--full` questions never asked before (a nonce keeps them out of the LLM call cache), one at a
-  time (the server generates one at a time anyway): p50/p95; then the same questions again (cache hits);
+  time (the server generates one at a time anyway): latency median (min–max) over the questions, requests/s;
+  then the same questions again (answered from the LLM call cache);
 - the server's resident memory: after start-up (idle) and its peak (VmHWM) after the load.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import subprocess
@@ -25,22 +25,22 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
-import psutil
-import yaml
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, Result, failed, finish, percentile, result, standalone_parser  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 
-from tests.pipeline.server.conftest import free_port  # noqa: E402
+import httpx  # noqa: E402
+import yaml  # noqa: E402
+
+from tests.sites import free_port  # noqa: E402
 from tests.test_end_to_end import SAMPLE_SITE_QUESTIONS  # noqa: E402
 
+SECTION = "8. Serving"
 QUESTIONS = list(SAMPLE_SITE_QUESTIONS)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+ROUNDS = 3
+STARTUP_TIMEOUT_S = 300
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
@@ -70,96 +70,143 @@ async def retrieval_load(url: str, n: int, concurrency: int) -> tuple[list[float
         return latencies, time.perf_counter() - started, statuses
 
 
+def start_server(config: Path, data: Path, folder: Path) -> tuple[subprocess.Popen, str, float]:
+    """`mebot serve` on a free port with the rate limit lifted; returns it, its URL and its start-up seconds."""
+    settings = yaml.safe_load(config.read_text(encoding="utf-8"))
+    settings.setdefault("serve", {}).update(
+        rate_limit_per_minute=10_000_000, rate_limit_burst=1_000_000, max_queued_generations=64
+    )
+    bench_config = folder / "mebot.yaml"
+    bench_config.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MEBOT_DATA_DIR": str(data), "MEBOT_DAGSTER_HOME": str(folder / "home")}
+    log = folder / "serve.log"
+    started = time.perf_counter()
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "--config", str(bench_config), "serve", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
+    while True:
+        if server.poll() is not None or time.perf_counter() - started > STARTUP_TIMEOUT_S:
+            stop_server(server)
+            raise RuntimeError(f"mebot serve did not become ready: {log.read_text()[-600:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return server, url, time.perf_counter() - started
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def full_answers(url: str, questions: list[str]) -> tuple[list[float], list[int]]:
+    times, words = [], []
+    for question in questions:
+        begun = time.perf_counter()
+        response = httpx.get(f"{url}/api", params={"query": question}, timeout=900)
+        times.append(time.perf_counter() - begun)
+        response.raise_for_status()
+        words.append(len(response.json()["text"].split()))
+    return times, words
+
+
+def run(
+    quick: bool = False,
+    data_dir: Path | None = None,
+    config: Path | None = None,
+    requests: int = 150,
+    concurrency: int = 10,
+    full: int = 3,
+) -> list[Result]:
+    if quick:
+        requests, full = 60, 2
+    data = Path(data_dir or os.environ.get("MEBOT_DATA_DIR") or ROOT / "data").resolve()
+    config = Path(config or ROOT / "mebot.yaml").resolve()
+    if not (data / "rag_chunks.parquet").is_file():
+        return [failed(SECTION, "/api", f"nothing materialized in {data}: run `make run` first")]
+    out: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as folder:
+        try:
+            server, url, startup_s = start_server(config, data, Path(folder))
+        except RuntimeError as exc:
+            return [failed(SECTION, "/api", str(exc))]
+        try:
+            time.sleep(1)
+            idle_rss, _ = rss_mib(server.pid)
+            asyncio.run(retrieval_load(url, 20, concurrency))  # warm-up
+            p50s, p95s, rates, bad = [], [], [], 0
+            for _ in range(ROUNDS):
+                latencies, elapsed, statuses = asyncio.run(retrieval_load(url, requests, concurrency))
+                p50s.append(percentile(latencies, 50) * 1000)
+                p95s.append(percentile(latencies, 95) * 1000)
+                rates.append(requests / elapsed)
+                bad += sum(s != 200 for s in statuses)
+            note = f"{requests} requests/round, {concurrency} concurrent, non-200: {bad}"
+            out += [
+                result(SECTION, "/api retrieval-only: p50", p50s, "ms", note=note),
+                result(SECTION, "/api retrieval-only: p95", p95s, "ms"),
+                result(SECTION, "/api retrieval-only: throughput", rates, "requests/s"),
+            ]
+            nonce = uuid.uuid4().hex[:8]
+            questions = [f"{QUESTIONS[i % len(QUESTIONS)]} (bench {nonce}-{i})" for i in range(full)]
+            uncached, words = full_answers(url, questions)
+            cached, _ = full_answers(url, questions)
+            out += [
+                result(
+                    SECTION,
+                    "/api full answer, new question: latency",
+                    uncached,
+                    "s",
+                    note=f"{full} questions one at a time; p95 {percentile(uncached, 95):.1f} s; "
+                    f"answers {min(words)}–{max(words)} words",
+                ),
+                result(
+                    SECTION, "/api full answer, new question: throughput", [len(uncached) / sum(uncached)], "requests/s"
+                ),
+                result(
+                    SECTION,
+                    "/api full answer, asked again (LLM call cache): latency",
+                    [t * 1000 for t in cached],
+                    "ms",
+                ),
+            ]
+            current, peak = rss_mib(server.pid)
+            out += [
+                result(
+                    SECTION, "server RSS, idle after start-up", [idle_rss], "MiB", note=f"ready in {startup_s:.1f} s"
+                ),
+                result(SECTION, "server peak RSS (VmHWM) after the load", [peak], "MiB"),
+            ]
+        finally:
+            stop_server(server)
+    return out
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("MEBOT_DATA_DIR") or ROOT / "data"))
+    parser = standalone_parser(__doc__)
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="materialized data (default: MEBOT_DATA_DIR or data/)"
+    )
     parser.add_argument("--config", type=Path, default=ROOT / "mebot.yaml")
-    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--requests", type=int, default=150)
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--full", type=int, default=3, help="uncached full answers to time")
     args = parser.parse_args()
-    data = args.data_dir.resolve()
-    if not (data / "rag_chunks.parquet").is_file():
-        print(f"bench_serve: nothing materialized in {data}: run `make run` first", file=sys.stderr)
-        return 1
-
-    with tempfile.TemporaryDirectory(prefix="bench-serve-") as folder:
-        settings = yaml.safe_load(args.config.read_text(encoding="utf-8"))
-        settings.setdefault("serve", {}).update(
-            rate_limit_per_minute=10_000_000, rate_limit_burst=1_000_000, max_queued_generations=64
-        )
-        config = Path(folder) / "mebot.yaml"
-        config.write_text(yaml.safe_dump(settings), encoding="utf-8")
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "MEBOT_DATA_DIR": str(data), "MEBOT_DAGSTER_HOME": str(Path(folder) / "home")}
-        log = open(Path(folder) / "serve.log", "wb")  # noqa: SIM115
-        started = time.perf_counter()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "--config", str(config), "serve", "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=folder,
-        )
-        try:
-            while True:
-                if server.poll() is not None:
-                    print((Path(folder) / "serve.log").read_text()[-3000:], file=sys.stderr)
-                    return 1
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-            startup_s = time.perf_counter() - started
-            time.sleep(1)
-            idle_rss, _ = rss_mib(server.pid)
-            print(f"mebot serve ready in {startup_s:.1f} s; idle RSS {idle_rss:.0f} MiB", flush=True)
-
-            asyncio.run(retrieval_load(url, 20, args.concurrency))  # warm-up
-            latencies, elapsed, statuses = asyncio.run(retrieval_load(url, args.requests, args.concurrency))
-            rss_after_retrieval, _ = rss_mib(server.pid)
-            bad = [s for s in statuses if s != 200]
-            print(
-                f"retrieval-only /api: {args.requests} requests, {args.concurrency} concurrent: "
-                f"p50 {percentile(latencies, 0.5) * 1000:.0f} ms, p95 {percentile(latencies, 0.95) * 1000:.0f} ms, "
-                f"{args.requests / elapsed:.1f} requests/s, non-200: {len(bad)}",
-                flush=True,
-            )
-
-            nonce = uuid.uuid4().hex[:8]
-            questions = [f"{QUESTIONS[i % len(QUESTIONS)]} (bench {nonce}-{i})" for i in range(args.full)]
-            for label in ("uncached", "cached"):
-                times = []
-                tokens = []
-                for question in questions:
-                    begun = time.perf_counter()
-                    response = httpx.get(f"{url}/api", params={"query": question}, timeout=900)
-                    times.append(time.perf_counter() - begun)
-                    response.raise_for_status()
-                    tokens.append(len(response.json()["text"].split()))
-                print(
-                    f"full answers ({label}): {len(times)} questions one at a time: "
-                    f"p50 {percentile(times, 0.5):.2f} s, p95 {percentile(times, 0.95):.2f} s, "
-                    f"{len(times) / sum(times):.2f} requests/s, answers {min(tokens)}-{max(tokens)} words",
-                    flush=True,
-                )
-            current, peak = rss_mib(server.pid)
-            print(
-                f"memory: idle {idle_rss:.0f} MiB, after retrieval load {rss_after_retrieval:.0f} MiB, "
-                f"after full answers {current:.0f} MiB, peak (VmHWM) {peak:.0f} MiB; "
-                f"machine: {psutil.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}"
-            )
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-            log.close()
-    return 0
+    results = run(args.quick, args.data_dir, args.config, args.requests, args.concurrency, args.full)
+    return finish(results, args.json)
 
 
 if __name__ == "__main__":

@@ -62,50 +62,54 @@ def user_error_message(error) -> str:
     return error.message.strip()
 
 
-def cmd_run(config: Path, select: str | None) -> int:
+def _print_now(line: str) -> None:
+    print(line, flush=True)
+
+
+def cmd_run(config: Path, select: str | None, force: bool = False) -> int:
+    """Materialize `select` in dependency waves (pipeline/run_waves.py), partition runs in parallel."""
     import dagster as dg
 
-    from pipeline.definitions import build_definitions
     from pipeline.jobs import DEFAULT_RUN_SELECTION
+    from pipeline.run_waves import DefinitionsRef, SelectionError, run_waves
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-    defs = build_definitions(config)
-    graph = defs.resolve_asset_graph()
-    selection = dg.AssetSelection.from_coercible(select) if select else DEFAULT_RUN_SELECTION
-    keys = selection.resolve(graph)
-    partitioned = sorted(k for k in keys if graph.get(k).partitions_def is not None)
-    plain = [k for k in keys if k not in partitioned]
-    # One run for the unpartitioned assets, then one per partition (e.g. per sweep point) of the others.
-    runs: list[tuple[list, str | None]] = [(plain, None)] if plain else []
-    if partitioned:
-        partition_keys = graph.get(partitioned[0]).partitions_def.get_partition_keys()
-        runs += [(partitioned, key) for key in partition_keys]
+    try:
+        selection = dg.AssetSelection.from_coercible(select) if select else DEFAULT_RUN_SELECTION
+    except dg.DagsterError as exc:
+        print(f"mebot: --select {select!r}: {exc}; e.g. 'raw_pages', 'rag_chunks+', 'group:qa'", file=sys.stderr)
+        return 2
+    max_parallel = load_settings(config).run.max_parallel
     started = time.monotonic()
-    print(f"mebot: materializing {select or 'the ingest and index groups'} with {config}", flush=True)
-    success, lines = True, []
-    for run_keys, partition in runs:
-        result = dg.materialize(
-            [*defs.assets, *defs.asset_checks],
-            resources=defs.resources,
-            instance=dg.DagsterInstance.get(),
-            selection=dg.AssetSelection.assets(*run_keys),
-            partition_key=partition,
-            raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-            tags={"mebot/command": "run"},
-        )
-        lines += _summary_lines(result)
-        if not result.success:
-            success = False
-            for event in result.all_events:
-                if event.is_failure and event.step_failure_data:
-                    message = user_error_message(event.step_failure_data.error)
-                    print(f"\n{event.step_key}: {message}", file=sys.stderr)
+    print(f"mebot: materializing {select or 'the default selection'} with {config}", flush=True)
+    ref = DefinitionsRef("pipeline.definitions:build_definitions", (str(config),))
+    with dg.DagsterInstance.get() as instance:
+        try:
+            report = run_waves(ref, selection, instance, max_parallel=max_parallel, force=force, out=_print_now)
+        except SelectionError as exc:
+            print(f"mebot: --select {select!r}: {exc}", file=sys.stderr)
+            return 2
     elapsed = time.monotonic() - started
-    print(f"\nmebot run {'succeeded' if success else 'FAILED'} in {elapsed:.1f}s ({len(runs)} run(s))")
-    print("\n".join(lines))
-    return 0 if success else 1
+    print(f"\nmebot run {'succeeded' if report.success else 'FAILED'} in {elapsed:.1f}s ({report.runs} run(s))")
+    if report.skipped_failed:
+        print(f"skipped because an input failed: {len(report.skipped_failed)}; see above")
+    print("\n".join(line for outcome in report.outcomes for line in outcome.summary))
+    print_leaderboard()
+    return 0 if report.success else 1
+
+
+def print_leaderboard() -> None:
+    """The models side by side, when `leaderboard` has been materialized (the end of `make run`)."""
+    import pandas as pd
+
+    from assets.evaluation import summary_markdown
+    from pipeline.definitions import data_dir_from_env
+
+    path = data_dir_from_env() / "leaderboard.parquet"
+    if path.is_file():
+        print(f"\nleaderboard ({path}; every metric with its 95% interval there):\n")
+        print(summary_markdown(pd.read_parquet(path)))
 
 
 def cmd_ask(config: Path, question: str, model: str, k: int | None, as_json: bool) -> int:
@@ -152,6 +156,31 @@ def cmd_serve(config: Path, host: str | None, port: int | None) -> int:
     return serve(config, host, port)
 
 
+def cmd_eval(settings, path: Path, as_json: bool, out: Path | None) -> int:
+    """Score one bring-your-own answers file like external_evaluation does; print its leaderboard."""
+    import json
+
+    from assets.evaluation import evaluate_external, external_report, write_external_outputs
+    from assets.metrics import ExternalAnswersError, read_external_answers
+    from resources.embeddings import build_embedder
+
+    try:
+        answers = read_external_answers(path).assign(source_file=Path(path).name)
+        scores, board, pairwise = evaluate_external(answers, settings.eval, build_embedder(settings.models.embedding))
+    except (ExternalAnswersError, ValueError, RuntimeError, OSError) as exc:
+        print(f"mebot: {exc}", file=sys.stderr)
+        return 1
+    written = write_external_outputs(out, scores, board) if out else []
+    report = external_report(board, pairwise, settings.eval.tie_epsilon)
+    if as_json:
+        print(json.dumps({"file": str(path), **report["json"], "written": [str(p) for p in written]}, indent=2))
+    else:
+        print(report["markdown"])
+        for written_path in written:
+            print(f"wrote {written_path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mebot", description=__doc__)
     parser.add_argument("--config", type=Path, default=None, help="settings file (default: mebot.yaml)")
@@ -160,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--select",
         default=None,
-        help="Dagster asset selection, e.g. 'raw_pages', 'rag_chunks+' or '*' (default: crawl to vector index); "
-        "partitioned assets run once per partition",
+        help="Dagster asset selection, e.g. 'raw_pages', 'rag_chunks+' or 'group:qa' (default: everything, crawl "
+        "to leaderboard); partitioned assets run once per partition",
+    )
+    run.add_argument(
+        "--force", action="store_true", help="also rebuild assets that are fresh (unchanged code and inputs)"
     )
     ui = commands.add_parser("ui", help="start the Dagster UI (dagster dev) on 127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
@@ -174,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="serve the bot: web page, /api, OpenAI-compatible /v1 (uvicorn)")
     serve.add_argument("--host", default=None, help="address to listen on (default: serve.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000)")
+    evaluate = commands.add_parser(
+        "eval", help="score a file of your own answers (.jsonl/.csv/.parquet) and print its leaderboard"
+    )
+    evaluate.add_argument("file", type=Path, help="answers: question, reference, model, answer (see README)")
+    evaluate.add_argument("--json", action="store_true", help="print the leaderboard and pairwise tables as JSON")
+    evaluate.add_argument("--out", type=Path, default=None, help="also write scores and leaderboard files here")
     args = parser.parse_args(argv)
 
     config = (args.config or Path(os.environ.get(CONFIG_ENV_VAR) or PROJECT_ROOT / "mebot.yaml")).resolve()
@@ -182,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"mebot: {exc}", file=sys.stderr)
         return 2
+    if args.command == "eval":  # no Dagster, no models run: nothing to prepare
+        return cmd_eval(settings, args.file, args.json, args.out)
     _prepare_environment(config)
     if args.command == "check-config":
         print(settings.model_dump_json(indent=2))
@@ -192,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_ask(config, args.question, args.model, args.k, args.json)
     if args.command == "serve":
         return cmd_serve(config, args.host, args.port)
-    return cmd_run(config, args.select)
+    return cmd_run(config, args.select, args.force)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets import chunks, crawl, finetune, finetune_data, index, qa
-from pipeline.jobs import ingest_job, recrawl_schedule
+from assets import answers, chunks, crawl, evaluation, finetune, finetune_data, index, qa
+from pipeline.jobs import automation_sensor, build_jobs, recrawl_schedule, with_automation
 from pipeline.settings import (
     PROJECT_ROOT,
     Settings,
@@ -25,7 +25,7 @@ from resources.lora import ModelStore
 from resources.parquet_io import ParquetIOManagerFactory
 from resources.vector_index import VectorIndexResource
 
-ASSET_MODULES = [crawl, chunks, index, qa, finetune_data, finetune]
+ASSET_MODULES = [crawl, chunks, index, qa, finetune_data, finetune, answers, evaluation]
 DATA_DIR_ENV_VAR = "MEBOT_DATA_DIR"
 
 
@@ -48,12 +48,14 @@ def build_definitions(config_path: str | Path | None = None, data_dir: str | Pat
     settings = load_settings(config)
     loaded = dg.load_assets_from_modules(ASSET_MODULES)
     assets = [with_settings_code_version(a, settings) for a in loaded if isinstance(a, dg.AssetsDefinition)]
+    assets = [with_automation(a) for a in assets]  # the policy lives in pipeline/jobs.py
     data = Path(data_dir).resolve() if data_dir else data_dir_from_env()
     return dg.Definitions(
         assets=assets,
         asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
-        jobs=[ingest_job],
+        jobs=build_jobs(settings),
         schedules=[recrawl_schedule(settings)],
+        sensors=[automation_sensor],
         resources={
             "settings": SettingsResource(config_path=str(config)),
             "io_manager": ParquetIOManagerFactory(base_dir=str(data)),
@@ -63,6 +65,7 @@ def build_definitions(config_path: str | Path | None = None, data_dir: str | Pat
             "chat_model": ChatModelResource(cache_dir=str(data / "cache")),
             "finetune_files": finetune_data.FinetuneFiles(base_dir=str(data / "finetune")),
             "model_store": ModelStore(base_dir=str(data / "models")),
+            "eval_reports": evaluation.EvalReports(base_dir=str(data)),
         },
     )
 

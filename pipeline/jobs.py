@@ -1,23 +1,69 @@
-"""Jobs and schedules: what runs together, and what runs on its own.
+"""Jobs, schedules and automation: what runs together, and what runs on its own.
 
-Policy: the site is recrawled on `site.recrawl_cron` (the `ingest` job: crawl, chunks, embeddings, index). Every
-asset returns a data version computed from its content, so a recrawl that finds nothing new leaves everything
-after it fresh, and only changed chunks are re-embedded (the embedding cache). Fine-tuning never starts on its
-own: it costs money or CPU hours, so it shows as stale and waits for a person.
+Policy:
+- The `recrawl` schedule runs the `ingest` job (crawl, chunks, embeddings, index) on `site.recrawl_cron`.
+- After it, the RAG assets and the evaluation of the `rag` model update on their own, but only where an input's
+  *data version* changed (`inputs_changed`): a recrawl that finds nothing new starts nothing, one changed page
+  re-chunks, re-embeds the changed windows (the embedding cache) and rebuilds the index.
+- Question writing, fine-tuning, and answering/judging with fine-tuned models never start on their own: they cost
+  money (hosted models) or CPU hours. They show as stale in the UI and wait for a person (`mebot run`, the
+  `finetune` and `evaluate` jobs, or Materialize).
+- A settings edit makes its readers stale ("Unsynced"); automation does not act on it, a person does.
 """
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
 
 import dagster as dg
 
 from pipeline.settings import Settings
 
-# What `mebot run` / `make run` build by default: the RAG bot, crawl to vector index.
-DEFAULT_RUN_SELECTION = dg.AssetSelection.groups("ingest", "index")
+INGEST_SELECTION = dg.AssetSelection.groups("ingest", "index")
+FINETUNE_SELECTION = dg.AssetSelection.groups("qa", "finetune")
+# The evaluation assets land in this group; selecting by group keeps the job valid before and after they exist.
+EVALUATION_SELECTION = dg.AssetSelection.groups("evaluation")
+
+# What `mebot run` / `make run` build by default: everything — the RAG bot, questions, the fine-tuning sweep, the
+# evaluation and its leaderboard (fresh assets are skipped, so a re-run only redoes what changed).
+DEFAULT_RUN_SELECTION = dg.AssetSelection.all()
+
+# The one model partition of the evaluation assets that needs no fine-tuning.
+RAG_PARTITION = "rag"
+# Groups that refresh on their own when their inputs' data changed; every other group waits for a person.
+AUTOMATED_GROUPS = ("ingest", "index", "evaluation")
 
 ingest_job = dg.define_asset_job(
     "ingest",
-    selection=DEFAULT_RUN_SELECTION,
+    selection=INGEST_SELECTION,
     description="Crawl the site, chunk it, embed the chunks and rebuild the vector index.",
 )
+
+
+def parallel_executor(settings: Settings) -> dg.ExecutorDefinition:
+    """Dagster's multiprocess executor, at most `run.max_parallel` steps at once (2 cores: not oversubscribed)."""
+    return dg.multiprocess_executor.configured(
+        {"max_concurrent": settings.run.max_parallel}, name="multiprocess_run_max_parallel"
+    )
+
+
+def build_jobs(settings: Settings) -> list[dg.UnresolvedAssetJobDefinition]:
+    """`ingest`, `finetune` (questions → datasets → one run per sweep point) and `evaluate`."""
+    finetune_job = dg.define_asset_job(
+        "finetune",
+        selection=FINETUNE_SELECTION,
+        executor_def=parallel_executor(settings),
+        description="Write questions, build the training files and fine-tune one sweep point per partition. "
+        "Costs money (hosted) or CPU hours: never started automatically. Backfill all partitions to run the sweep.",
+    )
+    evaluate_job = dg.define_asset_job(
+        "evaluate",
+        selection=EVALUATION_SELECTION,
+        executor_def=parallel_executor(settings),
+        description="Answer the held-out questions with a model (partition) and score the answers.",
+    )
+    return [ingest_job, finetune_job, evaluate_job]
 
 
 def recrawl_schedule(settings: Settings) -> dg.ScheduleDefinition:
@@ -27,4 +73,74 @@ def recrawl_schedule(settings: Settings) -> dg.ScheduleDefinition:
         cron_schedule=settings.site.recrawl_cron,
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description=f"Recrawl the site ({settings.site.recrawl_cron}); unchanged pages change nothing downstream.",
+    )
+
+
+class InPartitions(dg.AutomationCondition):
+    """True for the given partition keys of a partitioned asset (never for an unpartitioned one)."""
+
+    def __init__(self, keys: Iterable[str]):
+        self.keys = frozenset(keys)
+
+    @property
+    def name(self) -> str:
+        return f"in_partitions({', '.join(sorted(self.keys))})"
+
+    @property
+    def requires_cursor(self) -> bool:
+        return False
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        return dg.AutomationResult(
+            context, context.candidate_subset.compute_intersection_with_partition_keys(self.keys)
+        )
+
+
+def inputs_changed() -> dg.AutomationCondition:
+    """`AutomationCondition.eager()`, except that an input counts as updated only when its data version changed:
+    re-materializing an upstream asset that produced the same content (a recrawl with nothing new) starts
+    nothing. Each step of a chain starts on the tick after its input finished, once its new version is known."""
+    condition = dg.AutomationCondition
+    return (
+        condition.in_latest_time_window()
+        & (
+            condition.newly_missing()
+            | condition.any_deps_match(condition.data_version_changed()).with_label("any_input_data_changed")
+        ).since_last_handled()
+        & ~condition.any_deps_missing()
+        & ~condition.any_deps_in_progress()
+        & ~condition.in_progress()
+    ).with_label("inputs_changed")
+
+
+def automation_condition_for(spec: dg.AssetSpec, partitioned: bool) -> dg.AutomationCondition | None:
+    """The automation policy of one asset: None (a person starts it) or `inputs_changed`, limited to the `rag`
+    partition for per-model assets. Roots (the crawl) have no inputs: the schedule starts them."""
+    if spec.group_name not in AUTOMATED_GROUPS or not spec.deps:
+        return None
+    if partitioned:
+        return (inputs_changed() & InPartitions([RAG_PARTITION])).with_label(f"inputs_changed, {RAG_PARTITION} only")
+    return inputs_changed()
+
+
+def with_automation(assets_def: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    partitioned = assets_def.partitions_def is not None
+
+    def apply(spec: dg.AssetSpec) -> dg.AssetSpec:
+        return spec.replace_attributes(automation_condition=automation_condition_for(spec, partitioned))
+
+    return assets_def.map_asset_specs(apply)
+
+
+with warnings.catch_warnings():
+    # use_user_code_server is beta; custom conditions (InPartitions) need it: the daemon cannot import them.
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    automation_sensor = dg.AutomationConditionSensorDefinition(
+        "automation",
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        use_user_code_server=True,
+        minimum_interval_seconds=30,
+        description="Updates the RAG assets and the rag model's evaluation when their inputs' data changed; "
+        "never starts question writing or fine-tuning.",
     )

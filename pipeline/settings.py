@@ -189,6 +189,12 @@ class QaSettings(_Section):
         "chunk", description="The answer passage: the whole chunk, or its longest paragraph (the original's choice)."
     )
     prompt: str = Field(DEFAULT_QA_PROMPT, description="Question-writing prompt; {passage} is the answer passage.")
+    max_passages: int = Field(
+        24,
+        ge=0,
+        description="Write questions for at most this many passages (a seeded sample spread over the pages; 0: "
+        "all). The default keeps `make run` within minutes on 2 cores; use 0 for a real bot.",
+    )
     questions_per_chunk: int = Field(2, ge=1, le=10, description="Distinct questions written per passage.")
     max_question_chars: int = Field(300, ge=20, le=5000)
     temperature: float = Field(0.7, ge=0, le=2)
@@ -272,6 +278,9 @@ class Price(_Section):
 class ModelsSettings(_Section):
     chat: ChatModelSettings = Field(default_factory=ChatModelSettings)
     embedding: EmbeddingModelSettings = Field(default_factory=EmbeddingModelSettings)
+    judge: ChatModelSettings = Field(
+        default_factory=ChatModelSettings, description="The evaluation's LLM judge (same keys as chat)."
+    )
     use_cache: bool = Field(True, description="Reuse earlier identical LLM calls from data/cache/.")
     prices: dict[str, Price] = Field(
         default_factory=lambda: {
@@ -332,7 +341,13 @@ class SweepPoint(BaseModel):
 
 
 class LocalFinetuneSettings(_Section):
-    base_lr: float = Field(2e-4, gt=0, le=1, description="Learning rate = base_lr x learning_rate_multiplier.")
+    base_lr: float = Field(
+        1e-3,
+        gt=0,
+        le=1,
+        description="Learning rate = base_lr x learning_rate_multiplier (1e-3: the default sweep's dozen steps "
+        "move the loss; 2e-4 barely did).",
+    )
     max_seq_tokens: int = Field(384, ge=32, le=8192, description="Training examples are cut to this many tokens.")
     max_steps: int = Field(0, ge=0, description="Stop after this many optimizer steps (0: run all epochs).")
     dtype: Literal["float32", "bfloat16"] = Field(
@@ -346,9 +361,16 @@ class LocalFinetuneSettings(_Section):
 
 
 class OpenAIFinetuneSettings(_Section):
-    base_model: str = Field("gpt-4o-mini-2024-07-18", min_length=1)
-    suffix: str = Field("mebot", max_length=18)
-    poll_interval_s: float = Field(30.0, gt=0)
+    base_model: str = Field("gpt-4o-mini-2024-07-18", min_length=1, description="The OpenAI model fine-tuned.")
+    suffix: str = Field("mebot", max_length=18, description="Added to the fine-tuned model's name.")
+    seed: int = Field(42, ge=0, description="Sent with the job, so a rerun of a sweep point is reproducible.")
+    poll_interval_s: float = Field(30.0, gt=0, description="Seconds between job status checks.")
+    training_price_per_1m: float = Field(
+        0.0,
+        ge=0,
+        description="USD per 1M training tokens for the budget check; 0 means the price table in "
+        "assets/finetune_data.py (a base model missing there is refused until this is set).",
+    )
 
 
 class FinetuneSettings(_Section):
@@ -377,10 +399,63 @@ class FinetuneSettings(_Section):
         ]
 
 
+DEFAULT_JUDGE_PROMPT = (
+    "QUESTION: {question}\n\nANSWER: {reference}\n\nPROPOSED ANSWER: {answer}\n\nCan you rate the PROPOSED ANSWER "
+    "to the above QUESTION from 0 (not even close) to 10 (exact meaning) on whether or not it matches ANSWER?  Only "
+    "output the number."
+)
+
+
 class EvalSettings(_Section):
     splits: list[Literal["train", "validation", "test"]] = Field(
         default_factory=lambda: ["test"], min_length=1, description="Which questions every model answers."
     )
+    max_questions: int = Field(
+        8,
+        ge=0,
+        description="Questions each model answers: a deterministic sample by qa_id hash, the same for every model; "
+        "0 = all. A RAG answer takes ~20-30 s on 2 cores, so the default keeps `mebot run` to minutes.",
+    )
+    judge_prompt: str = Field(
+        DEFAULT_JUDGE_PROMPT, description="LLM-judge prompt with {question}, {reference} and {answer}."
+    )
+    judge_methods: list[Literal["logprob", "direct"]] = Field(
+        default_factory=lambda: ["logprob", "direct"],
+        min_length=1,
+        description="logprob: expected score over the score tokens' probabilities; direct: the number it writes.",
+    )
+    tie_epsilon: float = Field(0.5, ge=0, le=10, description="Judge scores closer than this are a tie (pairwise).")
+    rouge_stemmer: bool = Field(True, description="Porter-stem words before ROUGE matching.")
+    rouge_tokenizer: Literal["default", "unicode"] = Field(
+        "default", description="default: rouge-score's ASCII tokenizer; unicode: keeps non-ASCII words."
+    )
+    validity_sample: int = Field(
+        6, ge=2, le=1000, description="References judged against themselves and another's, to test the judge."
+    )
+    bootstrap_resamples: int = Field(1000, ge=10, le=100_000, description="Resamples for the 95% intervals.")
+    seed: int = Field(0, description="Seed of the bootstrap and the validity pairing.")
+
+    @field_validator("judge_prompt")
+    @classmethod
+    def _judge_prompt_has_placeholders(cls, prompt: str) -> str:
+        missing = [name for name in ("{question}", "{reference}", "{answer}") if name not in prompt]
+        if missing:
+            raise ValueError(f"the judge prompt must contain {', '.join(missing)}")
+        try:
+            prompt.format(question="", reference="", answer="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"the judge prompt has a placeholder other than question, reference, answer ({exc}); "
+                "write literal braces as {{ and }}"
+            ) from None
+        return prompt
+
+    @field_validator("judge_methods")
+    @classmethod
+    def _methods_do_not_repeat(cls, methods: list[str]) -> list[str]:
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"methods repeat: {methods}")
+        return methods
 
 
 class ServeSettings(_Section):
@@ -398,6 +473,16 @@ class BudgetSettings(_Section):
     max_usd: float = Field(5.0, ge=0, description="A materialization stops before it would spend more.")
 
 
+class RunSettings(_Section):
+    max_parallel: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Parallel partition runs (`mebot run`, the finetune job's executor); each uses "
+        "models.chat.n_threads / finetune.local.n_threads threads, so keep the product near the core count.",
+    )
+
+
 class Settings(_Section):
     site: SiteSettings = Field(default_factory=SiteSettings)
     persona: PersonaSettings = Field(default_factory=PersonaSettings)
@@ -408,6 +493,7 @@ class Settings(_Section):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    run: RunSettings = Field(default_factory=RunSettings)
 
     def section(self, path: str) -> Any:
         """A section (`rag`) or a value inside one (`rag.top_k`, `models.embedding`)."""
@@ -469,12 +555,31 @@ def config_path_from_env() -> Path:
     return Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH).resolve()
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                    "keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_settings(path: str | Path | None = None) -> Settings:
     config_path = Path(path).resolve() if path else config_path_from_env()
     if not config_path.is_file():
         raise SettingsError(f"settings file {config_path} does not exist; pass --config PATH or create it")
     try:
-        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        raw = yaml.load(config_path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
     except yaml.YAMLError as exc:
         raise SettingsError(f"{config_path} is not valid YAML: {exc}") from None
     return parse_settings(raw, source=str(config_path))

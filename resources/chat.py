@@ -729,10 +729,13 @@ class ChatModelResource(dg.ConfigurableResource):
     def cache_path(self, settings: Settings) -> Path:
         return settings.resolve_path(self.cache_dir) / CACHE_FILE_NAME
 
-    def client(self, settings: Settings, *, lora_path: str | None = None) -> ChatClient:
+    def client(
+        self, settings: Settings, *, lora_path: str | None = None, chat: ChatModelSettings | None = None
+    ) -> ChatClient:
+        """A client for models.chat, or for `chat` (e.g. models.judge, or a fine-tuned model's settings)."""
         cache = LlmCache(self.cache_path(settings)) if settings.models.use_cache else None
         return ChatClient(
-            settings.models.chat,
+            chat or settings.models.chat,
             prices=settings.models.prices,
             cache=cache,
             budget_usd=settings.budget.max_usd,

@@ -14,6 +14,9 @@ import yaml
 from pipeline.settings import DEFAULT_CONFIG_PATH
 from tests.sites import write_small_site
 
+# Enough passages for OpenAI's minimum of 10 training examples, which training_file_valid checks (blocking).
+E2E_MAX_PASSAGES = 14
+
 
 def deep_merge(base: dict, overrides: dict) -> dict:
     merged = copy.deepcopy(base)
@@ -61,19 +64,23 @@ def default_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     The end-to-end and the server tests share it; the config beside it is `<data>/../mebot.yaml`."""
     root = tmp_path_factory.mktemp("e2e")
     config = root / "mebot.yaml"
-    # The project's own settings, with the crawl delay off and any free port to keep the test quick.
-    config.write_text(
-        DEFAULT_CONFIG_PATH.read_text()
-        .replace("download_delay: 0.25", "download_delay: 0")
-        .replace("local_port: 8765", "local_port: 0")
-    )
+    # The project's own settings, sized down so the whole graph (questions, the two-point sweep, evaluation)
+    # builds in minutes: no crawl delay, any free port, fewer passages, two training steps, two test questions.
+    overrides = {
+        "site": {"download_delay": 0, "local_port": 0},
+        "qa": {"max_passages": E2E_MAX_PASSAGES},
+        "finetune": {"local": {"max_steps": 2, "max_seq_tokens": 256}},
+        "eval": {"max_questions": 2, "validity_sample": 3},
+    }
+    base = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
+    config.write_text(yaml.safe_dump(deep_merge(base, overrides)), encoding="utf-8")
     env = {**os.environ, "MEBOT_DATA_DIR": str(root / "data"), "MEBOT_DAGSTER_HOME": str(root / "home")}
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "--config", str(config), "run"],
         capture_output=True,
         text=True,
         env=env,
-        timeout=600,
+        timeout=1500,
         cwd=root,
     )
     return result, root / "data"

@@ -1,5 +1,6 @@
 """`mebot run` on the embedded sample site: the whole default graph, through the real command."""
 
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,43 @@ def test_mebot_run_succeeds_and_prints_a_summary(default_run):
     assert "mebot run succeeded" in result.stdout
     assert "raw_pages:" in result.stdout and "rag_chunks:" in result.stdout
     assert "FAILED" not in result.stdout
+
+
+def test_the_whole_graph_ends_in_a_leaderboard_of_rag_and_every_sweep_point(default_run):
+    from pipeline.settings import load_settings
+
+    result, data = default_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = [point.key for point in load_settings(data.parent / "mebot.yaml").finetune.sweep_points()]
+    assert len(sweep) == 2
+    qa = pd.read_parquet(data / "synthetic_qa.parquet")
+    assert (qa["split"] == "train").sum() >= 10 and (qa["split"] == "test").any()
+    for key in sweep:  # a real adapter per sweep point, trained and exported for llama.cpp
+        assert (data / "models" / key / "adapter.gguf").stat().st_size > 10_000
+    board = pd.read_parquet(data / "leaderboard.parquet")
+    assert list(board["model"]) == ["rag", *sweep]
+    assert board["n_answered"].min() >= 1
+    for column in ("rouge1_f1", "rougeL_f1", "similarity", "judge_expected", "judge_logprob_validity_auc"):
+        assert board[column].notna().all(), column
+    assert (data / "leaderboard.csv").is_file()
+    assert "leaderboard (" in result.stdout and "| rag " in result.stdout  # make run ends with the table
+
+
+def test_mebot_ask_answers_with_a_finetuned_adapter_through_llama_cpp(default_run):
+    result, data = default_run
+    assert result.returncode == 0
+    env = {**os.environ, "MEBOT_DATA_DIR": str(data), "MEBOT_DAGSTER_HOME": str(data.parent / "home")}
+    asked = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "--config", str(data.parent / "mebot.yaml"), "ask", "--json"]
+        + ["--model", "ft-e2-b4-lr2", "What is your sourdough starter called?"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert asked.returncode == 0, asked.stderr[-3000:]
+    reply = json.loads(asked.stdout)
+    assert reply["answer"].strip() and reply["sources"] == []  # a fine-tuned model answers from its weights
 
 
 def test_sample_site_pages_are_kept_without_private_pages_or_chrome(default_run):
@@ -71,8 +109,6 @@ def test_retrieval_finds_the_page_that_holds_each_fact(default_run):
 
 
 def test_mebot_ask_json_answers_with_the_right_page_among_its_sources(default_run):
-    import json
-
     result, data = default_run
     assert result.returncode == 0
     env = {**os.environ, "MEBOT_DATA_DIR": str(data), "MEBOT_DAGSTER_HOME": str(data.parent / "home")}
@@ -103,7 +139,7 @@ def test_mebot_ask_json_answers_with_the_right_page_among_its_sources(default_ru
     ("arguments", "message"),
     [
         (["   "], "the question is empty"),
-        (["--model", "ft-nope", "Who are you?"], "unknown model 'ft-nope'; the valid models are: rag"),
+        (["--model", "ft-nope", "Who are you?"], "unknown model 'ft-nope'; the valid models are: rag, ft-e2-b4-lr0.5"),
     ],
 )
 def test_mebot_ask_rejects_bad_input_with_a_clear_message(default_run, arguments, message):

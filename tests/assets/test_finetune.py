@@ -1,5 +1,5 @@
 """finetuned_models: one sweep partition materialized for real (LoRA training, GGUF export, llama.cpp answer)
-from a tiny fake `finetune_dataset`; partitions follow the settings; the OpenAI backend says it is not built."""
+from a tiny fake `finetune_dataset`; partitions follow the settings. The OpenAI backend: test_finetune_openai.py."""
 
 from __future__ import annotations
 
@@ -113,19 +113,3 @@ def test_one_partition_trains_exports_and_answers_through_llama_cpp(make_config,
     assert metadata["loss_plot"].value.startswith("![loss curves](data:image/png;base64,")
     assert metadata["sample_answer"].value  # the adapter loaded in llama.cpp and answered
     assert metadata["hyperparameters"].value["learning_rate"] == pytest.approx(0.002 * row["learning_rate_multiplier"])
-
-
-def test_the_openai_backend_is_not_built_yet(make_config, tmp_path):
-    key = finetuned_models.partitions_def.get_partition_keys()[0]
-    config = make_config({"finetune": {"backend": "openai"}})
-    data = tmp_path / "data"
-    upstream = fake_upstream(tiny_dataset(load_settings(config)))
-    assert dg.materialize([upstream], resources=resources(config, data)).success
-    with pytest.raises(NotImplementedError, match="OpenAI fine-tuning backend is not built yet"):
-        dg.materialize(
-            [finetuned_models, upstream],
-            selection=[finetuned_models],
-            partition_key=key,
-            resources=resources(config, data),
-        )
-    assert not (data / "models").exists()

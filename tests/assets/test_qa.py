@@ -14,6 +14,7 @@ from assets.qa import (
     qa_chunks,
     rejection_reason,
     round_seed,
+    sample_passages,
     split_pages,
     synthetic_qa,
 )
@@ -414,3 +415,38 @@ def test_contract_output_cut_off_by_max_tokens_counts_only_with_a_question_mark(
     assert metadata["rejected_outputs"].value == {"cut_off": 3}
     frame = pd.read_parquet(tmp_path / "data" / "synthetic_qa.parquet")
     assert sorted(frame["question"]) == ["Where did you ride?", "Who is Brenda?", "Why rye?"]
+
+
+@pytest.mark.parametrize("max_passages", [1, 5, 12, 20])
+def test_passage_sample_is_spread_over_pages_deterministic_and_grows_by_adding(max_passages):
+    passages, _ = _passages(n_pages=8, per_page=3)
+    sample = sample_passages(passages, max_passages, seed=42)
+    assert len(sample) == max_passages and sample["chunk_id"].is_unique
+    pd.testing.assert_frame_equal(sample, sample_passages(passages, max_passages, seed=42))
+    per_page = sample["url"].value_counts()
+    assert per_page.max() - per_page.min() <= 1 and len(per_page) == min(8, max_passages)  # pages take turns
+    assert list(sample["chunk_id"]) == [c for c in passages["chunk_id"] if c in set(sample["chunk_id"])]  # order kept
+    bigger = set(sample_passages(passages, max_passages + 3, seed=42)["chunk_id"])
+    assert set(sample["chunk_id"]) < bigger  # a bigger sample keeps every earlier passage (and its cached questions)
+
+
+@pytest.mark.parametrize("max_passages", [0, 24, 100])
+def test_passage_sample_of_zero_or_more_than_there_are_keeps_everything(max_passages):
+    passages, _ = _passages(n_pages=8, per_page=3)
+    pd.testing.assert_frame_equal(sample_passages(passages, max_passages, seed=1), passages)
+
+
+def test_a_different_seed_samples_other_passages():
+    passages, _ = _passages(n_pages=8, per_page=3)
+    first, second = (set(sample_passages(passages, 8, seed=seed)["chunk_id"]) for seed in (1, 2))
+    assert first != second
+
+
+@pytest.mark.parametrize(("n_pages", "fraction", "expected"), [(4, 0.1, 1), (12, 0.1, 1), (12, 0.25, 3), (12, 0.0, 0)])
+def test_by_question_validation_gets_its_fraction_and_at_least_one_question(n_pages, fraction, expected):
+    passages, questions = _passages(n_pages=n_pages, per_page=1)  # one passage per page, each with 3 questions
+    frame = assign_splits(
+        passages, questions, QaSettings(split="by_question", train_fraction=0.5, validation_fraction=fraction)
+    )
+    assert (frame["split"] == "validation").sum() == expected
+    assert (frame["split"] == "test").sum() == n_pages - expected

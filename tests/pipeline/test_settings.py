@@ -35,6 +35,7 @@ def test_every_section_is_present():
         "eval",
         "serve",
         "budget",
+        "run",
     }
 
 
@@ -83,6 +84,17 @@ def test_a_file_that_is_not_a_mapping_of_sections_is_rejected(tmp_path, text):
 def test_missing_file_says_which_path(tmp_path):
     with pytest.raises(SettingsError, match="does-not-exist.yaml does not exist"):
         load_settings(tmp_path / "does-not-exist.yaml")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["persona:\n  name: A\n  name: B\n", "rag:\n  top_k: 3\nsite:\n  max_pages: 5\nrag:\n  top_k: 4\n"],
+)
+def test_a_key_given_twice_is_an_error_naming_it_and_its_lines(tmp_path, text):
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(SettingsError, match=r"given twice \(lines \d+ and \d+\)"):
+        load_settings(path)
 
 
 def test_empty_file_means_all_defaults(tmp_path):

@@ -12,7 +12,7 @@ from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from pipeline.cli import user_error_message
 from pipeline.definitions import build_definitions
-from pipeline.jobs import DEFAULT_RUN_SELECTION
+from pipeline.jobs import INGEST_SELECTION
 from pipeline.settings import DEFAULT_CONFIG_PATH
 from tests.conftest import deep_merge
 from tests.sites import free_port, write_small_site
@@ -54,7 +54,7 @@ def project(tmp_path):
         yield project
 
 
-def _materialize(instance, defs: dg.Definitions, selection=DEFAULT_RUN_SELECTION) -> dg.ExecuteInProcessResult:
+def _materialize(instance, defs: dg.Definitions, selection=INGEST_SELECTION) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [*defs.assets, *defs.asset_checks], resources=defs.resources, instance=instance, selection=selection
     )
