@@ -40,5 +40,9 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check --quiet -e '.[dev,bench]'
 	@touch $(BENCH_STAMP)
 
+# e.g. make bench BENCH_ARGS="--only crawl index", or BENCH_ARGS="--select 'group:ingest or group:index'" (the RAG
+# part only) for a shorter end-to-end run
+BENCH_ARGS ?=
+
 bench: setup $(BENCH_STAMP)
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)

@@ -30,7 +30,7 @@ BENCHMARKS: dict[str, tuple[str, int]] = {
     "chunking": ("2. Chunking", 300),
     "embeddings": ("3. Embeddings", 900),
     "index": ("4. Index", 900),
-    "end_to_end": ("6. End to end", 2400),
+    "end_to_end": ("6. End to end", 7800),  # two `mebot run`s of up to an hour each
     "generation": ("5. Generation", 1200),
     "langchain": ("7. Reference pipeline (LangChain)", 900),
     "serve": ("8. Serving", 900),
@@ -99,11 +99,13 @@ def write_markdown(
         "",
     ]
     targets = [r for r in results if r.target]
+    failures = [r for r in results if r.note.startswith("FAILED")]
     met = sum(bool(r.met) for r in targets)
-    lines += [f"**Targets: {met} of {len(targets)} met.**", ""]
+    headline = f"**Targets: {met} of {len(targets)} measured targets met"
+    headline += f"; {len(failures)} figure(s) could not be measured (below).**" if failures else ".**"
+    lines += [headline, ""]
     for r in targets:
         lines.append(f"- {r.section} — {r.name}: {r.value_text()} {r.unit}, target {r.target}: {r.verdict()}")
-    failures = [r for r in results if r.note.startswith("FAILED")]
     for r in failures:
         lines.append(f"- {r.section} — {r.name}: {r.note}")
     lines.append("")
@@ -116,11 +118,12 @@ def write_markdown(
         "## Notes",
         "",
         f"- End to end: `mebot run` {'--select ' + repr(select) if select else 'with its default selection'} "
-        "(pipeline/jobs.py decides what that contains). `mebot run` materializes its whole selection every time; "
-        "the re-run saves only what the caches save (embedding vectors, LLM calls).",
+        "(pipeline/jobs.py decides what that contains); the re-run is whatever `mebot run` does after the edit "
+        "(what it rebuilds, what it skips as fresh, what the embedding and LLM caches save).",
         "- LLM calls repeated = rows of the LLM call cache that the re-run wrote again although they were there "
         "before it; new calls are calls whose prompt changed (e.g. answers with another top_k).",
-        "- Each benchmark runs in its own process: "
+        "- Each benchmark runs in its own process (peak RSS of that process; the `mebot` processes that "
+        "end_to_end and serve start are measured in their sections): "
         + ", ".join(f"{name} {seconds[name]:.0f} s (peak RSS {peaks[name]:.0f} MiB)" for name in seconds)
         + ".",
         "",

@@ -229,10 +229,22 @@ def run_task_in_worker(ref: DefinitionsRef, instance_ref, task: Task) -> Outcome
         return materialize_task(defs, instance, task)
 
 
+def _die_with_parent() -> None:
+    """Worker initializer: on Linux, ask the kernel to SIGTERM this worker when `mebot run` dies (killed, timed
+    out), so a stopped run leaves no orphaned worker holding GBs of model weights."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _run_in_own_process(ref: DefinitionsRef, instance_ref, task: Task) -> Outcome:
     # One pool per run: a worker that dies (killed, out of memory) fails only its own run.
     started = time.time()
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn, initializer=_die_with_parent) as pool:
         try:
             return pool.submit(run_task_in_worker, ref, instance_ref, task).result()
         except BrokenProcessPool:

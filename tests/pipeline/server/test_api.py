@@ -87,9 +87,9 @@ def test_api_query_over_the_limit_is_413(http, server):
 def test_api_unknown_model_is_400_naming_the_valid_ones(http, server):
     error = assert_clean_error(http.get("/api", params={"query": QUESTION, "model": "gpt-5"}), 400, server)
     assert "gpt-5" in error["message"] and "qa" in error["message"]
-    # no fine-tuned model has been trained in this data dir
-    error = assert_clean_error(http.get("/api", params={"query": QUESTION, "model": "finetune"}), 400, server)
-    assert "qa" in error["message"]
+    # the session's `mebot run` trained the default sweep: its models are named, an untrained one is not served
+    error = assert_clean_error(http.get("/api", params={"query": QUESTION, "model": "finetune:e9-b1-lr1"}), 400, server)
+    assert "finetune:e2-b4-lr0.5" in error["message"] and "finetune:e2-b4-lr2" in error["message"]
 
 
 def chat(http, body, **kwargs):
