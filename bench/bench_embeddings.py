@@ -19,6 +19,7 @@ Target: the model paths ≥ 0.9 × raw encode.
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import sys
 import tempfile
@@ -94,7 +95,10 @@ def run(quick: bool = False, reps: int = 3, windows_wanted: int = 96, batch_size
         "warm": warm_cache,
         "chunks": chunk_path,
     }
-    seconds = interleaved(variants, reps)
+    try:
+        seconds = interleaved(variants, reps)
+    finally:
+        shutil.rmtree(warm_dir, ignore_errors=True)
     rate = {name: [len(windows) / s for s in values] for name, values in seconds.items()}
     note = (
         f"{len(windows)} windows of {len(chunks)} sample-site chunks, {statistics.mean(pieces):.0f} word-pieces "

@@ -23,12 +23,15 @@ Model loading is done once before timing, for both.
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -37,14 +40,16 @@ from _corpus import questions, sample_site_pages  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
+import pandas as pd  # noqa: E402
+
 from assets.chunks import chunk_pages  # noqa: E402
 from assets.index import embed_chunks, stack_vectors  # noqa: E402
 from assets.rag import RagBot  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 from pipeline.tokens import ENCODING_NAME, ensure_offline_tiktoken  # noqa: E402
 from resources.chat import ChatClient  # noqa: E402
-from resources.embeddings import build_embedder  # noqa: E402
-from resources.vector_index import load_index, write_index  # noqa: E402
+from resources.embeddings import Embedder, build_embedder  # noqa: E402
+from resources.vector_index import LoadedIndex, load_index, write_index  # noqa: E402
 
 SECTION = "7. Reference pipeline (LangChain)"
 K = 4
@@ -93,7 +98,7 @@ def run(quick: bool = False, reps: int = 3) -> list[Result]:
     rag = settings.rag
     index_dir = Path(tempfile.mkdtemp(prefix="bench-langchain-"))
 
-    def mebot_ingest():
+    def mebot_ingest() -> tuple[pd.DataFrame, LoadedIndex, int]:
         chunks = chunk_pages(pages, rag.chunk_tokens, rag.overlap_tokens)
         frame, _ = embed_chunks(chunks, embedder, None)
         write_index(
@@ -106,10 +111,26 @@ def run(quick: bool = False, reps: int = 3) -> list[Result]:
         )
         return chunks, load_index(index_dir, expected_identity=embedder.identity), len(frame)
 
-    def langchain_ingest():
+    def langchain_ingest() -> tuple[Any, int]:
         documents = splitter.create_documents(list(pages["text"]), metadatas=[{"url": u} for u in pages["url"]])
         return faiss_store.from_documents(documents, lc_embeddings), len(documents)
 
+    try:
+        return measure(pages, asked, settings, embedder, reps, mebot_ingest, langchain_ingest)
+    finally:
+        shutil.rmtree(index_dir, ignore_errors=True)
+
+
+def measure(
+    pages: pd.DataFrame,
+    asked: list[tuple[str, str]],
+    settings: Settings,
+    embedder: Embedder,
+    reps: int,
+    mebot_ingest: Callable[[], tuple[pd.DataFrame, LoadedIndex, int]],
+    langchain_ingest: Callable[[], tuple[Any, int]],
+) -> list[Result]:
+    """Ingest `reps` times each (alternating which goes first), then query latency and page agreement."""
     ingest_s: dict[str, list[float]] = {"mebot": [], "langchain": []}
     for round_number in range(reps):
         order = ["mebot", "langchain"] if round_number % 2 == 0 else ["langchain", "mebot"]
