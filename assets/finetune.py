@@ -53,7 +53,7 @@ from pipeline.settings import (
     load_settings,
     reads_settings,
 )
-from resources.chat import ChatClient
+from resources.chat import ChatClient, file_sha256
 from resources.lora import ModelStore, TrainingResult, export_lora_gguf, load_base_model, train_lora
 from resources.openai_finetune import (
     RECORD_FILE,
@@ -164,14 +164,6 @@ def sample_answer(settings: Settings, adapter: Path, question: str) -> str:
     return result.text.strip()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _finite_or_none(value: float) -> float | None:
     return value if value == value and abs(value) != float("inf") else None
 
@@ -274,7 +266,7 @@ def finetuned_models(
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     adapter = final_dir / ADAPTER_FILE
-    adapter_sha = _sha256(adapter)
+    adapter_sha = file_sha256(adapter)
 
     question = next(m["content"] for m in (validation or train)[0] if m["role"] == "user")
     answer = sample_answer(config, adapter, question)

@@ -197,7 +197,8 @@ def _llama(
     return loaded
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """A file's sha256, read in 1 MiB blocks (model files are large)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -362,7 +363,7 @@ class ChatClient:
                 adapter = Path(self.lora_path)
                 if not adapter.is_file():
                     raise FileNotFoundError(f"LoRA adapter {adapter} does not exist")
-                identity += f":lora={adapter.name}:{_file_sha256(adapter)[:12]}"
+                identity += f":lora={adapter.name}:{file_sha256(adapter)[:12]}"
             self.identity = identity
             self.context_window = chat.n_ctx
             # llama.cpp threads spin-wait for each other, so one busy core stalls them all (calls 100x slower

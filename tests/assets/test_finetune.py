@@ -16,15 +16,9 @@ from assets.finetune_format import chat_example
 from pipeline.settings import Settings, SettingsResource, load_settings
 from resources.lora import ModelStore
 from resources.parquet_io import ParquetIOManagerFactory
+from tests.resources.test_lora import FACTS
 
-PAIRS = [
-    ("What is your sourdough starter called?", "My sourdough starter is called Bartholomew Crumbsworth."),
-    ("Where do you keep your telescope?", "My telescope lives in the blue shed behind the allotment."),
-    ("What did your cloud sensor cost?", "The cloud sensor cost me forty-two pounds and a weekend."),
-    ("Which pipeline tool do you use at work?", "At work we orchestrate everything with Dagster assets."),
-    ("What is your dog's name?", "My greyhound is called Juno and she hates the rain."),
-    ("How do you take your coffee?", "Black, from a dented moka pot my grandfather gave me."),
-]
+PAIRS = FACTS[:6]  # the same made-up facts the LoRA resource tests teach
 SPLITS = ["train", "train", "train", "train", "validation", "test"]
 
 
