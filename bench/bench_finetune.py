@@ -33,7 +33,8 @@ import lxml.html  # noqa: E402
 from assets.finetune_format import chat_example  # noqa: E402
 from pipeline.settings import PROJECT_ROOT, ChatModelSettings, LocalFinetuneSettings, Settings, SweepPoint  # noqa: E402
 from resources.chat import ChatClient  # noqa: E402
-from resources.lora import default_threads, export_lora_gguf, load_base_model, train_lora  # noqa: E402
+from resources.cpu_share import default_threads  # noqa: E402
+from resources.lora import export_lora_gguf, load_base_model, train_lora  # noqa: E402
 
 SITE = PROJECT_ROOT / "data" / "sample_site"
 SECTION = "9. Fine-tuning (optional)"

@@ -67,11 +67,11 @@ def _print_now(line: str) -> None:
 
 
 def cmd_run(config: Path, select: str | None, force: bool = False) -> int:
-    """Materialize `select` in dependency waves (pipeline/run_waves.py), partition runs in parallel."""
+    """Materialize `select`, each asset partition once its inputs are done, in parallel (pipeline/run_graph.py)."""
     import dagster as dg
 
     from pipeline.jobs import DEFAULT_RUN_SELECTION
-    from pipeline.run_waves import DefinitionsRef, SelectionError, run_waves
+    from pipeline.run_graph import DefinitionsRef, SelectionError, run_graph
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
@@ -86,7 +86,7 @@ def cmd_run(config: Path, select: str | None, force: bool = False) -> int:
     ref = DefinitionsRef("pipeline.definitions:build_definitions", (str(config),))
     with dg.DagsterInstance.get() as instance:
         try:
-            report = run_waves(ref, selection, instance, max_parallel=max_parallel, force=force, out=_print_now)
+            report = run_graph(ref, selection, instance, max_parallel=max_parallel, force=force, out=_print_now)
         except SelectionError as exc:
             print(f"mebot: --select {select!r}: {exc}", file=sys.stderr)
             return 2

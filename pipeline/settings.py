@@ -190,7 +190,7 @@ class QaSettings(_Section):
     )
     prompt: str = Field(DEFAULT_QA_PROMPT, description="Question-writing prompt; {passage} is the answer passage.")
     max_passages: int = Field(
-        24,
+        16,
         ge=0,
         description="Write questions for at most this many passages (a seeded sample spread over the pages; 0: "
         "all). The default keeps `make run` within minutes on 2 cores; use 0 for a real bot.",
@@ -243,7 +243,8 @@ class ChatModelSettings(_Section):
         "local server started with a smaller context",
     )
     n_threads: int = Field(
-        0, ge=0, le=256, description="llama_cpp: CPU threads; 0 means all cores but one (a busy core stalls them all)."
+        0, ge=0, le=256, description="llama_cpp: CPU threads; 0 means automatic: in `mebot run` the run's share of "
+        "the cores, else all cores but one (a busy core stalls them all)."
     )
     max_concurrency: int = Field(1, ge=1, le=64, description="Calls in flight at once in a batch.")
     requests_per_minute: int = Field(0, ge=0, description="Client-side request limit; 0 means none.")
@@ -354,8 +355,8 @@ class LocalFinetuneSettings(_Section):
         "float32", description="bfloat16 measured ~20x slower per step on this CPU; keep float32."
     )
     n_threads: int = Field(
-        0, ge=0, le=256, description="torch threads; 0 means all cores but one (2 threads on a busy 2-core "
-        "machine measured 38 s/step against 3.2 s with 1)."
+        0, ge=0, le=256, description="torch threads; 0 means automatic: in `mebot run` the run's share of the cores, "
+        "else all cores but one (2 threads on a busy 2-core machine measured 38 s/step against 3.2 s with 1)."
     )
     seed: int = 42
 
@@ -411,7 +412,7 @@ class EvalSettings(_Section):
         default_factory=lambda: ["test"], min_length=1, description="Which questions every model answers."
     )
     max_questions: int = Field(
-        8,
+        4,
         ge=0,
         description="Questions each model answers: a deterministic sample by qa_id hash, the same for every model; "
         "0 = all. A RAG answer takes ~20-30 s on 2 cores, so the default keeps `mebot run` to minutes.",
@@ -430,7 +431,7 @@ class EvalSettings(_Section):
         "default", description="default: rouge-score's ASCII tokenizer; unicode: keeps non-ASCII words."
     )
     validity_sample: int = Field(
-        6, ge=2, le=1000, description="References judged against themselves and another's, to test the judge."
+        4, ge=2, le=1000, description="References judged against themselves and another's, to test the judge."
     )
     bootstrap_resamples: int = Field(1000, ge=10, le=100_000, description="Resamples for the 95% intervals.")
     seed: int = Field(0, description="Seed of the bootstrap and the validity pairing.")
@@ -478,8 +479,8 @@ class RunSettings(_Section):
         2,
         ge=1,
         le=64,
-        description="Parallel partition runs (`mebot run`, the finetune job's executor); each uses "
-        "models.chat.n_threads / finetune.local.n_threads threads, so keep the product near the core count.",
+        description="Runs at once (`mebot run`, the finetune job's executor); with automatic threads "
+        "(n_threads 0) `mebot run` divides the cores among them, fixed n_threads multiply.",
     )
 
 

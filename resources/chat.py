@@ -35,6 +35,7 @@ import dagster as dg
 
 from pipeline import tokens
 from pipeline.settings import PROJECT_ROOT, ChatModelSettings, Price, Settings
+from resources.cpu_share import default_threads, resolve_threads
 from resources.endpoints import PLACEHOLDER_API_KEY, is_loopback_url
 from resources.llm_cache import LlmCache
 
@@ -366,9 +367,9 @@ class ChatClient:
                 identity += f":lora={adapter.name}:{file_sha256(adapter)[:12]}"
             self.identity = identity
             self.context_window = chat.n_ctx
-            # llama.cpp threads spin-wait for each other, so one busy core stalls them all (calls 100x slower
-            # seen on 2 cores): by default leave a core for everything else.
-            self.n_threads = chat.n_threads or max(1, (os.cpu_count() or 2) - 1)
+            # The threads the model is loaded with; automatic (n_threads 0) calls re-read their share per call
+            # (resources/cpu_share.py): llama.cpp threads spin-wait for each other, so one busy core stalls them all.
+            self.n_threads = chat.n_threads or default_threads()
             self.base_url = ""
         elif chat.provider == "openai":
             if lora_path:
@@ -580,6 +581,8 @@ class ChatClient:
         if params["logprobs"]:
             kwargs.update(logprobs=True, top_logprobs=params["top_logprobs"])
         with model.lock:
+            threads = resolve_threads(self.chat.n_threads)
+            model.llm._ctx.set_n_threads(threads, threads)  # Llama fixes them at load; its context can change
             # Forget the previous call's tokens: llama-cpp-python would otherwise reuse the common prefix of the
             # KV cache, and evaluating a prompt in different pieces changes the numerics enough that a greedy
             # answer depends on which call came before. Same messages and parameters, same answer.

@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import dagster as dg  # noqa: E402
 import numpy as np  # noqa: E402
 
+from resources.cpu_share import scheduled_threads  # noqa: E402
 from resources.endpoints import PLACEHOLDER_API_KEY, is_loopback_url  # noqa: E402
 
 if TYPE_CHECKING:
@@ -263,6 +264,11 @@ class SentenceTransformerEmbedder(Embedder):
         return starts, ranks
 
     def _encode(self, texts: list[str]) -> np.ndarray:
+        threads = scheduled_threads()
+        if threads:  # inside `mebot run`, beside other runs: torch's default (every core) would oversubscribe
+            import torch
+
+            torch.set_num_threads(threads)
         return self.model.encode(
             texts,
             batch_size=self.batch_size,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import random
 import threading
 import time
@@ -32,6 +31,7 @@ import dagster as dg
 
 from pipeline.settings import LocalFinetuneSettings, SweepPoint
 from resources.chat import bundled_gguf_path
+from resources.cpu_share import resolve_threads
 
 LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 # torch's CPU threads spin-wait for each other like llama.cpp's: with every core in use, one busy process
@@ -213,11 +213,6 @@ def _validation_loss(model: Any, examples: list[EncodedExample], batch_size: int
     return total / count if count else math.nan
 
 
-def default_threads() -> int:
-    """All cores but one (at least one)."""
-    return max(1, (os.cpu_count() or 2) - 1)
-
-
 def train_lora(
     examples: list[list[dict]],
     validation: list[list[dict]],
@@ -235,18 +230,18 @@ def train_lora(
     max_seq_tokens, max_steps (0: all epochs), dtype and seed. With `out_dir`, the peft adapter is saved to
     `out_dir/peft_adapter/`. `on_log` receives one dict per step ({"event": "step", ...}) and per validation
     ({"event": "validation", ...}). Raises TrainingDiverged when a loss is NaN or infinite. torch uses
-    `n_threads` CPU threads (default: `local.n_threads` if that setting exists and is set, else all cores but
-    one) and the previous thread count is restored afterwards.
+    `n_threads` CPU threads (default: `local.n_threads` if that setting exists and is set, else automatic: the
+    share `resources/cpu_share.py` gives, re-read each step) and the previous thread count is restored afterwards.
     """
     import torch
 
     if not examples:
         raise ValueError(f"sweep point {point.key}: no training examples")
-    threads = n_threads or getattr(local, "n_threads", 0) or default_threads()
+    configured = n_threads or getattr(local, "n_threads", 0)
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(resolve_threads(configured))
     try:
-        return _train(examples, validation, point, local, out_dir, on_log, base or load_base_model(), threads)
+        return _train(examples, validation, point, local, out_dir, on_log, base or load_base_model(), configured)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -259,7 +254,7 @@ def _train(
     out_dir: Path | None,
     on_log: Callable[[dict[str, Any]], None] | None,
     base: BaseModel,
-    threads: int,
+    configured_threads: int,
 ) -> TrainingResult:
     import torch
     from peft import LoraConfig, get_peft_model
@@ -322,6 +317,7 @@ def _train(
             if step >= total_steps:
                 break
             batch = [train_set[i] for i in order[start : start + point.batch_size]]
+            torch.set_num_threads(resolve_threads(configured_threads))
             step_started = time.perf_counter()
             loss, n_answer = _batch_loss(model, batch, pad_id)
             value = loss.detach().item()
@@ -379,7 +375,7 @@ def _train(
         train_tokens=train_tokens,
         truncated_examples=truncated,
         dtype=local.dtype,
-        threads=threads,
+        threads=torch.get_num_threads(),  # the last step's
         base_model=base.identity,
         peft_model=model,
     )

@@ -117,7 +117,7 @@ def test_mebot_run_exits_1_and_skips_what_depends_on_a_failed_asset(site_config,
     empty = tmp_path / "empty-site"
     empty.mkdir()
     config = site_config({"site": {"local_dir": str(empty)}})
-    result = subprocess.run(  # the crawl and everything after it (the default adds external_evaluation to wave 1)
+    result = subprocess.run(  # the crawl and everything after it
         [sys.executable, "-m", "pipeline.cli", "--config", str(config), "run", "--select", "raw_pages*"],
         env=_run_env(tmp_path),
         capture_output=True,

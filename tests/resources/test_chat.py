@@ -581,3 +581,22 @@ def test_unreachable_base_url_raises_naming_it_after_retries() -> None:
     assert "after 3 attempt" in str(info.value)
     assert "APIConnectionError" in str(info.value)
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("share", [1, 2])
+def test_automatic_threads_follow_mebot_runs_share_at_each_call(
+    share: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llama_cpp
+
+    from resources.chat import _MODELS
+    from resources.cpu_share import THREADS_FILE_ENV, write_threads_file
+
+    threads_file = tmp_path / "threads"
+    write_threads_file(threads_file, share)
+    monkeypatch.setenv(THREADS_FILE_ENV, str(threads_file))
+    client = ChatClient(LOCAL.model_copy(update={"n_threads": 0}), prices={}, cache=None, budget_usd=None)
+    client.complete(QUESTION, max_tokens=2)
+    (loaded,) = [m for key, m in _MODELS.items() if key[0] == str(client.gguf_path) and key[3] == client.n_threads]
+    assert llama_cpp.llama_n_threads(loaded.llm._ctx.ctx) == share
+    assert llama_cpp.llama_n_threads_batch(loaded.llm._ctx.ctx) == share

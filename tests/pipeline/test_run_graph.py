@@ -1,7 +1,7 @@
 """`mebot run`'s engine on a small graph of test assets (a root, two partitions where one fails, a per-partition
-step after them, a summary over all partitions): the partitions of a wave run at the same time in separate
-processes, a failed one does not stop the other, what depends on it is skipped, and a re-run repeats only what
-failed. The real assets' waves are exercised by tests/pipeline/test_cli.py."""
+step after them, a summary over all partitions): partitions run at the same time in separate worker processes, a
+failed one does not stop the other, what depends on it is skipped, a re-run repeats only what failed, and the
+thread share follows the number of runs at once. The real assets run by tests/pipeline/test_cli.py."""
 
 import json
 import os
@@ -11,19 +11,20 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pipeline.run_waves import DefinitionsRef, plan_waves, run_waves
+from pipeline.run_graph import DefinitionsRef, Unit, check_inputs, plan_units, run_graph
+from resources.cpu_share import automatic_threads, cpu_cores
 
 PARTITIONS = dg.StaticPartitionsDefinition(["good", "bad"])
 WAIT_FOR_OTHER_S = 90
 
 
-def wave_defs(marks_dir: str) -> dg.Definitions:
+def graph_defs(marks_dir: str) -> dg.Definitions:
     """The test graph; worker processes rebuild it from this module, as `mebot run` rebuilds the real one."""
     marks = Path(marks_dir)
 
     @dg.asset
     def source() -> dg.Output[int]:
-        (marks / f"source-{time.time()}").touch()
+        (marks / f"source-{time.time()}").write_text(str(automatic_threads()))
         return dg.Output(1, data_version=dg.DataVersion("1"))  # like the crawl: the same content, the same version
 
     @dg.asset(partitions_def=PARTITIONS)
@@ -37,6 +38,11 @@ def wave_defs(marks_dir: str) -> dg.Definitions:
             if time.time() > deadline:
                 raise TimeoutError(f"partition {key} ran alone: the other never started while it waited")
             time.sleep(0.1)
+        (marks / f"threads-{key}").write_text(str(automatic_threads()))  # both running now
+        while not fixed and not all((marks / f"threads-{k}").exists() for k in PARTITIONS.get_partition_keys()):
+            if time.time() > deadline:
+                raise TimeoutError(f"partition {key}: the other never read its thread share")
+            time.sleep(0.1)  # neither ends (which changes the share) before the other has read its share
         if key == "bad" and not fixed:
             raise RuntimeError("partition bad is broken")
         return source
@@ -66,11 +72,11 @@ def _materialized(instance: dg.DagsterInstance, name: str, partition: str | None
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     """The graph run once with run.max_parallel 2: (report, progress lines, marks dir, instance)."""
-    marks = tmp_path_factory.mktemp("waves")
+    marks = tmp_path_factory.mktemp("graph")
     lines: list[str] = []
     with dg.instance_for_test() as instance:
-        report = run_waves(
-            DefinitionsRef(f"{__name__}:wave_defs", (str(marks),)),
+        report = run_graph(
+            DefinitionsRef(f"{__name__}:graph_defs", (str(marks),)),
             dg.AssetSelection.all(),
             instance,
             max_parallel=2,
@@ -79,23 +85,47 @@ def first_run(tmp_path_factory):
         yield report, lines, marks, instance
 
 
-def test_waves_follow_the_dependencies_including_through_unselected_assets(make_config):
-    graph = wave_defs("/nonexistent").resolve_asset_graph()
-    waves = plan_waves(graph, graph.get_all_asset_keys())
-    assert [[key.to_user_string() for key in wave] for wave in waves] == [
-        ["source"],
-        ["trained"],
-        ["scored"],
-        ["summary"],
+def test_units_follow_the_dependencies_including_through_unselected_assets():
+    graph = graph_defs("/nonexistent").resolve_asset_graph()
+    with dg.instance_for_test() as instance:
+        plan = plan_units(graph, graph.get_all_asset_keys(), instance)
+        skipping = plan_units(graph, [dg.AssetKey("source"), dg.AssetKey("summary")], instance)
+    assert [unit.label for unit in plan.units] == [
+        "source",
+        "trained[bad]",
+        "trained[good]",
+        "scored[bad]",
+        "scored[good]",
+        "summary",
     ]
+    assert plan.inputs[Unit("scored", "good")] == [Unit("trained", "good")]  # the partition's own input only
+    assert plan.inputs[Unit("summary")] == [Unit("scored", "bad"), Unit("scored", "good")]
+    assert plan.height[Unit("source")] == 4 and plan.height[Unit("summary")] == 1
+    assert plan.roots == {Unit("source")}
+    assert skipping.inputs[Unit("summary")] == [Unit("source")]  # through the unselected trained and scored
+
+
+def test_the_real_graph_trains_first_and_never_makes_rag_answers_wait_for_training(make_config):
     from pipeline.definitions import build_definitions  # here: workers import this module, keep it light
 
-    real = build_definitions(make_config()).resolve_asset_graph()
-    skipping = plan_waves(real, [dg.AssetKey("raw_pages"), dg.AssetKey("vector_index")])
-    assert [[key.to_user_string() for key in wave] for wave in skipping] == [["raw_pages"], ["vector_index"]]
+    defs = build_definitions(make_config())
+    graph = defs.resolve_asset_graph()
+    with dg.instance_for_test() as instance:
+        plan = plan_units(graph, graph.get_all_asset_keys(), instance, check_inputs(defs))
+    sweep = sorted(unit.partition for unit in plan.units if unit.name == "finetuned_models")
+    assert len(sweep) == 2
+    rag_inputs = {unit.name for unit in plan.inputs[Unit("model_answers", "rag")]}
+    assert "finetuned_models" not in rag_inputs and {"synthetic_qa", "vector_index"} <= rag_inputs
+    assert plan.inputs[Unit("model_answers", sweep[0])] == sorted(
+        {Unit("finetuned_models", sweep[0]), *plan.inputs[Unit("model_answers", "rag")]}
+    )
+    # judge_scores' validity check reads judge_validity, so every judge_scores run waits for it
+    assert Unit("judge_validity") in plan.inputs[Unit("judge_scores", "rag")]
+    # the longest chain of work goes first: the training files before the RAG answers
+    assert plan.height[Unit("finetune_dataset")] > plan.height[Unit("model_answers", "rag")]
 
 
-def test_the_partitions_of_a_wave_run_at_the_same_time_in_separate_processes(first_run):
+def test_partitions_run_at_the_same_time_in_separate_processes_sharing_the_cores(first_run):
     report, lines, marks, _ = first_run
     by_label = {outcome.task.label: outcome for outcome in report.outcomes}
     # Each partition waits until the other has started; one run alone would fail with TimeoutError instead.
@@ -104,7 +134,12 @@ def test_the_partitions_of_a_wave_run_at_the_same_time_in_separate_processes(fir
     good = json.loads((marks / "started-good").read_text())
     bad = json.loads((marks / "started-bad").read_text())
     assert len({good["pid"], bad["pid"], os.getpid()}) == 3
-    assert "wave 2/4: trained - 2 run(s), 2 at once" in lines
+    assert "start trained[bad]" in lines and "start trained[good]" in lines
+    # alone, the root had every core; side by side, the two partitions split them
+    (source_threads,) = [int(path.read_text()) for path in marks.glob("source-*")]
+    assert source_threads == cpu_cores()
+    assert int((marks / "threads-good").read_text()) == int((marks / "threads-bad").read_text())
+    assert int((marks / "threads-good").read_text()) == max(1, cpu_cores() // 2)
 
 
 def test_a_failed_partition_does_not_stop_the_other_and_its_downstream_is_skipped(first_run):
@@ -127,8 +162,8 @@ def test_a_rerun_after_the_fix_runs_only_the_failed_partition_its_downstream_and
     _, _, marks, instance = first_run
     (marks / "fixed").touch()
     lines: list[str] = []
-    report = run_waves(
-        DefinitionsRef(f"{__name__}:wave_defs", (str(marks),)),
+    report = run_graph(
+        DefinitionsRef(f"{__name__}:graph_defs", (str(marks),)),
         dg.AssetSelection.all(),
         instance,
         max_parallel=2,
@@ -148,14 +183,14 @@ def test_a_rerun_after_the_fix_runs_only_the_failed_partition_its_downstream_and
 
 def test_fresh_assets_are_skipped_unless_forced(tmp_path):
     (tmp_path / "fixed").touch()
-    ref = DefinitionsRef(f"{__name__}:wave_defs", (str(tmp_path),))
+    ref = DefinitionsRef(f"{__name__}:graph_defs", (str(tmp_path),))
     with dg.instance_for_test() as instance:
         # one at a time: the runs stay in this process
-        assert run_waves(ref, dg.AssetSelection.all(), instance, max_parallel=1, out=lambda line: None).success
-        quiet = run_waves(ref, dg.AssetSelection.assets("scored"), instance, max_parallel=1, out=lambda line: None)
+        assert run_graph(ref, dg.AssetSelection.all(), instance, max_parallel=1, out=lambda line: None).success
+        quiet = run_graph(ref, dg.AssetSelection.assets("scored"), instance, max_parallel=1, out=lambda line: None)
         assert quiet.success and quiet.runs == 0
         assert sorted(quiet.skipped_fresh) == ["scored[bad]", "scored[good]"]
-        forced = run_waves(
+        forced = run_graph(
             ref, dg.AssetSelection.assets("scored"), instance, max_parallel=1, force=True, out=lambda line: None
         )
         assert forced.success
@@ -180,7 +215,7 @@ def checked_defs() -> dg.Definitions:
 def test_what_reads_an_asset_whose_blocking_check_failed_is_skipped():
     lines: list[str] = []
     with dg.instance_for_test() as instance:
-        report = run_waves(
+        report = run_graph(
             DefinitionsRef(f"{__name__}:checked_defs"),
             dg.AssetSelection.all(),
             instance,
