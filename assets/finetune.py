@@ -10,7 +10,7 @@ per partition, `<model_store.base_dir>/<partition key>/`:
 - `training_log.json`: hyperparameters, per-step training and per-epoch validation losses, timings;
 - `loss.png`: the loss curves (also shown in the materialization's metadata).
 The folder is built under a temporary name and swapped in at the end, so a failed or diverged run leaves the
-previous model in place. Hyperparameters come from the partition key (`e2-b4-lr0.5` = 2 epochs, batch 4,
+previous model in place. Hyperparameters come from the partition key (`e1-b2-lr0.5` = 1 epoch, batch 2,
 learning rate `finetune.local.base_lr` x 0.5); `finetune.local.max_steps` caps the optimizer steps.
 
 Backend `openai`: one OpenAI fine-tuning job per partition (`resources/openai_finetune.py`) on the chat-format
@@ -213,7 +213,7 @@ def finetuned_models(
     model_store: ModelStore,
     finetune_dataset: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
-    """One fine-tuned model per sweep point (partition key, e.g. `e2-b4-lr0.5`). Local backend: a LoRA adapter
+    """One fine-tuned model per sweep point (partition key, e.g. `e1-b2-lr0.5`). Local backend: a LoRA adapter
     on SmolLM2-135M-Instruct trained on the train split of `finetune_dataset`, validated each epoch on its
     validation split, and exported as a GGUF LoRA that the chat resource (llama.cpp) applies. OpenAI backend: a
     fine-tuning job on the same examples, resumed from its record on a rerun, cancelled with the run; the row's

@@ -59,7 +59,7 @@ _DATE_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$|-\d{4}$")
 
 
 def sweep_partitions(settings: Settings) -> dg.StaticPartitionsDefinition:
-    """One partition per point of `finetune.sweep`, keyed by the point's readable key (e.g. `e2-b4-lr0.5`)."""
+    """One partition per point of `finetune.sweep`, keyed by the point's readable key (e.g. `e1-b2-lr0.5`)."""
     keys = [point.key for point in settings.finetune.sweep_points()]
     repeated = sorted(k for k, n in Counter(keys).items() if n > 1)
     if repeated:  # settings validation forbids repeated values, so this would be a bug in SweepPoint.key

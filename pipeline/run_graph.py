@@ -1,6 +1,6 @@
 """`mebot run`'s engine: materialize a selection run by run, each asset partition as soon as its inputs are done.
 
-The unit of work is one asset partition (`finetuned_models[e2-b4-lr2]`, `model_answers[rag]`, or an unpartitioned
+The unit of work is one asset partition (`finetuned_models[e1-b2-lr2]`, `model_answers[rag]`, or an unpartitioned
 asset); its inputs are the selected asset partitions it reads (through partition mappings, through unselected
 assets in between, and through the extra inputs of its asset checks). Each unit is one Dagster run into the
 instance `mebot run` was given, so every run shows in the UI as if launched there. Up to `run.max_parallel` runs
@@ -121,10 +121,6 @@ class Plan:
     inputs: dict[Unit, list[Unit]]
     height: dict[Unit, int]  # the longest chain of units from this one to the end, itself included
     roots: set[Unit]
-
-
-def asset_label(key: dg.AssetKey, partition: str | None) -> str:
-    return key.to_user_string() + (f"[{partition}]" if partition is not None else "")
 
 
 def check_inputs(defs: dg.Definitions) -> dict[dg.AssetKey, set[dg.AssetKey]]:
@@ -453,7 +449,8 @@ def _run_in_workers(
             share = max(1, cores // max(1, scheduler.running()))
             write_threads_file(threads_file, share)
             if share != published and not starting and in_flight:
-                scheduler.out(f"  {len(in_flight)} run(s) going on: {share} threads each now")
+                runs = len(in_flight)
+                scheduler.out(f"  {share} threads for " + ("the run left" if runs == 1 else f"each of {runs} runs"))
             published = share
             for unit, slot in starting:
                 scheduler.out(f"start {unit.label}" + (f" ({share} threads)" if share > 1 else ""))

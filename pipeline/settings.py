@@ -296,8 +296,8 @@ class ModelsSettings(_Section):
 class SweepSettings(_Section):
     """A grid: every combination of these values is one fine-tuning job (one `finetuned_models` partition)."""
 
-    n_epochs: list[int] = Field(default_factory=lambda: [2], min_length=1)
-    batch_size: list[int] = Field(default_factory=lambda: [4], min_length=1)
+    n_epochs: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    batch_size: list[int] = Field(default_factory=lambda: [2], min_length=1)
     learning_rate_multiplier: list[float] = Field(default_factory=lambda: [0.5, 2.0], min_length=1)
     lora_r: list[int] = Field(default_factory=lambda: [8], min_length=1, description="local_lora only.")
     lora_alpha: list[int] = Field(default_factory=lambda: [16], min_length=1, description="local_lora only.")

@@ -48,7 +48,7 @@ def test_mebot_ask_answers_with_a_finetuned_adapter_through_llama_cpp(default_ru
     env = {**os.environ, "MEBOT_DATA_DIR": str(data), "MEBOT_DAGSTER_HOME": str(data.parent / "home")}
     asked = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "--config", str(data.parent / "mebot.yaml"), "ask", "--json"]
-        + ["--model", "ft-e2-b4-lr2", "What is your sourdough starter called?"],
+        + ["--model", "ft-e1-b2-lr2", "What is your sourdough starter called?"],
         capture_output=True,
         text=True,
         env=env,
@@ -142,7 +142,7 @@ def test_mebot_ask_json_answers_with_the_right_page_among_its_sources(default_ru
     ("arguments", "message"),
     [
         (["   "], "the question is empty"),
-        (["--model", "ft-nope", "Who are you?"], "unknown model 'ft-nope'; the valid models are: rag, ft-e2-b4-lr0.5"),
+        (["--model", "ft-nope", "Who are you?"], "unknown model 'ft-nope'; the valid models are: rag, ft-e1-b2-lr0.5"),
     ],
 )
 def test_mebot_ask_rejects_bad_input_with_a_clear_message(default_run, arguments, message):

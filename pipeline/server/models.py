@@ -3,7 +3,7 @@
 One small registry that the server and the evaluation share, so both answer a question the same way:
 
     registry = ModelRegistry(settings, resources, data_dir)    # resources: build_definitions(...).resources
-    registry.names()                       # ['rag', 'ft-e2-b4-lr0.5', ...]
+    registry.names()                       # ['rag', 'ft-e1-b2-lr0.5', ...]
     registry.answer("rag", "What is your sourdough starter called?")   # -> Reply(text, sources, ...)
 
 The RAG bot is loaded by `assets.rag.load_rag_bot` (latest chunks and CURRENT index version); a fine-tuned model

@@ -60,7 +60,7 @@ def test_partitions_are_the_sweep_points_of_the_settings():
     keys = finetuned_models.partitions_def.get_partition_keys()
     assert keys == [point.key for point in settings.finetune.sweep_points()]
     assert keys == sweep_partitions(settings).get_partition_keys()
-    assert "e2-b4-lr0.5" in keys and "e2-b4-lr2" in keys  # the default grid
+    assert "e1-b2-lr0.5" in keys and "e1-b2-lr2" in keys  # the default grid
     spec = finetuned_models.specs_by_key[dg.AssetKey("finetuned_models")]
     assert spec.automation_condition is None  # fine-tuning never starts on its own
     assert spec.group_name == "finetune"

@@ -27,7 +27,7 @@ from resources.parquet_io import ParquetIOManagerFactory
 @pytest.mark.parametrize(
     ("sweep", "keys"),
     [
-        ({}, ["e2-b4-lr0.5", "e2-b4-lr2"]),
+        ({}, ["e1-b2-lr0.5", "e1-b2-lr2"]),
         ({"n_epochs": [4], "batch_size": [1], "learning_rate_multiplier": [0.2]}, ["e4-b1-lr0.2"]),
         (
             {"n_epochs": [1, 3], "batch_size": [2], "learning_rate_multiplier": [1.0], "lora_r": [8, 16]},
@@ -49,7 +49,7 @@ def test_default_settings_file_gives_two_sweep_partitions():
 
 
 def test_an_unknown_partition_key_names_the_grid():
-    with pytest.raises(KeyError, match="e2-b4-lr0.5, e2-b4-lr2"):
+    with pytest.raises(KeyError, match="e1-b2-lr0.5, e1-b2-lr2"):
         sweep_point(Settings(), "e9-b9-lr9")
 
 
@@ -217,10 +217,10 @@ def test_finetune_dataset_writes_both_formats_per_split_and_passes_its_check(tmp
     train_tokens = int(stored.loc[stored["split"] == "train", "n_tokens"].sum())
     assert metadata["examples_by_split"].value == {"train": 12, "validation": 2, "test": 3}
     assert metadata["training_tokens"].value == train_tokens
-    assert metadata["training_tokens_x_epochs"].value == {"e1-b4-lr1": train_tokens, "e3-b4-lr1": 3 * train_tokens}
+    assert metadata["training_tokens_x_epochs"].value == {"e1-b2-lr1": train_tokens, "e3-b2-lr1": 3 * train_tokens}
     assert metadata["estimated_openai_cost_usd"].value == {
-        "e1-b4-lr1": round(train_tokens * 3.00 / 1e6, 4),
-        "e3-b4-lr1": round(3 * train_tokens * 3.00 / 1e6, 4),
+        "e1-b2-lr1": round(train_tokens * 3.00 / 1e6, 4),
+        "e3-b2-lr1": round(3 * train_tokens * 3.00 / 1e6, 4),
     }
     assert "ESTIMATE" in metadata["cost_estimate_note"].value
 

@@ -89,7 +89,7 @@ def test_api_unknown_model_is_400_naming_the_valid_ones(http, server):
     assert "gpt-5" in error["message"] and "qa" in error["message"]
     # the session's `mebot run` trained the default sweep: its models are named, an untrained one is not served
     error = assert_clean_error(http.get("/api", params={"query": QUESTION, "model": "finetune:e9-b1-lr1"}), 400, server)
-    assert "finetune:e2-b4-lr0.5" in error["message"] and "finetune:e2-b4-lr2" in error["message"]
+    assert "finetune:e1-b2-lr0.5" in error["message"] and "finetune:e1-b2-lr2" in error["message"]
 
 
 def chat(http, body, **kwargs):
