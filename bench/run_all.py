@@ -38,8 +38,8 @@ BENCHMARKS: dict[str, tuple[str, int]] = {
 # Sizes that keep the whole of `make bench` near its 15 minutes on 2 cores (each script's own defaults are bigger;
 # --quick has its own smaller sizes).
 SIZES: dict[str, list[str]] = {
-    "embeddings": ["--windows", "64"],
-    "generation": ["--reps", "4"],
+    "embeddings": ["--windows", "48"],
+    "generation": ["--reps", "3"],
     "serve": ["--full", "2"],
 }
 # Run only when named with --only (too slow for the 15-minute budget of `make bench`).

@@ -70,7 +70,7 @@ def default_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
         "site": {"download_delay": 0, "local_port": 0},
         "qa": {"max_passages": E2E_MAX_PASSAGES},
         "finetune": {"local": {"max_steps": 2, "max_seq_tokens": 256}},
-        "eval": {"max_questions": 2, "validity_sample": 3},
+        "eval": {"max_questions": 2, "validity_sample": 2},
     }
     base = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
     config.write_text(yaml.safe_dump(deep_merge(base, overrides)), encoding="utf-8")

@@ -597,6 +597,6 @@ def test_automatic_threads_follow_mebot_runs_share_at_each_call(
     monkeypatch.setenv(THREADS_FILE_ENV, str(threads_file))
     client = ChatClient(LOCAL.model_copy(update={"n_threads": 0}), prices={}, cache=None, budget_usd=None)
     client.complete(QUESTION, max_tokens=2)
-    (loaded,) = [m for key, m in _MODELS.items() if key[0] == str(client.gguf_path) and key[3] == client.n_threads]
+    loaded = _MODELS[(str(client.gguf_path), None, LOCAL.n_ctx, client.n_threads, False, False)]
     assert llama_cpp.llama_n_threads(loaded.llm._ctx.ctx) == share
     assert llama_cpp.llama_n_threads_batch(loaded.llm._ctx.ctx) == share
