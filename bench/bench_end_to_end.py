@@ -218,6 +218,7 @@ def run(
             [rerun.wall_s / full.wall_s],
             "share",
             target=("<=", RERUN_TARGET_SHARE),
+            note="rebuilt: " + (", ".join(re.findall(r"^start (\S+)", rerun.stdout, re.MULTILINE)) or "nothing"),
         ),
         result(
             SECTION,
