@@ -55,22 +55,9 @@ class DefinitionsRef:
         return getattr(importlib.import_module(module), name)(*self.args)
 
 
-@dataclass(frozen=True)
-class Task:
-    """One Dagster run: these assets, for this partition key (None: unpartitioned)."""
-
-    keys: tuple[str, ...]
-    partition: str | None = None
-
-    @property
-    def label(self) -> str:
-        suffix = f"[{self.partition}]" if self.partition is not None else ""
-        return ", ".join(f"{key}{suffix}" for key in self.keys)
-
-
 @dataclass(frozen=True, order=True)
 class Unit:
-    """One asset partition (partition None: an unpartitioned asset)."""
+    """One asset partition (partition None: an unpartitioned asset); one Dagster run each."""
 
     name: str
     partition: str | None = None
@@ -83,14 +70,10 @@ class Unit:
     def label(self) -> str:
         return self.name + (f"[{self.partition}]" if self.partition is not None else "")
 
-    @property
-    def task(self) -> Task:
-        return Task((self.name,), self.partition)
-
 
 @dataclass
 class Outcome:
-    task: Task
+    unit: Unit
     success: bool
     materialized: set[str] = field(default_factory=set)
     errors: list[str] = field(default_factory=list)
@@ -212,31 +195,31 @@ def stale_status_resolver(instance: dg.DagsterInstance, graph) -> CachingStaleSt
     return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
 
 
-def materialize_task(defs: dg.Definitions, instance: dg.DagsterInstance, task: Task) -> Outcome:
-    """One Dagster run of `task` in this process; never raises for a failure inside the run."""
+def materialize_unit(defs: dg.Definitions, instance: dg.DagsterInstance, unit: Unit) -> Outcome:
+    """One Dagster run of `unit` in this process; never raises for a failure inside the run."""
     from pipeline.cli import _summary_lines, user_error_message
 
-    outcome = Outcome(task, success=False, started_at=time.time())
+    outcome = Outcome(unit, success=False, started_at=time.time())
     try:
         result = dg.materialize(
             [*(defs.assets or []), *(defs.asset_checks or [])],
             resources=defs.resources,
             instance=instance,
-            selection=dg.AssetSelection.assets(*task.keys),
-            partition_key=task.partition,
+            selection=dg.AssetSelection.assets(unit.key),
+            partition_key=unit.partition,
             raise_on_error=False,
             run_config=LOG_CONFIG,
             tags=RUN_TAGS,
         )
     except Exception as exc:  # a run that could not even start (bad definitions, bad partition key)
-        outcome.errors.append(f"{task.label}: {type(exc).__name__}: {exc}")
+        outcome.errors.append(f"{unit.label}: {type(exc).__name__}: {exc}")
         outcome.finished_at = time.time()
         return outcome
     outcome.finished_at = time.time()
     outcome.run_id = result.run_id
     outcome.success = result.success
     outcome.materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    if not result.success:  # an asset whose blocking check failed must not feed the next waves either
+    if not result.success:  # an asset whose blocking check failed must not feed what reads it either
         for evaluation in result.get_asset_check_evaluations():
             if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
                 outcome.materialized.discard(evaluation.asset_key.to_user_string())
@@ -245,7 +228,7 @@ def materialize_task(defs: dg.Definitions, instance: dg.DagsterInstance, task: T
         if event.is_step_failure and event.step_failure_data:
             outcome.errors.append(f"{event.step_key}: {user_error_message(event.step_failure_data.error)}")
     if not result.success and not outcome.errors:
-        outcome.errors.append(f"{task.label}: the run failed (run id {result.run_id}; see its logs in the UI)")
+        outcome.errors.append(f"{unit.label}: the run failed (run id {result.run_id}; see its logs in the UI)")
     return outcome
 
 
@@ -270,12 +253,12 @@ def _init_worker(threads_file: str) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def run_task_in_worker(ref: DefinitionsRef, instance_ref, task: Task) -> Outcome:
+def run_unit_in_worker(ref: DefinitionsRef, instance_ref, unit: Unit) -> Outcome:
     """Entry point in a worker process: the definitions (built once per worker), the same instance, one run."""
     if ref not in _WORKER_DEFS:
         _WORKER_DEFS[ref] = ref.load()
     with dg.DagsterInstance.from_ref(instance_ref) as instance:
-        return materialize_task(_WORKER_DEFS[ref], instance, task)
+        return materialize_unit(_WORKER_DEFS[ref], instance, unit)
 
 
 class WorkerSlot:
@@ -286,23 +269,23 @@ class WorkerSlot:
         self.threads_file = str(threads_file)
         self.pool: ProcessPoolExecutor | None = None
 
-    def submit(self, ref: DefinitionsRef, instance_ref, task: Task) -> Future:
+    def submit(self, ref: DefinitionsRef, instance_ref, unit: Unit) -> Future:
         if self.pool is None:
             spawn = multiprocessing.get_context("spawn")
             self.pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=spawn, initializer=_init_worker, initargs=(self.threads_file,)
             )
-        return self.pool.submit(run_task_in_worker, ref, instance_ref, task)
+        return self.pool.submit(run_unit_in_worker, ref, instance_ref, unit)
 
-    def result(self, future: Future, task: Task, started: float) -> Outcome:
+    def result(self, future: Future, unit: Unit, started: float) -> Outcome:
         try:
             return future.result()
         except BrokenProcessPool:
-            message = f"{task.label}: the worker process died (killed, or out of memory)"
+            message = f"{unit.label}: the worker process died (killed, or out of memory)"
             self.close()
         except Exception as exc:
-            message = f"{task.label}: {type(exc).__name__}: {exc}"
-        return Outcome(task, success=False, errors=[message], started_at=started, finished_at=time.time())
+            message = f"{unit.label}: {type(exc).__name__}: {exc}"
+        return Outcome(unit, success=False, errors=[message], started_at=started, finished_at=time.time())
 
     def close(self) -> None:
         if self.pool is not None:
@@ -374,7 +357,7 @@ class Scheduler:
         # an asset whose blocking check failed is not in `materialized`: it must not feed what reads it either
         self.state[unit] = DONE if unit.name in outcome.materialized else FAILED
         state = "ok" if outcome.success else "FAILED"
-        self.out(f"  {outcome.task.label}: {state} in {outcome.seconds:.1f}s")
+        self.out(f"  {outcome.unit.label}: {state} in {outcome.seconds:.1f}s")
         for error in outcome.errors:
             print(f"\n{error}", file=sys.stderr, flush=True)
 
@@ -421,7 +404,7 @@ def _run_here(scheduler: Scheduler, defs: dg.Definitions, instance, threads_file
                 return
             scheduler.state[unit] = RUNNING
             scheduler.out(f"start {unit.label}")
-            scheduler.finished(unit, materialize_task(defs, instance, unit.task))
+            scheduler.finished(unit, materialize_unit(defs, instance, unit))
     finally:
         if previous is None:
             os.environ.pop(THREADS_FILE_ENV, None)
@@ -454,13 +437,13 @@ def _run_in_workers(
             published = share
             for unit, slot in starting:
                 scheduler.out(f"start {unit.label}" + (f" ({share} threads)" if share > 1 else ""))
-                in_flight[slot.submit(ref, instance_ref, unit.task)] = (unit, slot, time.time())
+                in_flight[slot.submit(ref, instance_ref, unit)] = (unit, slot, time.time())
             if not in_flight:
                 return
             done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
             for future in sorted(done, key=lambda f: in_flight[f][0]):
                 unit, slot, started = in_flight.pop(future)
-                scheduler.finished(unit, slot.result(future, unit.task, started))
+                scheduler.finished(unit, slot.result(future, unit, started))
                 free.append(slot)
     finally:
         for slot in slots:

@@ -69,19 +69,19 @@ def _materialized(instance: dg.DagsterInstance, name: str, partition: str | None
     return partition in instance.get_materialized_partitions(key)
 
 
+def run_test_graph(marks: Path, instance: dg.DagsterInstance) -> tuple:
+    """The whole test graph with run.max_parallel 2: (report, progress lines)."""
+    lines: list[str] = []
+    ref = DefinitionsRef(f"{__name__}:graph_defs", (str(marks),))
+    return run_graph(ref, dg.AssetSelection.all(), instance, max_parallel=2, out=lines.append), lines
+
+
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     """The graph run once with run.max_parallel 2: (report, progress lines, marks dir, instance)."""
     marks = tmp_path_factory.mktemp("graph")
-    lines: list[str] = []
     with dg.instance_for_test() as instance:
-        report = run_graph(
-            DefinitionsRef(f"{__name__}:graph_defs", (str(marks),)),
-            dg.AssetSelection.all(),
-            instance,
-            max_parallel=2,
-            out=lines.append,
-        )
+        report, lines = run_test_graph(marks, instance)
         yield report, lines, marks, instance
 
 
@@ -127,7 +127,7 @@ def test_the_real_graph_trains_first_and_never_makes_rag_answers_wait_for_traini
 
 def test_partitions_run_at_the_same_time_in_separate_processes_sharing_the_cores(first_run):
     report, lines, marks, _ = first_run
-    by_label = {outcome.task.label: outcome for outcome in report.outcomes}
+    by_label = {outcome.unit.label: outcome for outcome in report.outcomes}
     # Each partition waits until the other has started; one run alone would fail with TimeoutError instead.
     assert by_label["trained[good]"].success
     assert not any("ran alone" in error for error in by_label["trained[bad]"].errors)
@@ -145,7 +145,7 @@ def test_partitions_run_at_the_same_time_in_separate_processes_sharing_the_cores
 def test_a_failed_partition_does_not_stop_the_other_and_its_downstream_is_skipped(first_run):
     report, lines, _, _ = first_run
     assert not report.success
-    by_label = {outcome.task.label: outcome for outcome in report.outcomes}
+    by_label = {outcome.unit.label: outcome for outcome in report.outcomes}
     assert by_label["trained[good]"].success and by_label["scored[good]"].success
     assert not by_label["trained[bad]"].success
     assert any("partition bad is broken" in error for error in by_label["trained[bad]"].errors)
@@ -161,16 +161,9 @@ def test_a_failed_partition_does_not_stop_the_other_and_its_downstream_is_skippe
 def test_a_rerun_after_the_fix_runs_only_the_failed_partition_its_downstream_and_the_root(first_run):
     _, _, marks, instance = first_run
     (marks / "fixed").touch()
-    lines: list[str] = []
-    report = run_graph(
-        DefinitionsRef(f"{__name__}:graph_defs", (str(marks),)),
-        dg.AssetSelection.all(),
-        instance,
-        max_parallel=2,
-        out=lines.append,
-    )
+    report, _ = run_test_graph(marks, instance)
     assert report.success, [outcome.errors for outcome in report.outcomes]
-    assert sorted(outcome.task.label for outcome in report.outcomes) == [
+    assert sorted(outcome.unit.label for outcome in report.outcomes) == [
         "scored[bad]",
         "source",
         "summary",
@@ -194,7 +187,7 @@ def test_fresh_assets_are_skipped_unless_forced(tmp_path):
             ref, dg.AssetSelection.assets("scored"), instance, max_parallel=1, force=True, out=lambda line: None
         )
         assert forced.success
-        assert sorted(outcome.task.label for outcome in forced.outcomes) == ["scored[bad]", "scored[good]"]
+        assert sorted(outcome.unit.label for outcome in forced.outcomes) == ["scored[bad]", "scored[good]"]
 
 
 def checked_defs() -> dg.Definitions:
@@ -224,4 +217,4 @@ def test_what_reads_an_asset_whose_blocking_check_failed_is_skipped():
         )
     assert not report.success
     assert "  after: skipped, its input loaded failed" in lines
-    assert [outcome.task.label for outcome in report.outcomes] == ["loaded"]
+    assert [outcome.unit.label for outcome in report.outcomes] == ["loaded"]
