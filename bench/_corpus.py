@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 from protego import Protego  # noqa: E402
 
-from assets.html_text import extract_page  # noqa: E402
-from pipeline.settings import PROJECT_ROOT, Settings  # noqa: E402
+from mebot.assets.ingest.html_text import extract_page  # noqa: E402
+from mebot.resources.settings import PROJECT_ROOT, Settings  # noqa: E402
 from tests.test_end_to_end import SAMPLE_SITE_QUESTIONS  # noqa: E402
 
 SAMPLE_SITE = PROJECT_ROOT / "data" / "sample_site"

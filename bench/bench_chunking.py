@@ -1,9 +1,10 @@
-"""Chunking speed: cl100k_base tokens/s of the RAG chunker (assets/chunks.py chunk_pages) on the sample site.
+"""Chunking speed: cl100k_base tokens/s of the RAG chunker (assets/ingest/chunks.py chunk_pages) on the sample
+site.
 
     .venv/bin/python bench/bench_chunking.py [--reps 5] [--quick] [--json OUT]
 
 Text: the embedded sample site's content pages (data/sample_site), extracted as the crawl does
-(assets/html_text.py; bench/_corpus.py), with the default settings (900-token chunks, 100 overlap).
+(assets/ingest/html_text.py; bench/_corpus.py), with the default settings (900-token chunks, 100 overlap).
 tokens/s = the pages' cl100k_base tokens / seconds of `chunk_pages` (recursive split, token counting, the
 over-limit re-split, ids).
 The qa chunker (250-token passages) is measured the same way for comparison.
@@ -22,9 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 from _corpus import sample_site_pages  # noqa: E402
 
-from assets.chunks import chunk_pages  # noqa: E402
-from pipeline.settings import Settings  # noqa: E402
-from pipeline.tokens import count_tokens  # noqa: E402
+from mebot.assets.ingest.chunks import chunk_pages  # noqa: E402
+from mebot.resources.settings import Settings  # noqa: E402
+from mebot.resources.tokens import count_tokens  # noqa: E402
 
 SECTION = "2. Chunking"
 

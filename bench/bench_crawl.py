@@ -8,7 +8,7 @@ resources/local_site.py (a threaded http.server) and crawled by resources/crawle
 `download_delay: 0` and `max_pages` above the site's size, exactly as `raw_pages` crawls a site. Figures:
 - pages/s of the whole crawl call (Scrapy process start included), and without that start-up cost (the time
   of a crawl of a one-page site subtracted);
-- pages/s of turning the fetched HTML into rows (assets/crawl.py build_raw_pages: extraction, dedup).
+- pages/s of turning the fetched HTML into rows (assets/ingest/crawl.py build_raw_pages: extraction, dedup).
 The HTTP server runs in this process, so it shares the 2 cores with the crawl: a real site's server would not.
 """
 
@@ -24,10 +24,10 @@ from _common import ROOT, Result, failed, finish, result, standalone_parser, tim
 
 sys.path.insert(0, str(ROOT))
 
-from assets.crawl import build_raw_pages  # noqa: E402
-from pipeline.settings import SiteSettings  # noqa: E402
-from resources.crawler import CrawlRecords, ScrapyCrawler  # noqa: E402
-from resources.local_site import LocalSite  # noqa: E402
+from mebot.assets.ingest.crawl import build_raw_pages  # noqa: E402
+from mebot.resources.crawler import CrawlRecords, ScrapyCrawler  # noqa: E402
+from mebot.resources.local_site import LocalSite  # noqa: E402
+from mebot.resources.settings import SiteSettings  # noqa: E402
 from tests.sites import facts_paragraphs, page_html, write_page  # noqa: E402
 
 SECTION = "1. Crawl"

@@ -12,8 +12,8 @@ per-round ratios:
 - embed, no cache:   embed_with_cache(embedder, None, windows)  (length check + encode + normalise)
 - embed, cold cache: the same with an empty EmbeddingCache (lookups miss, every vector is written)
 - embed, warm cache: the same with every window cached (no model call): the re-run of chunk_embeddings
-- chunk path:        assets.index.embed_chunks(chunks, embedder, None): what chunk_embeddings runs (windowing
-                     of each chunk + embedding), per window
+- chunk path:        mebot.assets.index.embeddings.embed_chunks(chunks, embedder, None): what chunk_embeddings
+                     runs (windowing of each chunk + embedding), per window
 Target: the model paths ≥ 0.9 × raw encode.
 """
 
@@ -35,10 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 
-from assets.chunks import chunk_pages  # noqa: E402
-from assets.index import embed_chunks  # noqa: E402
-from pipeline.settings import EmbeddingModelSettings, Settings  # noqa: E402
-from resources.embeddings import EmbeddingCache, build_embedder, embed_with_cache  # noqa: E402
+from mebot.assets.index.embeddings import embed_chunks  # noqa: E402
+from mebot.assets.ingest.chunks import chunk_pages  # noqa: E402
+from mebot.resources.embeddings import EmbeddingCache, build_embedder, embed_with_cache  # noqa: E402
+from mebot.resources.settings import EmbeddingModelSettings, Settings  # noqa: E402
 
 SECTION = "3. Embeddings"
 

@@ -40,6 +40,8 @@ sys.path.insert(0, str(ROOT))
 import psutil  # noqa: E402
 import yaml  # noqa: E402
 
+from mebot.resources.layout import DataLayout  # noqa: E402
+
 SECTION = "6. End to end"
 FULL_RUN_TARGET_S = 8 * 60
 RERUN_TARGET_SHARE = 0.10
@@ -65,7 +67,7 @@ class RunStats:
 
 def mebot_command() -> list[str]:
     script = Path(sys.executable).with_name("mebot")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "pipeline.cli"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "mebot.pipeline.cli"]
 
 
 def run_mebot(config: Path, work: Path, select: str | None, timeout_s: float) -> RunStats:
@@ -122,7 +124,7 @@ def _kill_tree(process: psutil.Process) -> None:
 
 def llm_cache_rows(data: Path) -> dict[str, float]:
     """key → created_at of every call in the LLM cache (empty when there is no cache yet)."""
-    path = data / "cache" / "llm_calls.sqlite"
+    path = DataLayout(data).llm_cache
     if not path.is_file():
         return {}
     with sqlite3.connect(path) as db:

@@ -30,11 +30,11 @@ sys.path.insert(0, str(ROOT))
 
 import lxml.html  # noqa: E402
 
-from assets.finetune_format import chat_example  # noqa: E402
-from pipeline.settings import PROJECT_ROOT, ChatModelSettings, LocalFinetuneSettings, Settings, SweepPoint  # noqa: E402
-from resources.chat import ChatClient  # noqa: E402
-from resources.cpu_share import default_threads  # noqa: E402
-from resources.lora import export_lora_gguf, load_base_model, train_lora  # noqa: E402
+from mebot.assets.finetune.formats import chat_example  # noqa: E402
+from mebot.resources.chat import ChatClient, chat_client  # noqa: E402
+from mebot.resources.cpu_share import default_threads  # noqa: E402
+from mebot.resources.lora import export_lora_gguf, load_base_model, train_lora  # noqa: E402
+from mebot.resources.settings import PROJECT_ROOT, ChatModelSettings, LocalFinetuneSettings, Settings, SweepPoint  # noqa: E402
 
 SITE = PROJECT_ROOT / "data" / "sample_site"
 SECTION = "9. Fine-tuning (optional)"
@@ -108,8 +108,8 @@ def run(
     with tempfile.TemporaryDirectory() as tmp:
         adapter = export_lora_gguf(trained.peft_model, Path(tmp) / "adapter.gguf")
         chat = ChatModelSettings()
-        plain = ChatClient(chat, prices={}, cache=None, budget_usd=None)
-        tuned = ChatClient(chat, prices={}, cache=None, budget_usd=None, lora_path=str(adapter))
+        plain = chat_client(chat)
+        tuned = chat_client(chat, lora_path=str(adapter))
         messages = chat_example(settings, "Tell me about your work as a data engineer, in detail.")
         for client in (plain, tuned):  # load both models before timing
             client.complete(messages, temperature=0.0, max_tokens=4)

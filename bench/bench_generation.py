@@ -40,9 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 import llama_cpp  # noqa: E402
 
-from pipeline.settings import ChatModelSettings  # noqa: E402
-from resources import chat as chat_module  # noqa: E402
-from resources.chat import ChatClient, bundled_gguf_path  # noqa: E402
+from mebot.resources.chat import ChatClient, bundled_gguf_path, chat_client  # noqa: E402
+from mebot.resources.settings import ChatModelSettings  # noqa: E402
 
 SECTION = "5. Generation"
 PROMPT = (
@@ -96,8 +95,8 @@ def train_tiny_adapter(folder: Path) -> Path:
     """A LoRA adapter of the default sweep's shape, trained for two steps on sample-site examples, as GGUF."""
     from bench_finetune import site_examples
 
-    from pipeline.settings import FinetuneSettings, LocalFinetuneSettings, Settings, SweepPoint
-    from resources.lora import export_lora_gguf, train_lora
+    from mebot.resources.lora import export_lora_gguf, train_lora
+    from mebot.resources.settings import FinetuneSettings, LocalFinetuneSettings, Settings, SweepPoint
 
     settings = Settings()
     sweep = FinetuneSettings().sweep
@@ -125,7 +124,7 @@ def run(
     reps = 3 if quick else reps
     gguf = bundled_gguf_path()
     settings = ChatModelSettings(provider="llama_cpp", n_ctx=n_ctx, n_threads=threads)
-    client = ChatClient(settings, prices={}, cache=None, budget_usd=None)
+    client = chat_client(settings)  # a LlamaCppChat: n_threads and loaded() are its own
     threads = client.n_threads
     raw = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
     long_messages = long_prompt_messages()
@@ -143,7 +142,7 @@ def run(
     prompt_tokens = raw_call(MESSAGES, 1)[0]
     long_tokens = raw_call(long_messages, 1)[0]
     client_call(MESSAGES, 1)
-    client_llm = chat_module._llama(gguf, lora_path=None, n_ctx=n_ctx, n_threads=threads, logits_all=False).llm
+    client_llm = client.loaded().llm  # the same Llama the client calls (bundled GGUF, no adapter)
 
     gen: dict[str, list[dict[str, float]]] = {"bare": [], "client": []}
     pp: dict[str, list[dict[str, float]]] = {"bare": [], "client": []}
@@ -221,15 +220,9 @@ def finetuned_vs_base(
         except Exception as exc:  # noqa: BLE001 - the table says what failed; the other figures stand
             return [failed(SECTION, "fine-tuned (base + LoRA) / base", f"{type(exc).__name__}: {exc}")]
         prepare_s = time.perf_counter() - started
-        tuned = ChatClient(settings, prices={}, cache=None, budget_usd=None, lora_path=str(adapter_path))
+        tuned = chat_client(settings, lora_path=str(adapter_path))
         client_call(MESSAGES, 1, tuned)  # loads the model with the adapter
-        tuned_llm = chat_module._llama(
-            tuned.gguf_path,
-            lora_path=tuned.lora_path,
-            n_ctx=settings.n_ctx,
-            n_threads=tuned.n_threads,
-            logits_all=False,
-        ).llm
+        tuned_llm = tuned.loaded().llm
         base_runs, tuned_runs = [], []
         for round_number in range(reps):
             for path in rotated(["base", "tuned"], round_number):

@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from pipeline.settings import RagSettings  # noqa: E402
-from resources.vector_index import load_index, write_index  # noqa: E402
+from mebot.resources.settings import RagSettings  # noqa: E402
+from mebot.resources.vector_index import load_index, write_index  # noqa: E402
 
 SECTION = "4. Index"
 DIM = 384

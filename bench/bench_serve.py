@@ -85,7 +85,7 @@ def start_server(config: Path, data: Path, folder: Path) -> tuple[subprocess.Pop
     started = time.perf_counter()
     with log.open("wb") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "--config", str(bench_config), "serve", "--port", str(port)],
+            [sys.executable, "-m", "mebot.pipeline.cli", "--config", str(bench_config), "serve", "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

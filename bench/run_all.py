@@ -26,6 +26,7 @@ from _common import ROOT, Result, failed, machine_facts, markdown_table, read_js
 BENCH = Path(__file__).resolve().parent
 # name → (section, seconds allowed); run in this order
 BENCHMARKS: dict[str, tuple[str, int]] = {
+    "llama_build": ("0. llama.cpp build", 600),
     "crawl": ("1. Crawl", 600),
     "chunking": ("2. Chunking", 300),
     "embeddings": ("3. Embeddings", 900),
@@ -45,9 +46,12 @@ SIZES: dict[str, list[str]] = {
 # Run only when named with --only (too slow for the 15-minute budget of `make bench`).
 OPTIONAL: dict[str, tuple[str, int]] = {"finetune": ("9. Fine-tuning (optional)", 1800)}
 HOW = {
+    "0. llama.cpp build": "The portable wheel (AVX2/FMA/F16C, what make setup installs) and a native one "
+    "(MEBOT_LLAMA_NATIVE=1, when built) from .wheels/, each unpacked and run by a fresh process on the bundled GGUF, "
+    "alternating; llama.cpp's own counters.",
     "1. Crawl": "Scrapy crawl (resources/crawler.py) of a generated 600-page site served on 127.0.0.1, "
     "download_delay 0.",
-    "2. Chunking": "assets/chunks.py chunk_pages on the sample site's pages; cl100k_base tokens per second.",
+    "2. Chunking": "assets/ingest/chunks.py chunk_pages on the sample site's pages; cl100k_base tokens per second.",
     "3. Embeddings": "Passages (model windows) per second on the same texts and batch size; ratios per round.",
     "4. Index": "Random 384-d unit vectors; write_index (build + atomic write) and one-query-at-a-time search.",
     "5. Generation": "SmolLM2-135M Q4_1 via llama.cpp; ChatClient (cache off) vs a bare llama_cpp.Llama, "

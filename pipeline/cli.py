@@ -9,7 +9,8 @@ import time
 import warnings
 from pathlib import Path
 
-from pipeline.settings import CONFIG_ENV_VAR, PROJECT_ROOT, SettingsError, load_settings
+from mebot.pipeline.supervise import is_supervised, run_supervised
+from mebot.resources.settings import CONFIG_ENV_VAR, PROJECT_ROOT, SettingsError, load_settings
 
 DAGSTER_HOME_ENV_VAR = "MEBOT_DAGSTER_HOME"
 
@@ -23,43 +24,11 @@ def _prepare_environment(config: Path) -> None:
     home = Path(os.environ.get(DAGSTER_HOME_ENV_VAR) or PROJECT_ROOT).resolve()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
+    # Every process started from here (Dagster's run workers and step processes included) prints the Python stack
+    # and the signal's name when native code crashes (SIGILL, SIGSEGV), instead of vanishing.
+    os.environ.setdefault("PYTHONFAULTHANDLER", "1")
     # dagster.yaml's storage paths (.dagster_home/...) are relative, so they resolve inside DAGSTER_HOME.
     os.chdir(home)
-
-
-def _is_short_scalar(value: object) -> bool:
-    if isinstance(value, bool | int | float):
-        return True
-    if isinstance(value, dict):
-        return len(str(value)) <= 120
-    return isinstance(value, str) and len(value) <= 40 and "\n" not in value
-
-
-def _summary_lines(result) -> list[str]:
-    lines = []
-    for event in result.get_asset_materialization_events():
-        materialization = event.event_specific_data.materialization
-        metadata = materialization.metadata
-        rows = metadata.get("dagster/row_count")
-        partition = f" [{materialization.partition}]" if materialization.partition else ""
-        extras = [
-            f"{key}={round(value.value, 3) if isinstance(value.value, float) else value.value}"
-            for key, value in metadata.items()
-            if not key.startswith("dagster/") and key != "path" and _is_short_scalar(value.value)
-        ]
-        row_text = f"{rows.value} rows" if rows is not None else ""
-        lines.append(f"  {materialization.asset_key.to_user_string()}{partition}: {row_text}  {'  '.join(extras)}")
-    for evaluation in result.get_asset_check_evaluations():
-        status = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
-        lines.append(f"  check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} {status}")
-    return lines
-
-
-def user_error_message(error) -> str:
-    """The innermost error of a failed step: the user's exception, not Dagster's wrapper around it."""
-    while error.cause is not None:
-        error = error.cause
-    return error.message.strip()
 
 
 def _print_now(line: str) -> None:
@@ -70,8 +39,8 @@ def cmd_run(config: Path, select: str | None, force: bool = False) -> int:
     """Materialize `select`, each asset partition once its inputs are done, in parallel (pipeline/run_graph.py)."""
     import dagster as dg
 
-    from pipeline.jobs import DEFAULT_RUN_SELECTION
-    from pipeline.run_graph import DefinitionsRef, SelectionError, run_graph
+    from mebot.pipeline.jobs import DEFAULT_RUN_SELECTION
+    from mebot.pipeline.run_graph import DefinitionsRef, SelectionError, run_graph
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
@@ -83,7 +52,7 @@ def cmd_run(config: Path, select: str | None, force: bool = False) -> int:
     max_parallel = load_settings(config).run.max_parallel
     started = time.monotonic()
     print(f"mebot: materializing {select or 'the default selection'} with {config}", flush=True)
-    ref = DefinitionsRef("pipeline.definitions:build_definitions", (str(config),))
+    ref = DefinitionsRef("mebot.pipeline.definitions:build_definitions", (str(config),))
     with dg.DagsterInstance.get() as instance:
         try:
             report = run_graph(ref, selection, instance, max_parallel=max_parallel, force=force, out=_print_now)
@@ -103,8 +72,8 @@ def print_leaderboard() -> None:
     """The models side by side, when `leaderboard` has been materialized (the end of `make run`)."""
     import pandas as pd
 
-    from assets.evaluation import summary_markdown
-    from pipeline.definitions import data_dir_from_env
+    from mebot.assets.evaluation.reports import summary_markdown
+    from mebot.pipeline.definitions import data_dir_from_env
 
     path = data_dir_from_env() / "leaderboard.parquet"
     if path.is_file():
@@ -115,9 +84,9 @@ def print_leaderboard() -> None:
 def cmd_ask(config: Path, question: str, model: str, k: int | None, as_json: bool) -> int:
     import json
 
-    from assets.rag import RagAnswer
-    from pipeline.definitions import build_definitions, data_dir_from_env
-    from pipeline.server.models import RAG_MODEL, ModelRegistry
+    from mebot.assets.index.rag import RagAnswer
+    from mebot.pipeline.definitions import build_definitions, data_dir_from_env
+    from mebot.pipeline.server.models import RAG_MODEL, ModelRegistry
 
     registry = ModelRegistry(load_settings(config), build_definitions(config).resources, data_dir_from_env())
     try:
@@ -142,6 +111,16 @@ def cmd_ask(config: Path, question: str, model: str, k: int | None, as_json: boo
     return 0
 
 
+def cmd_smoke(config: Path) -> int:
+    """Generate and embed once in a child process; a death names its signal (see pipeline.supervise)."""
+    from mebot.pipeline.supervise import run_supervised
+
+    print("mebot smoke: load the bundled GGUF, generate a few tokens, embed one sentence", flush=True)
+    code = run_supervised([sys.executable, "-m", "mebot.pipeline.smoke", str(config)], "smoke test: the model process")
+    print("mebot smoke: ok" if code == 0 else f"mebot smoke: FAILED (exit code {code})", flush=True)
+    return code
+
+
 def cmd_ui(port: int) -> int:
     dagster = Path(sys.executable).with_name("dagster")
     command = [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]
@@ -151,7 +130,7 @@ def cmd_ui(port: int) -> int:
 
 
 def cmd_serve(config: Path, host: str | None, port: int | None) -> int:
-    from pipeline.server.app import serve
+    from mebot.pipeline.server.app import serve
 
     return serve(config, host, port)
 
@@ -160,9 +139,14 @@ def cmd_eval(settings, path: Path, as_json: bool, out: Path | None) -> int:
     """Score one bring-your-own answers file like external_evaluation does; print its leaderboard."""
     import json
 
-    from assets.evaluation import evaluate_external, external_report, write_external_outputs
-    from assets.metrics import ExternalAnswersError, read_external_answers
-    from resources.embeddings import build_embedder
+    from mebot.assets.evaluation.external import (
+        ExternalAnswersError,
+        evaluate_external,
+        external_report,
+        read_external_answers,
+        write_external_outputs,
+    )
+    from mebot.resources.embeddings import build_embedder
 
     try:
         answers = read_external_answers(path).assign(source_file=Path(path).name)
@@ -203,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--k", type=int, default=None, help="chunks to retrieve (default: rag.top_k)")
     ask.add_argument("--json", action="store_true", help='print {"answer": ..., "sources": [...]} as JSON')
     commands.add_parser("check-config", help="validate the settings file and print it")
+    commands.add_parser("smoke", help="check that the local models run on this machine (generate, embed)")
     serve = commands.add_parser("serve", help="serve the bot: web page, /api, OpenAI-compatible /v1 (uvicorn)")
     serve.add_argument("--host", default=None, help="address to listen on (default: serve.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000)")
@@ -212,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("file", type=Path, help="answers: question, reference, model, answer (see README)")
     evaluate.add_argument("--json", action="store_true", help="print the leaderboard and pairwise tables as JSON")
     evaluate.add_argument("--out", type=Path, default=None, help="also write scores and leaderboard files here")
-    args = parser.parse_args(argv)
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(raw_argv)
 
     config = (args.config or Path(os.environ.get(CONFIG_ENV_VAR) or PROJECT_ROOT / "mebot.yaml")).resolve()
     try:
@@ -222,12 +208,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "eval":  # no Dagster, no models run: nothing to prepare
         return cmd_eval(settings, args.file, args.json, args.out)
+    if args.command in ("ask", "serve", "run") and not is_supervised():
+        # the work happens in a child, so that a death by signal (SIGILL, SIGKILL) is explained
+        return run_supervised([sys.executable, "-m", "mebot.pipeline.cli", *raw_argv], f"{args.command}: the process")
     _prepare_environment(config)
     if args.command == "check-config":
         print(settings.model_dump_json(indent=2))
         return 0
     if args.command == "ui":
         return cmd_ui(args.port)
+    if args.command == "smoke":
+        return cmd_smoke(config)
     if args.command == "ask":
         return cmd_ask(config, args.question, args.model, args.k, args.json)
     if args.command == "serve":

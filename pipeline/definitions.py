@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dagster as dg
 
-from assets import answers, chunks, crawl, evaluation, finetune, finetune_data, index, qa
-from pipeline.jobs import automation_sensor, build_jobs, recrawl_schedule, with_automation
-from pipeline.settings import (
-    PROJECT_ROOT,
+from mebot.assets.evaluation import defs as evaluation
+from mebot.assets.evaluation.reports import EvalReports
+from mebot.assets.finetune import defs as finetune
+from mebot.assets.finetune.dataset import FinetuneFiles
+from mebot.assets.index import defs as index
+from mebot.assets.ingest import defs as ingest
+from mebot.assets.qa import defs as qa
+from mebot.pipeline.jobs import automation_sensor, build_jobs, recrawl_schedule, with_automation
+from mebot.resources.chat import ChatModelResource
+from mebot.resources.crawler import ScrapyCrawler
+from mebot.resources.embeddings import EmbedderResource
+from mebot.resources.layout import DataLayout, data_dir_from_env
+from mebot.resources.lora import ModelStore
+from mebot.resources.parquet_io import ParquetIOManagerFactory
+from mebot.resources.settings import (
     Settings,
     SettingsResource,
     config_path_from_env,
@@ -18,19 +28,19 @@ from pipeline.settings import (
     sections_of,
     stamped_code_version,
 )
-from resources.chat import ChatModelResource
-from resources.crawler import ScrapyCrawler
-from resources.embeddings import EmbedderResource
-from resources.lora import ModelStore
-from resources.parquet_io import ParquetIOManagerFactory
-from resources.vector_index import VectorIndexResource
+from mebot.resources.vector_index import VectorIndexResource
 
-ASSET_MODULES = [crawl, chunks, index, qa, finetune_data, finetune, answers, evaluation]
-DATA_DIR_ENV_VAR = "MEBOT_DATA_DIR"
+# The asset groups; each builds its assets and checks from the settings (partitions included).
+ASSET_GROUPS = [ingest, index, qa, finetune, evaluation]
 
-
-def data_dir_from_env() -> Path:
-    return Path(os.environ.get(DATA_DIR_ENV_VAR) or PROJECT_ROOT / "data").resolve()
+__all__ = [
+    "ASSET_GROUPS",
+    "build_assets",
+    "build_definitions",
+    "data_dir_from_env",  # the data directory ($MEBOT_DATA_DIR or data/), for the CLI and the server
+    "defs",
+    "with_settings_code_version",
+]
 
 
 def with_settings_code_version(assets_def: dg.AssetsDefinition, settings: Settings) -> dg.AssetsDefinition:
@@ -43,29 +53,37 @@ def with_settings_code_version(assets_def: dg.AssetsDefinition, settings: Settin
     return assets_def.map_asset_specs(stamp)
 
 
+def build_assets(settings: Settings) -> tuple[list[dg.AssetsDefinition], list[dg.AssetChecksDefinition]]:
+    """Every group's assets (code versions stamped with the settings they read, automation applied) and checks,
+    partitioned as `settings` says."""
+    built = [definition for group in ASSET_GROUPS for definition in group.build(settings)]
+    checks = [d for d in built if isinstance(d, dg.AssetChecksDefinition)]
+    assets = [d for d in built if not isinstance(d, dg.AssetChecksDefinition)]
+    assets = [with_automation(with_settings_code_version(a, settings)) for a in assets]  # policy: pipeline/jobs.py
+    return assets, checks
+
+
 def build_definitions(config_path: str | Path | None = None, data_dir: str | Path | None = None) -> dg.Definitions:
     config = Path(config_path).resolve() if config_path else config_path_from_env()
     settings = load_settings(config)
-    loaded = dg.load_assets_from_modules(ASSET_MODULES)
-    assets = [with_settings_code_version(a, settings) for a in loaded if isinstance(a, dg.AssetsDefinition)]
-    assets = [with_automation(a) for a in assets]  # the policy lives in pipeline/jobs.py
-    data = Path(data_dir).resolve() if data_dir else data_dir_from_env()
+    assets, checks = build_assets(settings)
+    data = DataLayout(Path(data_dir).resolve()) if data_dir else DataLayout.from_env()
     return dg.Definitions(
         assets=assets,
-        asset_checks=dg.load_asset_checks_from_modules(ASSET_MODULES),
+        asset_checks=checks,
         jobs=build_jobs(settings),
         schedules=[recrawl_schedule(settings)],
         sensors=[automation_sensor],
         resources={
             "settings": SettingsResource(config_path=str(config)),
-            "io_manager": ParquetIOManagerFactory(base_dir=str(data)),
+            "io_manager": ParquetIOManagerFactory(base_dir=str(data.root)),
             "crawler": ScrapyCrawler(),
-            "embedder": EmbedderResource(cache_dir=str(data / "cache")),
-            "index_store": VectorIndexResource(index_dir=str(data / "index")),
-            "chat_model": ChatModelResource(cache_dir=str(data / "cache")),
-            "finetune_files": finetune_data.FinetuneFiles(base_dir=str(data / "finetune")),
-            "model_store": ModelStore(base_dir=str(data / "models")),
-            "eval_reports": evaluation.EvalReports(base_dir=str(data)),
+            "embedder": EmbedderResource(cache_dir=str(data.cache_dir)),
+            "index_store": VectorIndexResource(index_dir=str(data.index_dir)),
+            "chat_model": ChatModelResource(cache_dir=str(data.cache_dir)),
+            "finetune_files": FinetuneFiles(base_dir=str(data.finetune_dir)),
+            "model_store": ModelStore(base_dir=str(data.models_dir)),
+            "eval_reports": EvalReports(base_dir=str(data.root)),
         },
     )
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import dagster as dg
 
-from pipeline.settings import Settings
+from mebot.resources.settings import Settings
 
 INGEST_SELECTION = dg.AssetSelection.groups("ingest", "index")
 FINETUNE_SELECTION = dg.AssetSelection.groups("qa", "finetune")

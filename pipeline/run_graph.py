@@ -37,7 +37,9 @@ from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, Temp
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._time import get_current_datetime
 
-from resources.cpu_share import THREADS_FILE_ENV, cpu_cores, write_threads_file
+from mebot.pipeline.run_report import summary_lines, user_error_message
+from mebot.resources.cpu_share import THREADS_FILE_ENV, cpu_cores, write_threads_file
+from mebot.resources.process_death import death_message, oom_kill_count
 
 RUN_TAGS = {"mebot/command": "run"}
 LOG_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -197,7 +199,6 @@ def stale_status_resolver(instance: dg.DagsterInstance, graph) -> CachingStaleSt
 
 def materialize_unit(defs: dg.Definitions, instance: dg.DagsterInstance, unit: Unit) -> Outcome:
     """One Dagster run of `unit` in this process; never raises for a failure inside the run."""
-    from pipeline.cli import _summary_lines, user_error_message
 
     outcome = Outcome(unit, success=False, started_at=time.time())
     try:
@@ -223,7 +224,7 @@ def materialize_unit(defs: dg.Definitions, instance: dg.DagsterInstance, unit: U
         for evaluation in result.get_asset_check_evaluations():
             if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
                 outcome.materialized.discard(evaluation.asset_key.to_user_string())
-    outcome.summary = _summary_lines(result)
+    outcome.summary = summary_lines(result)
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data:
             outcome.errors.append(f"{event.step_key}: {user_error_message(event.step_failure_data.error)}")
@@ -268,6 +269,7 @@ class WorkerSlot:
     def __init__(self, threads_file: Path):
         self.threads_file = str(threads_file)
         self.pool: ProcessPoolExecutor | None = None
+        self.oom_kills_at_start: int | None = None
 
     def submit(self, ref: DefinitionsRef, instance_ref, unit: Unit) -> Future:
         if self.pool is None:
@@ -275,17 +277,28 @@ class WorkerSlot:
             self.pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=spawn, initializer=_init_worker, initargs=(self.threads_file,)
             )
+            self.oom_kills_at_start = oom_kill_count()
         return self.pool.submit(run_unit_in_worker, ref, instance_ref, unit)
 
     def result(self, future: Future, unit: Unit, started: float) -> Outcome:
         try:
             return future.result()
         except BrokenProcessPool:
-            message = f"{unit.label}: the worker process died (killed, or out of memory)"
+            message = f"{unit.label}: the worker process {self.death()}"
             self.close()
         except Exception as exc:
             message = f"{unit.label}: {type(exc).__name__}: {exc}"
         return Outcome(unit, success=False, errors=[message], started_at=started, finished_at=time.time())
+
+    def death(self) -> str:
+        # The pool keeps its dead process object until shutdown (stdlib's `_processes`, stable since 3.2); its
+        # exit code is the only record of the signal.
+        processes = list((getattr(self.pool, "_processes", None) or {}).values())
+        for process in processes:
+            process.join(timeout=5)
+        codes = [process.exitcode for process in processes if process.exitcode]
+        reason = death_message(codes[0] if codes else None, self.oom_kills_at_start, oom_kill_count())
+        return reason or "died (exit code unknown)"
 
     def close(self) -> None:
         if self.pool is not None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mebot.resources.files import write_atomically
+
 THREADS_FILE_ENV = "MEBOT_THREADS_FILE"
 
 
@@ -53,6 +55,4 @@ def resolve_threads(configured: int) -> int:
 
 def write_threads_file(path: Path, threads: int) -> None:
     """Publish the per-run thread share atomically (readers never see a half-written number)."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(str(max(1, threads)), encoding="utf-8")
-    partial.replace(path)
+    write_atomically(path, str(max(1, threads)))

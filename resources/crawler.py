@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import dagster as dg
 
-from pipeline.settings import PROJECT_ROOT, SiteSettings
+from mebot.resources.settings import PROJECT_ROOT, SiteSettings
 
 
 class CrawlProcessError(RuntimeError):
@@ -65,7 +65,7 @@ class ScrapyCrawler(dg.ConfigurableResource):
         return CrawlRecords(start_urls=start_urls, records=records, finish_reason=finish_reason)
 
     def _run(self, job_path: Path, out_path: Path, on_progress: Callable[[str], None]) -> str:
-        command = [self.python_executable, "-m", "resources.scrapy_crawl", str(job_path), str(out_path)]
+        command = [self.python_executable, "-m", "mebot.resources.scrapy_crawl", str(job_path), str(out_path)]
         finish_reason = ""
         with subprocess.Popen(
             command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

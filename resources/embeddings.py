@@ -12,8 +12,6 @@ only the texts it has not seen to the model. The sentence-transformers model is 
 
 from __future__ import annotations
 
-import hashlib
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -21,17 +19,17 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# sentence-transformers and huggingface_hub read this when they are imported; nothing may be downloaded.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import dagster as dg
+import numpy as np
 
-import dagster as dg  # noqa: E402
-import numpy as np  # noqa: E402
-
-from resources.cpu_share import scheduled_threads  # noqa: E402
-from resources.endpoints import PLACEHOLDER_API_KEY, is_loopback_url  # noqa: E402
+from mebot.resources.cpu_share import scheduled_threads
+from mebot.resources.endpoints import api_key_from_env
+from mebot.resources.hashing import stable_hash
+from mebot.resources.layout import EMBEDDING_CACHE_FILE
+from mebot.resources.offline import hub_offline
 
 if TYPE_CHECKING:
-    from pipeline.settings import EmbeddingModelSettings, Settings
+    from mebot.resources.settings import EmbeddingModelSettings, Settings
 
 BUNDLED_MINILM = "all-MiniLM-L6-v2"
 OPENAI_MAX_TOKENS = 8191
@@ -50,7 +48,7 @@ DEFAULT_WINDOW_TOKENS = 128
 
 
 def text_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return stable_hash(text, length=64)  # sha256 of the UTF-8 text, the whole hex digest
 
 
 def normalise_rows(vectors: np.ndarray) -> np.ndarray:
@@ -216,6 +214,7 @@ def _model_location(model_name: str) -> str:
 
 def load_sentence_transformer(model_name: str) -> Any:
     """The SentenceTransformer for `model_name`, loaded once per process (on CPU)."""
+    hub_offline()  # before sentence-transformers (and huggingface_hub) are imported: nothing is downloaded
     location = _model_location(model_name)
     with _MODELS_LOCK:
         if location not in _MODELS:
@@ -301,22 +300,19 @@ class OpenAIEmbedder(Embedder):
         import openai
         import tiktoken
 
-        from pipeline.tokens import ensure_offline_tiktoken
+        from mebot.resources.tokens import ensure_offline_tiktoken
 
         ensure_offline_tiktoken()
         try:
             self.encoding = tiktoken.encoding_for_model(model_name)
         except KeyError:
             self.encoding = tiktoken.get_encoding("cl100k_base")
-        api_key = os.environ.get(api_key_env, "")
-        if not api_key:
-            if base_url and is_loopback_url(base_url):
-                api_key = PLACEHOLDER_API_KEY
-            else:
-                raise ValueError(
-                    f"models.embedding.provider is openai but ${api_key_env} is not set: put the key in the "
-                    f"environment or .env (or point models.embedding.base_url at a local server)"
-                )
+        api_key = api_key_from_env(api_key_env, base_url)
+        if api_key is None:
+            raise ValueError(
+                f"models.embedding.provider is openai but ${api_key_env} is not set: put the key in the "
+                f"environment or .env (or point models.embedding.base_url at a local server)"
+            )
         self.client = openai.OpenAI(api_key=api_key, base_url=base_url or None)
         self.model_name = model_name
         self.batch_size = batch_size
@@ -404,12 +400,13 @@ _SQL_BATCH = 500
 
 
 class EmbeddingCache:
-    """Vectors already computed, in SQLite at `<cache_dir>/embeddings.sqlite`, keyed by (identity, sha256(text)).
+    """Vectors already computed, in SQLite at `<cache_dir>/embeddings.sqlite` (layout.EMBEDDING_CACHE_FILE), keyed
+    by (identity, sha256(text)).
 
     Safe for several processes (WAL journal, busy timeout); vectors are stored as raw float32 bytes."""
 
     def __init__(self, cache_dir: str | Path):
-        self.path = Path(cache_dir) / "embeddings.sqlite"
+        self.path = Path(cache_dir) / EMBEDDING_CACHE_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")

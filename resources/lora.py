@@ -9,7 +9,7 @@
   per optimizer step, validation loss per epoch. A NaN/inf loss raises `TrainingDiverged`.
 - `export_lora_gguf()`: writes the adapter as a GGUF LoRA (general.type "adapter", adapter.type "lora",
   adapter.lora.alpha; tensors `blk.N.attn_q.weight.lora_a` / `.lora_b`), which
-  `ChatClient(..., lora_path=...)` (llama.cpp) applies on top of the bundled GGUF. llama.cpp stores the q and k
+  `chat_client(..., lora_path=...)` (llama.cpp) applies on top of the bundled GGUF. llama.cpp stores the q and k
   projections with their rows permuted for its rope layout (transformers undoes this when it loads the GGUF), so
   the B matrices of q and k are permuted the same way here, as llama.cpp's `convert_lora_to_gguf.py` does.
 """
@@ -29,9 +29,12 @@ from typing import Any
 
 import dagster as dg
 
-from pipeline.settings import LocalFinetuneSettings, SweepPoint
-from resources.chat import bundled_gguf_path
-from resources.cpu_share import resolve_threads
+from mebot.resources.chat import bundled_gguf_path
+from mebot.resources.cpu_share import resolve_threads
+from mebot.resources.files import atomic_output, write_atomically
+from mebot.resources.layout import PEFT_ADAPTER_DIR, TRAINING_LOG_FILE, model_dir
+from mebot.resources.offline import hub_offline
+from mebot.resources.settings import LocalFinetuneSettings, SweepPoint
 
 LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 # torch's CPU threads spin-wait for each other like llama.cpp's: with every core in use, one busy process
@@ -111,6 +114,7 @@ def load_base_model(gguf_path: Path | None = None) -> BaseModel:
         loaded = _BASE.get(str(path))
         if loaded is not None:
             return loaded
+        hub_offline()  # before transformers (and huggingface_hub) are imported: nothing is downloaded
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -256,6 +260,7 @@ def _train(
     base: BaseModel,
     configured_threads: int,
 ) -> TrainingResult:
+    hub_offline()
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -382,8 +387,8 @@ def _train(
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(str(out_dir / "peft_adapter"), save_embedding_layers=False)
-        (out_dir / "training_log.json").write_text(json.dumps(result.log_dict(), indent=2), encoding="utf-8")
+        model.save_pretrained(str(out_dir / PEFT_ADAPTER_DIR), save_embedding_layers=False)
+        write_atomically(out_dir / TRAINING_LOG_FILE, json.dumps(result.log_dict(), indent=2))
     return result
 
 
@@ -401,6 +406,7 @@ def _permute_rows(weight: Any, n_head: int) -> Any:
 
 def lora_tensors(peft_model: Any) -> tuple[dict[str, Any], float, int]:
     """{gguf tensor name: float32 numpy array}, alpha and rank of a peft LoRA on a llama model."""
+    hub_offline()
     from gguf import MODEL_ARCH, get_tensor_name_map
     from peft.tuners.lora import LoraLayer
 
@@ -438,22 +444,20 @@ def export_lora_gguf(peft_model: Any, out_path: Path) -> Path:
 
     tensors, alpha, rank = lora_tensors(peft_model)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_path.with_name(f".{out_path.name}.partial")
-    writer = gguf.GGUFWriter(str(partial), arch=GGUF_ARCH)
-    try:
-        writer.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
-        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-        writer.add_name(f"mebot LoRA r={rank} alpha={alpha:g}")
-        for name in sorted(tensors, key=_tensor_order):
-            writer.add_tensor(name, tensors[name])
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    partial.replace(out_path)
+    with atomic_output(out_path) as partial:
+        writer = gguf.GGUFWriter(str(partial), arch=GGUF_ARCH)
+        try:
+            writer.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
+            writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+            writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+            writer.add_name(f"mebot LoRA r={rank} alpha={alpha:g}")
+            for name in sorted(tensors, key=_tensor_order):
+                writer.add_tensor(name, tensors[name])
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
     return out_path
 
 
@@ -471,6 +475,4 @@ class ModelStore(dg.ConfigurableResource):
     base_dir: str
 
     def model_dir(self, key: str) -> Path:
-        if not key or "/" in key or "\\" in key or key in {".", ".."}:
-            raise ValueError(f"not a usable model folder name: {key!r}")
-        return Path(self.base_dir).expanduser().resolve() / key
+        return model_dir(Path(self.base_dir).expanduser().resolve(), key)

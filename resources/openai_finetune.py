@@ -18,16 +18,13 @@
 
 Retries on 429, 5xx and timeouts are the SDK's own (`max_retries`). The API key comes from the environment
 variable named by models.chat.api_key_env, travels only in the Authorization header, and is redacted from every
-message this module writes.
+message this module writes. What a job is asked for and its cost: `openai_finetune_inputs.py`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,12 +34,40 @@ from typing import Any
 import dagster as dg
 import openai
 
-from pipeline.settings import ChatModelSettings
-from resources.chat import DEFAULT_OPENAI_BASE_URL, BudgetExceeded
-from resources.endpoints import PLACEHOLDER_API_KEY, is_loopback_url
+from mebot.resources.endpoints import PLACEHOLDER_API_KEY
+from mebot.resources.files import write_json_atomically
+from mebot.resources.hashing import json_hash
+from mebot.resources.layout import OPENAI_FILES_REGISTRY, OPENAI_JOB_FILE
+from mebot.resources.openai_finetune_inputs import (
+    CostEstimate,
+    FinetuneJobFailed,
+    JobSpec,
+    OpenAIFinetuneError,
+    TrainingFile,
+    check_budget,
+    endpoint_url,
+    estimate_training_cost,
+    openai_client,
+)
 
-RECORD_FILE = "openai_job.json"
-FILES_REGISTRY_FILE = "openai_files.json"
+__all__ = [
+    "FILES_REGISTRY_FILE",
+    "RECORD_FILE",
+    "CostEstimate",
+    "FinetuneJobFailed",
+    "FinetuneOutcome",
+    "JobSpec",
+    "OpenAIFinetuneError",
+    "OpenAIFinetuner",
+    "TrainingFile",
+    "check_budget",
+    "endpoint_url",
+    "estimate_training_cost",
+    "openai_client",
+]
+
+RECORD_FILE = OPENAI_JOB_FILE
+FILES_REGISTRY_FILE = OPENAI_FILES_REGISTRY
 RECORD_VERSION = 1
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 EVENTS_PAGE_SIZE = 100
@@ -60,134 +85,8 @@ METRIC_KEYS = (
 INTERRUPTS = (KeyboardInterrupt, dg.DagsterExecutionInterruptedError)
 
 
-class OpenAIFinetuneError(RuntimeError):
-    """The fine-tuning API could not be used (unreachable, refused, or a record that cannot be trusted)."""
-
-
-class FinetuneJobFailed(OpenAIFinetuneError):
-    """The job ended as failed or cancelled; the message names the job id and OpenAI's error."""
-
-
-# ---------------------------------------------------------------------------------------------------- inputs
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """What one sweep point asks OpenAI for."""
-
-    partition_key: str
-    base_model: str
-    suffix: str
-    seed: int
-    n_epochs: int
-    batch_size: int
-    learning_rate_multiplier: float
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return {
-            "n_epochs": self.n_epochs,
-            "batch_size": self.batch_size,
-            "learning_rate_multiplier": self.learning_rate_multiplier,
-        }
-
-    def method(self) -> dict[str, Any]:
-        return {"type": "supervised", "supervised": {"hyperparameters": self.hyperparameters()}}
-
-
-@dataclass(frozen=True)
-class TrainingFile:
-    """One JSONL file's bytes, as uploaded (name as OpenAI shows it)."""
-
-    name: str
-    content: bytes
-    examples: int
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.content).hexdigest()
-
-
-@dataclass(frozen=True)
-class CostEstimate:
-    training_tokens: int  # tokens in the training file (cl100k_base, as OpenAI's cookbook counts them)
-    n_epochs: int
-    base_model: str
-    price_per_1m: float | None  # None: no price known for the base model
-    usd: float | None
-
-    @property
-    def billed_tokens(self) -> int:
-        return self.training_tokens * self.n_epochs
-
-
-def estimate_training_cost(
-    training_tokens: int, n_epochs: int, base_model: str, price_per_1m: float | None
-) -> CostEstimate:
-    """Training tokens x epochs x USD per 1M tokens (`price_per_1m` None: unknown, so no estimate)."""
-    usd = None if price_per_1m is None else training_tokens * n_epochs * price_per_1m / 1_000_000
-    return CostEstimate(training_tokens, n_epochs, base_model, price_per_1m, usd)
-
-
-def check_budget(estimate: CostEstimate, budget_usd: float) -> None:
-    """Refuse (BudgetExceeded) a job whose estimated cost is unknown or above `budget_usd` (budget.max_usd)."""
-    if estimate.usd is None:
-        raise BudgetExceeded(
-            f"no training price is known for base model {estimate.base_model!r}, so the job's cost "
-            f"({estimate.billed_tokens} training tokens = {estimate.training_tokens} x {estimate.n_epochs} epochs) "
-            f"cannot be checked against budget.max_usd (${budget_usd:.2f}): refused before creating it. Set "
-            "finetune.openai.training_price_per_1m to the model's USD price per 1M training tokens."
-        )
-    if estimate.usd > budget_usd:
-        raise BudgetExceeded(
-            f"the fine-tuning job is estimated at ${estimate.usd:.4f} ({estimate.billed_tokens} training tokens = "
-            f"{estimate.training_tokens} x {estimate.n_epochs} epochs at ${estimate.price_per_1m:.2f} per 1M for "
-            f"{estimate.base_model}), over budget.max_usd (${budget_usd:.2f}): refused before creating it. Raise "
-            "budget.max_usd, or train on fewer tokens or epochs."
-        )
-
-
-# ---------------------------------------------------------------------------------------------------- client
-
-
-def endpoint_url(chat: ChatModelSettings) -> str:
-    """The fine-tuning endpoint: models.chat.base_url, else OPENAI_BASE_URL, else OpenAI itself."""
-    return (chat.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL).rstrip("/")
-
-
-def openai_client(chat: ChatModelSettings, *, http_client: Any = None) -> openai.OpenAI:
-    """An SDK client for the endpoint of models.chat, retrying 429/5xx/timeouts `chat.max_retries` times.
-    `http_client`: an httpx client of your own (a proxy, a custom CA, a recorded transport)."""
-    base_url = endpoint_url(chat)
-    key = os.environ.get(chat.api_key_env, "")
-    if not key:
-        if not is_loopback_url(base_url):
-            raise OpenAIFinetuneError(
-                f"fine-tuning at {base_url} needs an API key: set the environment variable {chat.api_key_env} "
-                "(in the environment or in .env), or change models.chat.api_key_env"
-            )
-        key = PLACEHOLDER_API_KEY
-    return openai.OpenAI(
-        base_url=base_url,
-        api_key=key,
-        max_retries=chat.max_retries,
-        timeout=chat.timeout_s,
-        http_client=http_client,
-    )
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def write_json_atomically(path: Path, value: Any) -> None:
-    """Temp file, then rename: a crash never leaves half a record under the real name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        partial.write_text(json.dumps(value, indent=2, sort_keys=True), encoding="utf-8")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------- outcome
@@ -318,7 +217,7 @@ class OpenAIFinetuner:
             "train_sha256": train.sha256,
             "validation_sha256": validation.sha256 if validation is not None else None,
         }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return json_hash(payload, length=16)
 
     def upload(self, file: TrainingFile) -> dict[str, Any]:
         """Upload with purpose "fine-tune", or reuse the file uploaded earlier with the same sha256."""

@@ -1,19 +1,19 @@
 """Parquet storage for every DataFrame asset: `data/<asset>.parquet`, partitions `data/<asset>/<key>.parquet`.
 
-Writes are atomic (temp file in the same folder, then rename), so a crash mid-write leaves the previous
-version readable and never a half-written file under the real name.
+Writes are atomic (`files.atomic_output`: temp file in the same folder, then rename), so a crash mid-write
+leaves the previous version readable and never a half-written file under the real name.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 from upath import UPath
+
+from mebot.resources.files import atomic_output
 
 PREVIEW_ROWS = 5
 PREVIEW_CELL_CHARS = 80
@@ -46,13 +46,8 @@ def table_schema(df: pd.DataFrame) -> dg.TableSchema:
 
 
 def write_parquet_atomically(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    try:
+    with atomic_output(path) as partial:
         df.to_parquet(partial, index=False)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 class ParquetIOManager(dg.UPathIOManager):

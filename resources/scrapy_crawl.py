@@ -1,4 +1,4 @@
-"""The Scrapy crawl itself, run as `python -m resources.scrapy_crawl JOB.json OUT.jsonl` in a subprocess.
+"""The Scrapy crawl itself, run as `python -m mebot.resources.scrapy_crawl JOB.json OUT.jsonl` in a subprocess.
 
 Twisted's reactor cannot be restarted inside one process, so every crawl gets a fresh process. The spider
 records what it saw and nothing more: one JSON line per fetched page (any status), per skipped link (with the

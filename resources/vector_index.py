@@ -2,14 +2,15 @@
 
 Layout of `index_dir`:
 
-    CURRENT                 the name of the version readers load (replaced atomically: temp file + os.replace)
+    CURRENT                 the name of the version readers load (replaced atomically: temp file + rename)
     <version>/index.faiss   FAISS index over L2-normalised vectors (inner product = cosine similarity)
     <version>/ids.parquet   row i of the index -> chunk_id (a chunk has one row per window)
     <version>/meta.json     identity of the embedding model, dim, size, kind, nlist/nprobe, created_at
 
-A version is built in a hidden `.partial-*` folder and renamed into place before CURRENT points at it, so a
-crash at any moment leaves the previous CURRENT version loadable. The two newest versions are kept (a reader
-that read CURRENT just before a new build can still open its version); older ones are deleted.
+A version is built in a hidden `.<version>.*.partial` folder (`files.atomic_output`) and renamed into place
+before CURRENT points at it, so a crash at any moment leaves the previous CURRENT version loadable. The two
+newest versions are kept (a reader that read CURRENT just before a new build can still open its version); older
+ones are deleted, and so are partial builds abandoned more than an hour ago.
 
 Below `rag.ivf_min_vectors` vectors the index is exact (IndexFlatIP); from there on it is IndexIVFFlat with
 inner-product metric, nlist ≈ 4·sqrt(n) (capped so every list gets ≥ 39 training points, FAISS's minimum for
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import threading
 import time
@@ -36,12 +36,14 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from mebot.resources.files import PARTIAL_SUFFIX, atomic_output, write_atomically
+
 CURRENT_FILE = "CURRENT"
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
 META_FILE = "meta.json"
 KEEP_VERSIONS = 2
-PARTIAL_PREFIX = ".partial-"
+LEGACY_PARTIAL_PREFIX = ".partial-"  # what builds before `files.atomic_output` named their unfinished folders
 STALE_PARTIAL_S = 3600
 MIN_POINTS_PER_LIST = 39  # FAISS warns (and k-means degrades) below 39 training points per centroid
 # Fewer queries than this are searched on one OpenMP thread: handing one query to a thread team costs more than
@@ -98,15 +100,7 @@ def _new_version_name() -> str:
 
 
 def _write_text_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(partial, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_atomically(path, text, fsync=True)  # CURRENT must never name a version whose pointer was lost
 
 
 def _versions(index_dir: Path) -> list[str]:
@@ -123,9 +117,16 @@ def _prune(index_dir: Path, keep: int = KEEP_VERSIONS) -> list[str]:
         if name != current:
             shutil.rmtree(index_dir / name, ignore_errors=True)
             removed.append(name)
-    for partial in index_dir.glob(f"{PARTIAL_PREFIX}*"):
-        if time.time() - partial.stat().st_mtime > STALE_PARTIAL_S:
+    abandoned = [*index_dir.glob(f".*{PARTIAL_SUFFIX}"), *index_dir.glob(f"{LEGACY_PARTIAL_PREFIX}*")]
+    for partial in abandoned:
+        try:
+            stale = time.time() - partial.stat().st_mtime > STALE_PARTIAL_S
+        except FileNotFoundError:  # its build just finished or cleaned up
+            continue
+        if stale and partial.is_dir():
             shutil.rmtree(partial, ignore_errors=True)
+        elif stale:
+            partial.unlink(missing_ok=True)
     return removed
 
 
@@ -162,17 +163,12 @@ def write_index(
         "created_at": datetime.now(UTC).isoformat(),
         "faiss_version": faiss.__version__,
     }
-    index_dir.mkdir(parents=True, exist_ok=True)
-    partial = index_dir / f"{PARTIAL_PREFIX}{version}"
     final = index_dir / version
-    try:
+    with atomic_output(final) as partial:
         partial.mkdir()
         faiss.write_index(index, str(partial / INDEX_FILE))
         pd.DataFrame({"chunk_id": chunk_ids}).to_parquet(partial / IDS_FILE, index=False)
         (partial / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        os.replace(partial, final)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     _write_text_atomically(index_dir / CURRENT_FILE, version + "\n")
     pruned = _prune(index_dir)
     return {

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.settings import DEFAULT_CONFIG_PATH
+from mebot.resources.settings import DEFAULT_CONFIG_PATH
 from tests.sites import write_small_site
 
 # Enough passages for OpenAI's minimum of 10 training examples, which training_file_valid checks (blocking).
@@ -76,7 +76,7 @@ def default_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     config.write_text(yaml.safe_dump(deep_merge(base, overrides)), encoding="utf-8")
     env = {**os.environ, "MEBOT_DATA_DIR": str(root / "data"), "MEBOT_DAGSTER_HOME": str(root / "home")}
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "--config", str(config), "run"],
+        [sys.executable, "-m", "mebot.pipeline.cli", "--config", str(config), "run"],
         capture_output=True,
         text=True,
         env=env,

@@ -1,11 +1,11 @@
-"""Small generated websites for tests, served over real HTTP on 127.0.0.1 by resources.local_site."""
+"""Small generated websites for tests, served over real HTTP on 127.0.0.1 by mebot.resources.local_site."""
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
 
-from resources.local_site import StaticSiteHandler
+from mebot.resources.local_site import StaticSiteHandler
 
 CHROME_TOP = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title} | Test Site</title>
 <link rel="canonical" href="{path}"><script>window.dataLayer = [];</script><style>body{{margin:0}}</style></head>

@@ -23,7 +23,7 @@ def test_mebot_run_succeeds_and_prints_a_summary(default_run):
 
 
 def test_the_whole_graph_ends_in_a_leaderboard_of_rag_and_every_sweep_point(default_run):
-    from pipeline.settings import load_settings
+    from mebot.resources.settings import load_settings
 
     result, data = default_run
     assert result.returncode == 0, result.stderr[-3000:]
@@ -47,7 +47,7 @@ def test_mebot_ask_answers_with_a_finetuned_adapter_through_llama_cpp(default_ru
     assert result.returncode == 0
     env = {**os.environ, "MEBOT_DATA_DIR": str(data), "MEBOT_DAGSTER_HOME": str(data.parent / "home")}
     asked = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "--config", str(data.parent / "mebot.yaml"), "ask", "--json"]
+        [sys.executable, "-m", "mebot.pipeline.cli", "--config", str(data.parent / "mebot.yaml"), "ask", "--json"]
         + ["--model", "ft-e1-b2-lr2", "What is your sourdough starter called?"],
         capture_output=True,
         text=True,
@@ -97,9 +97,9 @@ SAMPLE_SITE_QUESTIONS = {
 
 
 def test_retrieval_finds_the_page_that_holds_each_fact(default_run):
-    from assets.rag import load_rag_bot
-    from pipeline.definitions import build_definitions
-    from pipeline.settings import load_settings
+    from mebot.assets.index.rag import load_rag_bot
+    from mebot.pipeline.definitions import build_definitions
+    from mebot.resources.settings import load_settings
 
     result, data = default_run
     assert result.returncode == 0
@@ -119,7 +119,7 @@ def test_mebot_ask_json_answers_with_the_right_page_among_its_sources(default_ru
         [
             sys.executable,
             "-m",
-            "pipeline.cli",
+            "mebot.pipeline.cli",
             "--config",
             str(data.parent / "mebot.yaml"),
             "ask",
@@ -150,7 +150,7 @@ def test_mebot_ask_rejects_bad_input_with_a_clear_message(default_run, arguments
     assert result.returncode == 0
     env = {**os.environ, "MEBOT_DATA_DIR": str(data), "MEBOT_DAGSTER_HOME": str(data.parent / "home")}
     asked = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "--config", str(data.parent / "mebot.yaml"), "ask", *arguments],
+        [sys.executable, "-m", "mebot.pipeline.cli", "--config", str(data.parent / "mebot.yaml"), "ask", *arguments],
         capture_output=True,
         text=True,
         env=env,

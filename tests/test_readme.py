@@ -2,8 +2,8 @@
 
 import re
 
-from pipeline.definitions import build_definitions
-from pipeline.settings import DEFAULT_CONFIG_PATH, PROJECT_ROOT, sections_of
+from mebot.pipeline.definitions import build_definitions
+from mebot.resources.settings import DEFAULT_CONFIG_PATH, PROJECT_ROOT, sections_of
 
 README = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
 

@@ -39,10 +39,10 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from assets.rag import ModelOutputError, QuestionError, Source
-from pipeline.server.models import RAG_MODEL, ModelRegistry, NotReadyError, Reply, UnknownModelError
-from pipeline.settings import Settings
-from resources.chat import BudgetExceeded, ChatProviderError
+from mebot.assets.index.rag import ModelOutputError, QuestionError, Source
+from mebot.pipeline.server.models import RAG_MODEL, ModelRegistry, NotReadyError, Reply, UnknownModelError
+from mebot.resources.chat import BudgetExceeded, ChatProviderError
+from mebot.resources.settings import Settings
 
 log = logging.getLogger("mebot.serve")
 
@@ -517,8 +517,8 @@ def serve(config: Path, host: str | None = None, port: int | None = None) -> int
     """Load the settings, resources and models, then run uvicorn until interrupted."""
     import uvicorn
 
-    from pipeline.definitions import build_definitions, data_dir_from_env
-    from pipeline.settings import load_settings
+    from mebot.pipeline.definitions import build_definitions, data_dir_from_env
+    from mebot.resources.settings import load_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(config)

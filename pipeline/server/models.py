@@ -6,9 +6,9 @@ One small registry that the server and the evaluation share, so both answer a qu
     registry.names()                       # ['rag', 'ft-e1-b2-lr0.5', ...]
     registry.answer("rag", "What is your sourdough starter called?")   # -> Reply(text, sources, ...)
 
-The RAG bot is loaded by `assets.rag.load_rag_bot` (latest chunks and CURRENT index version); a fine-tuned model
-is `<data_dir>/models/<key>/adapter.gguf` run on the base chat model through llama.cpp and asked in its
-training format (`assets.finetune_format.ask_finetuned`). `refresh()` picks up a newer materialization: it
+The RAG bot is loaded by `mebot.assets.index.rag.load_rag_bot` (latest chunks and CURRENT index version); a
+fine-tuned model is `<data_dir>/models/<key>/adapter.gguf` run on the base chat model through llama.cpp and asked
+in its training format (`mebot.assets.finetune.formats.ask_finetuned`). `refresh()` picks up a newer materialization: it
 reloads the RAG bot when the index's CURRENT version or the chunks file changed, and rescans the adapters;
 the new bot replaces the old one in one assignment, so a question in flight finishes on the bot it started with.
 """
@@ -22,10 +22,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from assets.finetune_format import ask_finetuned
-from assets.rag import RagBot, Source, load_rag_bot
-from pipeline.settings import Settings
-from resources.chat import ChatClient
+from mebot.assets.finetune.formats import ask_finetuned
+from mebot.assets.index.rag import RagBot, Source, load_rag_bot
+from mebot.resources.chat import ChatClient
+from mebot.resources.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class ModelRegistry:
 
 def _public_reason(exc: Exception) -> str:
     """Why the bot is not ready, without file paths (the server log has the full message)."""
-    from resources.vector_index import IndexMismatchError
+    from mebot.resources.vector_index import IndexMismatchError
 
     if isinstance(exc, IndexMismatchError):
         return "the index was built with another embedding model: re-materialize vector_index (`make run`)"

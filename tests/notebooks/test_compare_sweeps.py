@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 from nbclient import NotebookClient
 
-from assets.answers import MODEL_ANSWER_COLUMNS, RAG_MODEL
-from assets.evaluation import JUDGE_SCORE_COLUMNS, leaderboard_table, rouge_and_similarity
-from pipeline.settings import PROJECT_ROOT, EvalSettings, Settings
+from mebot.assets.evaluation.answers import MODEL_ANSWER_COLUMNS, RAG_MODEL
+from mebot.assets.evaluation.judge import JUDGE_SCORE_COLUMNS
+from mebot.assets.evaluation.leaderboard import leaderboard_table
+from mebot.assets.evaluation.rouge import rouge_and_similarity
+from mebot.resources.settings import PROJECT_ROOT, EvalSettings, Settings
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "compare_sweeps.ipynb"
 REFERENCES = {

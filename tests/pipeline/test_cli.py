@@ -12,7 +12,7 @@ import time
 import dagster as dg
 import pytest
 
-from pipeline.settings import PROJECT_ROOT
+from mebot.resources.settings import PROJECT_ROOT
 from tests.sites import free_port
 
 
@@ -48,7 +48,7 @@ def test_make_setup_is_a_no_op_the_second_time():
 def test_mebot_ask_without_outputs_says_to_run_make_run_first(tmp_path):
     env = {**os.environ, "MEBOT_DATA_DIR": str(tmp_path / "data"), "MEBOT_DAGSTER_HOME": str(tmp_path / "home")}
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "ask", "What telescope do you own?"],
+        [sys.executable, "-m", "mebot.pipeline.cli", "ask", "What telescope do you own?"],
         capture_output=True,
         text=True,
         env=env,
@@ -80,7 +80,7 @@ def test_mebot_run_killed_halfway_repeats_no_finished_llm_call_and_a_third_run_s
     config = site_config(
         {"site": {"local_port": free_port()}, "qa": {"questions_per_chunk": 1, "split": "none", "max_tokens": 32}}
     )
-    command = [sys.executable, "-m", "pipeline.cli", "--config", str(config), "run", "--select", "*synthetic_qa"]
+    command = [sys.executable, "-m", "mebot.pipeline.cli", "--config", str(config), "run", "--select", "*synthetic_qa"]
     cache = tmp_path / "data" / "cache" / "llm_calls.sqlite"
     process = subprocess.Popen(
         command, env=_run_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -118,7 +118,7 @@ def test_mebot_run_exits_1_and_skips_what_depends_on_a_failed_asset(site_config,
     empty.mkdir()
     config = site_config({"site": {"local_dir": str(empty)}})
     result = subprocess.run(  # the crawl and everything after it
-        [sys.executable, "-m", "pipeline.cli", "--config", str(config), "run", "--select", "raw_pages*"],
+        [sys.executable, "-m", "mebot.pipeline.cli", "--config", str(config), "run", "--select", "raw_pages*"],
         env=_run_env(tmp_path),
         capture_output=True,
         text=True,
@@ -138,7 +138,7 @@ def test_mebot_run_exits_1_and_skips_what_depends_on_a_failed_asset(site_config,
 )
 def test_mebot_run_rejects_a_selection_of_nothing_naming_it_and_the_assets(make_config, tmp_path, select, message):
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "--config", str(make_config()), "run", "--select", select],
+        [sys.executable, "-m", "mebot.pipeline.cli", "--config", str(make_config()), "run", "--select", select],
         env=_run_env(tmp_path),
         capture_output=True,
         text=True,

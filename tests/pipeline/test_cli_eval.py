@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.cli import main
+from mebot.pipeline.cli import main
 
 LINES = [
     {
@@ -94,7 +94,7 @@ def test_a_file_without_required_columns_fails_naming_them(tmp_path):
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"question": ["Q?"], "model": ["m"], "answer": ["A"]}).to_csv(bad, index=False)
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "eval", str(bad)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "mebot.pipeline.cli", "eval", str(bad)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 1
     assert "bad.csv: missing required column(s) reference" in result.stderr and result.stdout == ""

@@ -11,9 +11,9 @@ import pytest
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
-from pipeline.definitions import build_definitions
-from pipeline.jobs import INGEST_SELECTION
-from resources.embeddings import SentenceTransformerEmbedder, text_sha256
+from mebot.pipeline.definitions import build_definitions
+from mebot.pipeline.jobs import INGEST_SELECTION
+from mebot.resources.embeddings import SentenceTransformerEmbedder, text_sha256
 from tests.sites import facts_paragraphs, free_port, page_html, write_page
 
 RAG_ASSETS = ("raw_pages", "rag_chunks", "chunk_embeddings", "vector_index")

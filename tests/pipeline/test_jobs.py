@@ -7,15 +7,15 @@ import dagster as dg
 import pytest
 import yaml
 
-from pipeline.jobs import RAG_PARTITION, automation_condition_for, parallel_executor, with_automation
-from pipeline.settings import PROJECT_ROOT, Settings
+from mebot.pipeline.jobs import RAG_PARTITION, automation_condition_for, parallel_executor, with_automation
+from mebot.resources.settings import PROJECT_ROOT, Settings
 
 MARKER_ENV = "MEBOT_TEST_SWEEP_MARKER"
 
 
 def build_definitions(config: Path) -> dg.Definitions:
     # Imported here: the re-execution test's step processes import this module, and they need none of it.
-    from pipeline.definitions import build_definitions
+    from mebot.pipeline.definitions import build_definitions
 
     return build_definitions(config)
 

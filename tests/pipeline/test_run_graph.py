@@ -11,8 +11,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pipeline.run_graph import DefinitionsRef, Unit, check_inputs, plan_units, run_graph
-from resources.cpu_share import automatic_threads, cpu_cores
+from mebot.pipeline.run_graph import DefinitionsRef, Unit, check_inputs, plan_units, run_graph
+from mebot.resources.cpu_share import automatic_threads, cpu_cores
 
 PARTITIONS = dg.StaticPartitionsDefinition(["good", "bad"])
 WAIT_FOR_OTHER_S = 90
@@ -106,7 +106,7 @@ def test_units_follow_the_dependencies_including_through_unselected_assets():
 
 
 def test_the_real_graph_trains_first_and_never_makes_rag_answers_wait_for_training(make_config):
-    from pipeline.definitions import build_definitions  # here: workers import this module, keep it light
+    from mebot.pipeline.definitions import build_definitions  # here: workers import this module, keep it light
 
     defs = build_definitions(make_config())
     graph = defs.resolve_asset_graph()
@@ -218,3 +218,27 @@ def test_what_reads_an_asset_whose_blocking_check_failed_is_skipped():
     assert not report.success
     assert "  after: skipped, its input loaded failed" in lines
     assert [outcome.unit.label for outcome in report.outcomes] == ["loaded"]
+
+
+def dying_defs(signal_name: str) -> dg.Definitions:
+    """One asset whose process dies by `signal_name` (as a llama.cpp build with refused instructions dies)."""
+
+    @dg.asset
+    def crashes() -> int:
+        import signal
+
+        os.kill(os.getpid(), getattr(signal, signal_name))
+        return 1
+
+    return dg.Definitions(assets=[crashes])
+
+
+@pytest.mark.parametrize(("signal_name", "expected"), [("SIGILL", "CPU instructions"), ("SIGSEGV", "native code")])
+def test_a_worker_killed_by_a_signal_is_reported_with_the_signal_name(signal_name: str, expected: str):
+    with dg.instance_for_test() as instance:
+        ref = DefinitionsRef(f"{__name__}:dying_defs", (signal_name,))
+        report = run_graph(ref, dg.AssetSelection.all(), instance, max_parallel=2, out=lambda line: None)
+    assert not report.success
+    (outcome,) = report.outcomes
+    assert any(f"died by {signal_name}" in error and expected in error for error in outcome.errors), outcome.errors
+    assert not any("out of memory" in error for error in outcome.errors)

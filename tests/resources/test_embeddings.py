@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.settings import EmbeddingModelSettings, Settings
-from pipeline.tokens import count_tokens
-from resources.embeddings import (
+from mebot.resources.embeddings import (
     INSIDE,
     SENTENCE,
     UNIT,
@@ -30,6 +28,8 @@ from resources.embeddings import (
     embed_with_cache,
     plan_windows,
 )
+from mebot.resources.settings import EmbeddingModelSettings, Settings
+from mebot.resources.tokens import count_tokens
 from tests.sites import free_port
 
 # Sentence material per topic, so chunks about different topics really are about different things.

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.settings import PROJECT_ROOT
-from resources.llm_cache import LlmCache
+from mebot.resources.llm_cache import LlmCache
+from mebot.resources.settings import PROJECT_ROOT
 
 BASE_PARAMS = {"temperature": 0.0, "max_tokens": 16, "logprobs": False, "top_logprobs": 0, "stop": None, "seed": None}
 BASE_MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who are you?"}]
@@ -90,7 +90,7 @@ def test_put_is_committed_before_a_killed_process_exits(tmp_path: Path) -> None:
     path = tmp_path / "llm_calls.sqlite"
     script = (
         "import os, signal, sys\n"
-        "from resources.llm_cache import LlmCache\n"
+        "from mebot.resources.llm_cache import LlmCache\n"
         "cache = LlmCache(sys.argv[1])\n"
         "for i in range(3):\n"
         "    cache.put(f'k{i}', {'i': i})\n"
@@ -129,7 +129,7 @@ def test_concurrent_puts_from_processes(tmp_path: Path) -> None:
     path = tmp_path / "llm_calls.sqlite"
     script = (
         "import sys\n"
-        "from resources.llm_cache import LlmCache\n"
+        "from mebot.resources.llm_cache import LlmCache\n"
         "cache = LlmCache(sys.argv[1])\n"
         "for i in range(100):\n"
         "    cache.put(f'{sys.argv[2]}-{i}', {'i': i})\n"

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from resources.local_site import LocalSite, read_redirect_rules
+from mebot.resources.local_site import LocalSite, read_redirect_rules
 from tests.sites import page_html, write_page, write_small_site
 
 
@@ -180,7 +180,7 @@ def test_falls_back_to_a_free_port_when_the_port_is_taken(
     write_page(other_dir, "/", "<html><body><p>the other site</p></body></html>")
     with LocalSite(small_site, port=0) as first:
         taken = urlsplit(first.base_url).port
-        with caplog.at_level(logging.WARNING, logger="resources.local_site"):
+        with caplog.at_level(logging.WARNING, logger="mebot.resources.local_site"):
             with LocalSite(other_dir, port=taken) as second:
                 second_port = urlsplit(second.base_url).port
                 _, _, second_body = fetch(second, "/")

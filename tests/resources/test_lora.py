@@ -13,17 +13,17 @@ import pytest
 import torch
 from gguf import GGUFReader
 
-from assets.finetune_format import chat_example
-from pipeline.settings import ChatModelSettings, LocalFinetuneSettings, Settings, SweepPoint
-from resources import lora
-from resources.chat import ChatClient, bundled_gguf_path
-from resources.lora import (
+from mebot.assets.finetune.formats import chat_example
+from mebot.resources import lora
+from mebot.resources.chat import bundled_gguf_path, chat_client
+from mebot.resources.lora import (
     TrainingDiverged,
     encode_example,
     export_lora_gguf,
     load_base_model,
     train_lora,
 )
+from mebot.resources.settings import ChatModelSettings, LocalFinetuneSettings, Settings, SweepPoint
 
 SETTINGS = Settings()
 FACTS = [
@@ -152,8 +152,8 @@ def test_llama_cpp_applies_the_adapter_as_torch_does(memorised, base):
 def test_chat_client_answers_differently_with_the_adapter(memorised):
     _result, adapter, _events, _out = memorised
     chat = ChatModelSettings(n_ctx=1024, n_threads=1)
-    plain = ChatClient(chat, prices={}, cache=None, budget_usd=None)
-    tuned = ChatClient(chat, prices={}, cache=None, budget_usd=None, lora_path=str(adapter))
+    plain = chat_client(chat)
+    tuned = chat_client(chat, lora_path=str(adapter))
     prompt = chat_example(SETTINGS, FACTS[0][0])
     base_answer = plain.complete(prompt, temperature=0.0, max_tokens=24, stop=[" END"]).text
     tuned_answer = tuned.complete(prompt, temperature=0.0, max_tokens=24, stop=[" END"]).text

@@ -23,9 +23,8 @@ import httpx
 import openai
 import pytest
 
-from pipeline.settings import ChatModelSettings
-from resources.chat import BudgetExceeded
-from resources.openai_finetune import (
+from mebot.resources.chat import BudgetExceeded
+from mebot.resources.openai_finetune import (
     FILES_REGISTRY_FILE,
     RECORD_FILE,
     CostEstimate,
@@ -37,6 +36,7 @@ from resources.openai_finetune import (
     estimate_training_cost,
     openai_client,
 )
+from mebot.resources.settings import ChatModelSettings
 
 BASE_URL = "https://api.openai.com/v1"
 CREATED_AT = 1_730_000_000

@@ -2,7 +2,12 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from resources.parquet_io import ParquetIOManagerFactory, content_version, markdown_preview, write_parquet_atomically
+from mebot.resources.parquet_io import (
+    ParquetIOManagerFactory,
+    content_version,
+    markdown_preview,
+    write_parquet_atomically,
+)
 
 
 @dg.asset

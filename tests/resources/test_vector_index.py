@@ -9,8 +9,8 @@ import faiss
 import numpy as np
 import pytest
 
-import resources.vector_index as vector_index_module
-from resources.vector_index import (
+import mebot.resources.vector_index as vector_index_module
+from mebot.resources.vector_index import (
     CURRENT_FILE,
     IndexMismatchError,
     IndexNotFoundError,
@@ -143,7 +143,7 @@ def test_a_crash_mid_write_leaves_the_previous_index_loadable(tmp_path, monkeypa
     monkeypatch.undo()
     loaded = load_index(tmp_path, IDENTITY)
     assert loaded.size == 30 and loaded.path.name == first["version"]
-    assert not list(tmp_path.glob(".partial-*"))  # no half-built folder left behind
+    assert not list(tmp_path.glob(".*.partial"))  # no half-built folder (or CURRENT) left behind
     # and the next build works normally
     assert write_index(tmp_path, unit_vectors(40), windowed_ids(40), IDENTITY, 1000, 1)["size"] == 40
     assert load_index(tmp_path).size == 40

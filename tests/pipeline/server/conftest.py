@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from pipeline.settings import PROJECT_ROOT
+from mebot.resources.settings import PROJECT_ROOT
 from tests.conftest import deep_merge
 from tests.sites import free_port
 
@@ -77,7 +77,7 @@ def start_server(config: Path, data: Path, home: Path, log: Path, timeout_s: flo
     env = {**os.environ, "MEBOT_DATA_DIR": str(data), "MEBOT_DAGSTER_HOME": str(home), "OPENAI_API_KEY": SECRET}
     handle = log.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "--config", str(config), "serve", "--port", str(port)],
+        [sys.executable, "-m", "mebot.pipeline.cli", "--config", str(config), "serve", "--port", str(port)],
         stdout=handle,
         stderr=subprocess.STDOUT,
         env=env,

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.server.models import materialization_signature
-from pipeline.settings import load_settings
-from resources.embeddings import build_embedder
-from resources.vector_index import load_index, write_index
+from mebot.pipeline.server.models import materialization_signature
+from mebot.resources.embeddings import build_embedder
+from mebot.resources.settings import load_settings
+from mebot.resources.vector_index import load_index, write_index
 from tests.pipeline.server.conftest import QUESTION, QUESTION_PAGE, start_server, stop_server
 
 NEW_FACT = "My pet quokka is called Professor Wobbles and he lives in the greenhouse behind the shed."

@@ -1,0 +1,382 @@
+"""Stage 6: training files (`finetune_dataset`), their format check, and the sweep's partitions.
+
+`finetune_dataset` turns every synthetic question into one training example in the project's one format
+(`assets/finetune/formats.py`) and writes JSONL files per split under the `finetune_files` directory
+(`data/finetune/` by default):
+- `<split>.chat.jsonl`: `{"messages": [system, user, assistant]}` (OpenAI's chat fine-tuning format);
+- `<split>.legacy.jsonl`: `{"prompt": "QUESTION: <q>\\n\\n###\\n\\n", "completion": " <passage> END"}`.
+Files of splits that have no example are removed, so the directory never holds an older run's split.
+
+`training_file_valid` (blocking, ERROR) makes the checks of OpenAI's fine-tuning data-format validator on the
+written files: every line is JSON with a `messages` list; message keys known; roles only system/user/assistant;
+every example has a user and an assistant message; no missing or empty content; no example over
+`finetune.max_example_tokens` tokens (cl100k_base, counted as OpenAI's cookbook counts chat tokens); at least
+`MIN_TRAIN_EXAMPLES` (OpenAI's minimum) train examples. Errors are counted per example and error type.
+
+Sweep: each point of `finetune.sweep` is one partition of `finetuned_models`; `sweep_partitions(settings)` is
+that partitions definition, so editing the grid changes the partitions.
+"""
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+import pandas as pd
+
+from mebot.assets.finetune.formats import chat_example, legacy_example
+from mebot.assets.outputs import content_output
+from mebot.resources.files import write_atomically
+from mebot.resources.parquet_io import markdown_preview
+from mebot.resources.settings import PROJECT_ROOT, Settings, SettingsResource, SweepPoint, reads_settings
+from mebot.resources.tokens import encoding
+
+FINETUNE_DATASET_COLUMNS = ["qa_id", "split", "messages_json", "prompt", "completion", "n_tokens"]
+SPLITS = ("train", "validation", "test")
+FORMATS = ("chat", "legacy")
+MIN_TRAIN_EXAMPLES = 10  # OpenAI refuses a training file with fewer examples
+CHAT_ROLES = ("system", "user", "assistant")
+MESSAGE_KEYS = ("role", "content", "name", "weight")
+
+# USD per 1M training tokens for OpenAI fine-tuning (supervised), by model family. An ESTIMATE: prices change;
+# see https://openai.com/api/pricing. Billed tokens = tokens in the training file x epochs.
+OPENAI_TRAINING_PRICE_PER_1M = {
+    "gpt-4o-mini": 3.00,
+    "gpt-4o": 25.00,
+    "gpt-4.1": 25.00,
+    "gpt-4.1-mini": 5.00,
+    "gpt-4.1-nano": 1.50,
+    "gpt-3.5-turbo": 8.00,
+}
+_DATE_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$|-\d{4}$")
+
+
+# ----------------------------------------------------------------------------------------------------- sweep
+
+
+def sweep_partitions(settings: Settings) -> dg.StaticPartitionsDefinition:
+    """One partition per point of `finetune.sweep`, keyed by the point's readable key (e.g. `e1-b2-lr0.5`)."""
+    keys = [point.key for point in settings.finetune.sweep_points()]
+    repeated = sorted(k for k, n in Counter(keys).items() if n > 1)
+    if repeated:  # settings validation forbids repeated values, so this would be a bug in SweepPoint.key
+        raise ValueError(f"finetune.sweep gives repeated partition keys {repeated}")
+    return dg.StaticPartitionsDefinition(keys)
+
+
+def sweep_point(settings: Settings, key: str) -> SweepPoint:
+    """The sweep point of a partition key; an unknown key (an edited grid) names the current ones."""
+    points = {point.key: point for point in settings.finetune.sweep_points()}
+    if key not in points:
+        raise KeyError(f"{key!r} is not a point of finetune.sweep; the grid's points are {', '.join(points)}")
+    return points[key]
+
+
+# ---------------------------------------------------------------------------------------------------- tokens
+
+
+def num_tokens_from_messages(messages: list[dict]) -> int:
+    """Chat tokens as OpenAI's cookbook counts them for fine-tuning files: 3 per message, the tokens of every
+    value, 1 more for a name, and 3 that prime the reply (cl100k_base)."""
+    enc = encoding()
+    total = 3
+    for message in messages:
+        total += 3
+        for key, value in message.items():
+            total += len(enc.encode(str(value), disallowed_special=()))
+            if key == "name":
+                total += 1
+    return total
+
+
+def training_price_per_1m(model: str) -> float | None:
+    """USD per 1M training tokens for an OpenAI base model (a dated name or a fine-tune of it), None if unknown."""
+    name = model.removeprefix("ft:").split(":", 1)[0]
+    return OPENAI_TRAINING_PRICE_PER_1M.get(name, OPENAI_TRAINING_PRICE_PER_1M.get(_DATE_SUFFIX.sub("", name)))
+
+
+def sweep_costs(settings: Settings, training_tokens: int) -> tuple[dict[str, int], dict[str, float | None]]:
+    """Per sweep point: billed training tokens (file tokens x epochs) and the estimated OpenAI cost in USD."""
+    price = training_price_per_1m(settings.finetune.openai.base_model)
+    tokens = {p.key: training_tokens * p.n_epochs for p in settings.finetune.sweep_points()}
+    costs = {key: None if price is None else round(n * price / 1_000_000, 4) for key, n in tokens.items()}
+    return tokens, costs
+
+
+# ------------------------------------------------------------------------------------------------- examples
+
+
+def build_examples(settings: Settings, qa: pd.DataFrame) -> pd.DataFrame:
+    """One training example per synthetic_qa row, in both formats, with its chat token count."""
+    rows = []
+    for row in qa.itertuples(index=False):
+        messages = chat_example(settings, row.question, row.answer)
+        legacy = legacy_example(settings, row.question, row.answer)
+        rows.append(
+            {
+                "qa_id": row.qa_id,
+                "split": row.split,
+                "messages_json": json.dumps(messages, ensure_ascii=False),
+                "prompt": legacy["prompt"],
+                "completion": legacy["completion"],
+                "n_tokens": num_tokens_from_messages(messages),
+            }
+        )
+    return pd.DataFrame(rows, columns=FINETUNE_DATASET_COLUMNS).astype({"n_tokens": "int64"})
+
+
+def jsonl_lines(examples: pd.DataFrame, fmt: Literal["chat", "legacy"]) -> list[str]:
+    if fmt == "chat":
+        return [json.dumps({"messages": json.loads(m)}, ensure_ascii=False) for m in examples["messages_json"]]
+    return [
+        json.dumps({"prompt": p, "completion": c}, ensure_ascii=False)
+        for p, c in zip(examples["prompt"], examples["completion"], strict=True)
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ validator
+
+
+@dataclass
+class FileReport:
+    examples: int = 0
+    errors: Counter = field(default_factory=Counter)  # error type -> examples with that error
+    max_tokens: int = 0
+
+
+def validate_chat_lines(lines: Iterable[str], max_example_tokens: int) -> FileReport:
+    """OpenAI's chat fine-tuning format checks over JSONL lines; each error type counted once per example."""
+    report = FileReport()
+    for line in lines:
+        if not line.strip():
+            continue
+        report.examples += 1
+        for error in _chat_example_errors(line, max_example_tokens, report):
+            report.errors[error] += 1
+    return report
+
+
+def _chat_example_errors(line: str, max_example_tokens: int, report: FileReport) -> set[str]:
+    try:
+        example = json.loads(line)
+    except json.JSONDecodeError:
+        return {"invalid_json"}
+    if not isinstance(example, dict):
+        return {"data_type"}
+    messages = example.get("messages")
+    if not messages or not isinstance(messages, list):
+        return {"missing_messages_list"}
+    errors = set()
+    for message in messages:
+        if not isinstance(message, dict):
+            errors.add("data_type")
+            continue
+        if "role" not in message or "content" not in message:
+            errors.add("message_missing_key")
+        if any(key not in MESSAGE_KEYS for key in message):
+            errors.add("message_unrecognized_key")
+        if message.get("role") not in CHAT_ROLES:
+            errors.add("unrecognized_role")
+        content = message.get("content")
+        if not isinstance(content, str) or not content.strip():
+            errors.add("missing_content")
+    roles = {m.get("role") for m in messages if isinstance(m, dict)}
+    if "user" not in roles:
+        errors.add("example_missing_user_message")
+    if "assistant" not in roles:
+        errors.add("example_missing_assistant_message")
+    if not errors:
+        n_tokens = num_tokens_from_messages(messages)
+        report.max_tokens = max(report.max_tokens, n_tokens)
+        if n_tokens > max_example_tokens:
+            errors.add("example_over_token_limit")
+    return errors
+
+
+def validate_legacy_lines(lines: Iterable[str], max_example_tokens: int) -> FileReport:
+    """The legacy prompt/completion format: JSON objects with exactly non-empty string prompt and completion."""
+    report = FileReport()
+    enc = encoding()
+    for line in lines:
+        if not line.strip():
+            continue
+        report.examples += 1
+        try:
+            example = json.loads(line)
+        except json.JSONDecodeError:
+            report.errors["invalid_json"] += 1
+            continue
+        if not isinstance(example, dict):
+            report.errors["data_type"] += 1
+            continue
+        errors = set()
+        if set(example) - {"prompt", "completion"}:
+            errors.add("legacy_unrecognized_key")
+        for key in ("prompt", "completion"):
+            if not isinstance(example.get(key), str) or not example[key].strip():
+                errors.add("legacy_missing_content")
+        if not errors:
+            n_tokens = len(enc.encode(example["prompt"] + example["completion"], disallowed_special=()))
+            report.max_tokens = max(report.max_tokens, n_tokens)
+            if n_tokens > max_example_tokens:
+                errors.add("example_over_token_limit")
+        for error in errors:
+            report.errors[error] += 1
+    return report
+
+
+def validate_files(
+    files: "FinetuneFiles", expected: dict[str, int], max_example_tokens: int
+) -> tuple[dict[str, FileReport], Counter]:
+    """Every split file (both formats) against the format checks; `expected` is the example count per split.
+    Returns the report per file and the error counts over all files, including a missing or out-of-date file
+    and too few train examples."""
+    reports: dict[str, FileReport] = {}
+    totals: Counter = Counter()
+    for split, n_expected in expected.items():
+        for fmt in FORMATS:
+            path = files.path(split, fmt)
+            if not path.is_file():
+                totals["missing_file"] += 1
+                continue
+            lines = path.read_text(encoding="utf-8").splitlines()
+            validate = validate_chat_lines if fmt == "chat" else validate_legacy_lines
+            report = reports[path.name] = validate(lines, max_example_tokens)
+            totals.update(report.errors)
+            if report.examples != n_expected:
+                totals["file_out_of_date"] += 1
+    train = reports.get(files.path("train", "chat").name)
+    if train is None or train.examples < MIN_TRAIN_EXAMPLES:
+        totals["too_few_train_examples"] += 1
+    return reports, totals
+
+
+# ---------------------------------------------------------------------------------------------------- files
+
+
+class FinetuneFiles(dg.ConfigurableResource):
+    """Where the fine-tuning JSONL files live: `<base_dir>/<split>.<chat|legacy>.jsonl`."""
+
+    base_dir: str
+
+    def directory(self) -> Path:
+        path = Path(self.base_dir).expanduser()
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+    def path(self, split: str, fmt: Literal["chat", "legacy"] = "chat") -> Path:
+        if split not in SPLITS or fmt not in FORMATS:
+            raise ValueError(f"no fine-tuning file for split {split!r}, format {fmt!r}")
+        return self.directory() / f"{split}.{fmt}.jsonl"
+
+    def write(self, split: str, fmt: Literal["chat", "legacy"], lines: list[str]) -> Path:
+        """Atomically (temp file, then rename): a crash never leaves half a training file under the real name."""
+        return write_atomically(self.path(split, fmt), "".join(line + "\n" for line in lines))
+
+    def remove(self, split: str, fmt: Literal["chat", "legacy"]) -> None:
+        self.path(split, fmt).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------- assets
+
+
+@dg.asset(
+    group_name="finetune",
+    kinds={"parquet"},
+    code_version="1",
+    metadata=reads_settings(
+        "finetune.prompt_separator",
+        "finetune.completion_stop",
+        "finetune.system_prompt",
+        "finetune.max_example_tokens",
+        "persona",
+        # finetune.sweep and finetune.openai.base_model only feed the cost estimates in the metadata; reading them
+        # here would make the training files stale whenever the grid changes
+    ),
+)
+def finetune_dataset(
+    context: dg.AssetExecutionContext,
+    settings: SettingsResource,
+    finetune_files: FinetuneFiles,
+    synthetic_qa: pd.DataFrame,
+) -> dg.Output[pd.DataFrame]:
+    """Training examples from the synthetic questions (question → passage + stop sequence), one per row, in the
+    chat-messages and legacy prompt/completion formats, written as JSONL per split (train, validation, test)
+    under the finetune directory. Metadata: examples per split, training tokens, and per sweep point the tokens
+    billed (x epochs) and an ESTIMATED OpenAI training cost for finetune.openai.base_model."""
+    config = settings.for_asset(context)
+    examples = build_examples(config, synthetic_qa)
+    counts = {split: int((examples["split"] == split).sum()) for split in SPLITS}
+    paths = []
+    for split in SPLITS:
+        rows = examples[examples["split"] == split]
+        for fmt in FORMATS:
+            if rows.empty:
+                finetune_files.remove(split, fmt)
+            else:
+                paths.append(str(finetune_files.write(split, fmt, jsonl_lines(rows, fmt))))
+    training_tokens = int(examples.loc[examples["split"] == "train", "n_tokens"].sum())
+    epoch_tokens, costs = sweep_costs(config, training_tokens)
+    base_model = config.finetune.openai.base_model
+    price = training_price_per_1m(base_model)
+    if counts["train"] < MIN_TRAIN_EXAMPLES:
+        context.log.warning(
+            f"only {counts['train']} train examples; OpenAI needs at least {MIN_TRAIN_EXAMPLES} (synthetic_qa wrote "
+            "too few questions: see its metadata)"
+        )
+    context.log.info(f"examples by split {counts}; {training_tokens} training tokens; wrote {len(paths)} files")
+    return content_output(
+        examples,
+        {
+            "examples_by_split": dg.MetadataValue.json(counts),
+            "training_tokens": dg.MetadataValue.int(training_tokens),
+            "max_example_tokens": dg.MetadataValue.int(int(examples["n_tokens"].max()) if len(examples) else 0),
+            "training_tokens_x_epochs": dg.MetadataValue.json(epoch_tokens),
+            "estimated_openai_cost_usd": dg.MetadataValue.json(costs),
+            "cost_estimate_note": dg.MetadataValue.text(
+                f"ESTIMATE for {base_model} at "
+                + (
+                    f"${price:.2f} per 1M training tokens"
+                    if price is not None
+                    else "an unknown price (not in the table)"
+                )
+                + " x epochs, tokens counted with cl100k_base; OpenAI bills its own count at its current prices"
+            ),
+            "files": dg.MetadataValue.json(paths),
+            "directory": dg.MetadataValue.path(str(finetune_files.directory())),
+            "examples_preview": dg.MetadataValue.md(
+                markdown_preview(examples[["split", "prompt", "completion", "n_tokens"]], rows=5)
+            ),
+        },
+        version_of=["qa_id", "split", "messages_json", "prompt", "completion"],
+    )
+
+
+@dg.asset_check(
+    asset=finetune_dataset,
+    blocking=True,
+    description="The training files pass OpenAI's format checks: JSON lines with messages, known roles, a user and "
+    "an assistant message, no empty content, no example over finetune.max_example_tokens, at least "
+    f"{MIN_TRAIN_EXAMPLES} train examples.",
+)
+def training_file_valid(
+    settings: SettingsResource, finetune_files: FinetuneFiles, finetune_dataset: pd.DataFrame
+) -> dg.AssetCheckResult:
+    limit = settings.get().finetune.max_example_tokens
+    expected = {split: int((finetune_dataset["split"] == split).sum()) for split in SPLITS}
+    expected = {split: n for split, n in expected.items() if n or split == "train"}
+    reports, errors = validate_files(finetune_files, expected, limit)
+    return dg.AssetCheckResult(
+        passed=not errors,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "errors": dg.MetadataValue.json(dict(sorted(errors.items()))),
+            "examples_per_file": dg.MetadataValue.json({name: r.examples for name, r in sorted(reports.items())}),
+            "train_examples": dg.MetadataValue.int(expected.get("train", 0)),
+            "min_train_examples": dg.MetadataValue.int(MIN_TRAIN_EXAMPLES),
+            "max_example_tokens_found": dg.MetadataValue.int(max((r.max_tokens for r in reports.values()), default=0)),
+            "max_example_tokens_allowed": dg.MetadataValue.int(limit),
+        },
+    )

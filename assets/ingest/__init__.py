@@ -1,0 +1,1 @@
+"""Group `ingest`: crawl the site (`raw_pages`, with its HTML-to-text extraction) and split it into `rag_chunks`."""

@@ -1,0 +1,251 @@
+"""`ChatClient`: what every chat provider shares — the call cache, the budget, usage counters, the retry loop
+and the public `complete` / `complete_batch` — around the few hooks each provider implements.
+
+Providers (one subclass each, made by `chat_client`): `LlamaCppChat` (llama_cpp.py) and `OpenAIChat`
+(openai_compatible.py). A subclass sets `identity`, `context_window` (and `base_url`, `lora_path` where they
+apply) in its constructor and implements `count_tokens` and `_generate`; a paid provider also overrides
+`_price` and `_prompt_estimate`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any, ClassVar
+
+from mebot.resources.chat.pacing import RETRY_AFTER_MAX_S, backoff_delay_s
+from mebot.resources.chat.results import (
+    BudgetExceeded,
+    ChatProviderError,
+    ChatResult,
+    Usage,
+    cost_usd,
+    result_from_cache,
+    result_to_cache,
+)
+from mebot.resources.llm_cache import LlmCache
+from mebot.resources.settings import ChatModelSettings, Price
+
+log = logging.getLogger(__name__)
+
+
+class RetryableError(Exception):
+    """Raised by one attempt of a provider call that may succeed when tried again (a 429, a 5xx, a timeout)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s  # what the server asked for; None: exponential backoff
+
+
+class ChatClient(ABC):
+    """One chat model with its cache, budget, retries and usage counters; safe to use from several threads."""
+
+    provider: ClassVar[str]  # models.chat.provider; part of every cache key
+
+    def __init__(
+        self,
+        chat: ChatModelSettings,
+        *,
+        prices: dict[str, Price] | None = None,
+        cache: LlmCache | None = None,
+        budget_usd: float | None = None,
+        usage: Usage | None = None,
+    ):
+        if chat.provider != self.provider:
+            raise ValueError(f"{type(self).__name__} serves provider {self.provider!r}, not {chat.provider!r}")
+        self.chat = chat
+        self.prices = prices if prices is not None else {}
+        self.cache = cache
+        self.budget_usd = budget_usd
+        self.usage = usage if usage is not None else Usage()
+        self._budget_lock = threading.Lock()
+        self._reserved_usd = 0.0  # estimates of calls in flight
+        # Set by each provider's constructor:
+        self.identity = ""  # names the model in cache keys and results; a different model never shares it
+        self.context_window = 0
+        self.base_url = ""  # remote providers only
+        self.lora_path: str | None = None  # llama.cpp only
+
+    # ----------------------------------------------------------------------------------- provider hooks
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` as the model counts them (or as near as the provider lets us know)."""
+
+    @abstractmethod
+    def _generate(self, messages: list[dict], params: dict, prompt_estimate: int) -> ChatResult:
+        """One uncached call with the normalised `params` (see `complete`); `latency_s` is filled in by the caller."""
+
+    def _price(self) -> Price | None:
+        """The price of this model's tokens; None: free (local) or unknown."""
+        return None
+
+    def _prompt_estimate(self, messages: list[dict]) -> int:
+        """Prompt tokens estimated before the call, for the budget (and a provider's pacing); 0 when free."""
+        return 0
+
+    def _redact(self, text: str) -> str:
+        """`text` with any secret the provider holds taken out (for errors and logs)."""
+        return text
+
+    def warm_up(self) -> None:  # noqa: B027 - an optional hook: nothing to load for a remote provider
+        """Load the local model's weights now rather than on the first call (no-op for remote providers)."""
+
+    # ------------------------------------------------------------------------------------------- public
+
+    def complete(
+        self,
+        messages: list[dict],
+        *,
+        temperature: float = 0.0,
+        max_tokens: int = 256,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> ChatResult:
+        started = time.perf_counter()
+        if not messages or not all(isinstance(m, dict) and "role" in m for m in messages):
+            raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+        params = {
+            "temperature": float(temperature),
+            "max_tokens": int(max_tokens),
+            "logprobs": bool(logprobs),
+            "top_logprobs": int(top_logprobs) if logprobs else 0,  # no effect without logprobs
+            "stop": list(stop) if stop else None,
+            "seed": seed,
+        }
+        key = None
+        if self.cache is not None:
+            # The key's inputs are a contract with every existing cache file: change none of them.
+            key = LlmCache.key(self.chat.provider, self.identity, params, messages)
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.usage.record(cache_hit=True)
+                return result_from_cache(hit, time.perf_counter() - started)
+
+        price = self._price()
+        prompt_estimate = self._prompt_estimate(messages)
+        estimate_usd = cost_usd(price, prompt_estimate, params["max_tokens"])
+        self._reserve(estimate_usd)
+        try:
+            result = self._generate(messages, params, prompt_estimate)
+        except BaseException:
+            with self._budget_lock:
+                self._reserved_usd -= estimate_usd
+            raise
+        cost = cost_usd(price, result.prompt_tokens, result.completion_tokens)
+        result.latency_s = time.perf_counter() - started
+        with self._budget_lock:  # the estimate becomes the actual cost in one step for concurrent callers
+            self._reserved_usd -= estimate_usd
+            self.usage.record(
+                cache_hit=None if self.cache is None else False,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                cost_usd=cost,
+            )
+        if self.cache is not None and key is not None:
+            self.cache.put(key, result_to_cache(result, cost))
+        return result
+
+    def complete_batch(
+        self,
+        batch: list[list[dict]],
+        *,
+        on_progress: Callable[[int, int], None] | None = None,
+        **params: Any,
+    ) -> list[ChatResult]:
+        """`complete` for each conversation, results in input order, at most chat.max_concurrency in flight.
+
+        The first failure stops queued calls; the ones in flight finish (and are cached) before it is raised.
+        """
+        total = len(batch)
+        if total == 0:
+            return []
+        results: list[ChatResult | None] = [None] * total
+        error: BaseException | None = None
+        done = 0
+        pool = ThreadPoolExecutor(max_workers=min(self.chat.max_concurrency, total), thread_name_prefix="chat")
+        try:
+            futures = {pool.submit(self.complete, messages, **params): i for i, messages in enumerate(batch)}
+            for future in as_completed(futures):
+                error = future.exception()
+                if error is not None:
+                    break
+                results[futures[future]] = future.result()
+                done += 1
+                if on_progress is not None:
+                    on_progress(done, total)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if error is not None:
+            raise error
+        return results  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.identity})"
+
+    def _fresh(
+        self, text: str, prompt_tokens: int, completion_tokens: int, finish_reason: str, logprobs: Any
+    ) -> ChatResult:
+        """A result of this model just computed (`complete` fills in the latency)."""
+        return ChatResult(
+            text=text,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reason=finish_reason,
+            model=self.identity,
+            logprobs=logprobs,
+            cached=False,
+            latency_s=0.0,
+        )
+
+    # ------------------------------------------------------------------------------------------- budget
+
+    def _reserve(self, estimate_usd: float) -> None:
+        with self._budget_lock:
+            spent = self.usage.cost_usd
+            if self.budget_usd is not None and spent + self._reserved_usd + estimate_usd > self.budget_usd:
+                raise BudgetExceeded(
+                    f"budget reached: {self.usage.calls} calls done ({self.usage.cache_hits} from the cache), "
+                    f"${spent:.4f} spent"
+                    + (f" and ${self._reserved_usd:.4f} in flight" if self._reserved_usd else "")
+                    + f"; the next call to {self.identity} is estimated at ${estimate_usd:.4f}, which would pass "
+                    f"the cap of ${self.budget_usd:.2f} (budget.max_usd). Every finished call stays cached: raise "
+                    "budget.max_usd and run again to continue where this stopped."
+                )
+            self._reserved_usd += estimate_usd
+
+    # ------------------------------------------------------------------------------------------ retries
+
+    def _with_retries(self, attempt: Callable[[], ChatResult]) -> ChatResult:
+        """`attempt()` until it returns, at most chat.max_retries + 1 times. Between tries that raised
+        `RetryableError` it waits what the server asked (capped) or a full-jitter backoff; any other error
+        passes through at once. Gives up with ChatProviderError naming the base_url and the last error."""
+        attempts = self.chat.max_retries + 1
+        last_error = ""
+        for number in range(attempts):
+            try:
+                return attempt()
+            except RetryableError as retry:
+                last_error, retry_after = retry.message, retry.retry_after_s
+            if number + 1 < attempts:
+                delay = min(retry_after, RETRY_AFTER_MAX_S) if retry_after is not None else backoff_delay_s(number)
+                log.warning(
+                    "chat provider at %s: %s; retry %d of %d in %.2f s",
+                    self.base_url,
+                    self._redact(last_error),
+                    number + 1,
+                    self.chat.max_retries,
+                    delay,
+                )
+                time.sleep(delay)
+        raise ChatProviderError(
+            f"the chat provider at {self.base_url} failed after {attempts} attempt(s); last error: "
+            f"{self._redact(last_error)}"
+        )

@@ -1,0 +1,56 @@
+"""Making a chat client: `chat_client` picks the provider's subclass; `ChatModelResource` is the Dagster
+resource that makes clients with the project's call cache, prices and budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from mebot.resources.chat.base import ChatClient
+from mebot.resources.chat.llama_cpp import LlamaCppChat
+from mebot.resources.chat.openai_compatible import OpenAIChat
+from mebot.resources.chat.results import Usage
+from mebot.resources.layout import LLM_CACHE_FILE
+from mebot.resources.llm_cache import LlmCache
+from mebot.resources.settings import ChatModelSettings, Price, Settings
+
+PROVIDERS: dict[str, type[LlamaCppChat] | type[OpenAIChat]] = {"llama_cpp": LlamaCppChat, "openai": OpenAIChat}
+
+
+def chat_client(
+    chat: ChatModelSettings,
+    *,
+    prices: dict[str, Price] | None = None,
+    cache: LlmCache | None = None,
+    budget_usd: float | None = None,
+    lora_path: str | None = None,
+    usage: Usage | None = None,
+) -> ChatClient:
+    """A client for `chat`'s provider: the one way to make one (no cache and no budget unless given)."""
+    provider = PROVIDERS.get(chat.provider)
+    if provider is None:  # pragma: no cover - settings validation allows only the providers above
+        raise ValueError(f"unknown chat provider {chat.provider!r}; known: {', '.join(PROVIDERS)}")
+    return provider(chat, prices=prices or {}, cache=cache, budget_usd=budget_usd, lora_path=lora_path, usage=usage)
+
+
+class ChatModelResource(dg.ConfigurableResource):
+    """Dagster resource: the chat model from mebot.yaml's models.chat, with the call cache under cache_dir."""
+
+    cache_dir: str
+
+    def cache_path(self, settings: Settings) -> Path:
+        return settings.resolve_path(self.cache_dir) / LLM_CACHE_FILE
+
+    def client(
+        self, settings: Settings, *, lora_path: str | None = None, chat: ChatModelSettings | None = None
+    ) -> ChatClient:
+        """A client for models.chat, or for `chat` (e.g. models.judge, or a fine-tuned model's settings)."""
+        cache = LlmCache(self.cache_path(settings)) if settings.models.use_cache else None
+        return chat_client(
+            chat or settings.models.chat,
+            prices=settings.models.prices,
+            cache=cache,
+            budget_usd=settings.budget.max_usd,
+            lora_path=lora_path,
+        )

