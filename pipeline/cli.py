@@ -9,6 +9,9 @@ import time
 import warnings
 from pathlib import Path
 
+from mebot.pipeline.deploy.commands import add_commands as add_deploy_commands
+from mebot.pipeline.deploy.commands import deployment_home
+from mebot.pipeline.deploy.commands import run_command as run_deploy_command
 from mebot.pipeline.supervise import is_supervised, run_supervised
 from mebot.resources.settings import CONFIG_ENV_VAR, PROJECT_ROOT, SettingsError, load_settings
 
@@ -21,7 +24,8 @@ def _prepare_environment(config: Path) -> None:
 
     load_dotenv(PROJECT_ROOT / ".env")
     os.environ[CONFIG_ENV_VAR] = str(config)
-    home = Path(os.environ.get(DAGSTER_HOME_ENV_VAR) or PROJECT_ROOT).resolve()
+    # MEBOT_DEPLOY=celery: that deployment's instance (pipeline/deploy/celery/dagster.yaml, PostgreSQL)
+    home = Path(os.environ.get(DAGSTER_HOME_ENV_VAR) or deployment_home() or PROJECT_ROOT).resolve()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
     # Every process started from here (Dagster's run workers and step processes included) prints the Python stack
@@ -72,18 +76,23 @@ def print_leaderboard() -> None:
     """The models side by side, when `leaderboard` has been materialized (the end of `make run`)."""
     import pandas as pd
 
-    from mebot.assets.evaluation.reports import summary_markdown
-    from mebot.pipeline.definitions import data_dir_from_env
+    from mebot.assets.evaluation.reports import golden_markdown, summary_markdown
+    from mebot.resources.layout import DataLayout
 
-    path = data_dir_from_env() / "leaderboard.parquet"
+    path = DataLayout.from_env().asset("leaderboard")
     if path.is_file():
+        board = pd.read_parquet(path)
         print(f"\nleaderboard ({path}; every metric with its 95% interval there):\n")
-        print(summary_markdown(pd.read_parquet(path)))
+        golden = golden_markdown(board)  # first: facts a person wrote, no judge needed
+        if golden:
+            print(golden + "\n")
+        print(summary_markdown(board))
 
 
 def cmd_ask(config: Path, question: str, model: str, k: int | None, as_json: bool) -> int:
     import json
 
+    from mebot.assets.index.extractive import EXTRACTIVE_MODEL, ExtractiveBot
     from mebot.assets.index.rag import RagAnswer
     from mebot.pipeline.definitions import build_definitions, data_dir_from_env
     from mebot.pipeline.server.models import RAG_MODEL, ModelRegistry
@@ -94,6 +103,8 @@ def cmd_ask(config: Path, question: str, model: str, k: int | None, as_json: boo
         registry.check(model)
         if model == RAG_MODEL:
             answer = registry.bot.ask(question, k=k)
+        elif model == EXTRACTIVE_MODEL:  # the best sentences quoted with their pages, no LLM
+            answer = ExtractiveBot(registry.bot).ask(question, k=k)
         else:
             reply = registry.answer(model, question)
             answer = RagAnswer(question=question, answer=reply.text, sources=[], model=model)
@@ -133,6 +144,32 @@ def cmd_serve(config: Path, host: str | None, port: int | None) -> int:
     from mebot.pipeline.server.app import serve
 
     return serve(config, host, port)
+
+
+def cmd_eval_golden(settings, path: Path, golden_path: str, as_json: bool) -> int:
+    """Score a bring-your-own answers file (question, model, answer; optional sources) against golden questions;
+    print the golden figures per model and the rows that match no golden question."""
+    import json
+
+    from mebot.assets.evaluation.external import ExternalAnswersError
+    from mebot.assets.evaluation.golden import GoldenFileError, load_golden
+    from mebot.assets.evaluation.golden_assets import golden_file_report, read_golden_answers
+
+    if not golden_path.strip():
+        print("mebot: --golden: no golden file (eval.golden_path is empty); pass --golden PATH", file=sys.stderr)
+        return 2
+    try:
+        golden = load_golden(settings.resolve_path(golden_path))
+        answers = read_golden_answers(path)
+        report = golden_file_report(answers, golden, settings.eval, settings.rag.top_k)
+    except (GoldenFileError, ExternalAnswersError, ValueError, OSError) as exc:
+        print(f"mebot: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps({"file": str(path), **report["json"]}, indent=2))
+    else:
+        print(report["markdown"])
+    return 0
 
 
 def cmd_eval(settings, path: Path, as_json: bool, out: Path | None) -> int:
@@ -183,11 +220,16 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--port", type=int, default=3000)
     ask = commands.add_parser("ask", help="ask the bot a question; prints the answer and its sources")
     ask.add_argument("question")
-    ask.add_argument("--model", default="rag", help="rag, or ft-<sweep key> for a fine-tuned model")
+    ask.add_argument(
+        "--model",
+        default="rag",
+        help="rag, extractive (the best sentences quoted, no LLM), or ft-<sweep key> for a fine-tuned model",
+    )
     ask.add_argument("--k", type=int, default=None, help="chunks to retrieve (default: rag.top_k)")
     ask.add_argument("--json", action="store_true", help='print {"answer": ..., "sources": [...]} as JSON')
     commands.add_parser("check-config", help="validate the settings file and print it")
     commands.add_parser("smoke", help="check that the local models run on this machine (generate, embed)")
+    add_deploy_commands(commands)  # worker, sweep: pipeline/deploy/commands.py
     serve = commands.add_parser("serve", help="serve the bot: web page, /api, OpenAI-compatible /v1 (uvicorn)")
     serve.add_argument("--host", default=None, help="address to listen on (default: serve.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000)")
@@ -197,6 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("file", type=Path, help="answers: question, reference, model, answer (see README)")
     evaluate.add_argument("--json", action="store_true", help="print the leaderboard and pairwise tables as JSON")
     evaluate.add_argument("--out", type=Path, default=None, help="also write scores and leaderboard files here")
+    evaluate.add_argument(
+        "--golden",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="score the file (question, model, answer; optional sources) against golden questions instead: "
+        "fact accuracy, refusals, retrieval per model (PATH default: eval.golden_path)",
+    )
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(raw_argv)
 
@@ -206,12 +257,20 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"mebot: {exc}", file=sys.stderr)
         return 2
+    if args.command == "eval" and args.golden is not None:  # no Dagster, no models run
+        if args.out is not None:
+            print("mebot: eval --golden prints its figures and writes nothing; leave out --out", file=sys.stderr)
+            return 2
+        return cmd_eval_golden(settings, args.file, args.golden or settings.eval.golden_path, args.json)
     if args.command == "eval":  # no Dagster, no models run: nothing to prepare
         return cmd_eval(settings, args.file, args.json, args.out)
     if args.command in ("ask", "serve", "run") and not is_supervised():
         # the work happens in a child, so that a death by signal (SIGILL, SIGKILL) is explained
         return run_supervised([sys.executable, "-m", "mebot.pipeline.cli", *raw_argv], f"{args.command}: the process")
     _prepare_environment(config)
+    deployed = run_deploy_command(args, config, settings)
+    if deployed is not None:
+        return deployed
     if args.command == "check-config":
         print(settings.model_dump_json(indent=2))
         return 0

@@ -13,6 +13,7 @@ from mebot.assets.finetune.dataset import FinetuneFiles
 from mebot.assets.index import defs as index
 from mebot.assets.ingest import defs as ingest
 from mebot.assets.qa import defs as qa
+from mebot.pipeline.deploy import active_deployment
 from mebot.pipeline.jobs import automation_sensor, build_jobs, recrawl_schedule, with_automation
 from mebot.resources.chat import ChatModelResource
 from mebot.resources.crawler import ScrapyCrawler
@@ -68,10 +69,12 @@ def build_definitions(config_path: str | Path | None = None, data_dir: str | Pat
     settings = load_settings(config)
     assets, checks = build_assets(settings)
     data = DataLayout(Path(data_dir).resolve()) if data_dir else DataLayout.from_env()
+    deployment = active_deployment()  # $MEBOT_DEPLOY: the executor of finetune/evaluate, the LLM cache's home
+    deployment.check_environment()
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=build_jobs(settings),
+        jobs=build_jobs(settings, deployment.executor_def()),
         schedules=[recrawl_schedule(settings)],
         sensors=[automation_sensor],
         resources={
@@ -80,7 +83,7 @@ def build_definitions(config_path: str | Path | None = None, data_dir: str | Pat
             "crawler": ScrapyCrawler(),
             "embedder": EmbedderResource(cache_dir=str(data.cache_dir)),
             "index_store": VectorIndexResource(index_dir=str(data.index_dir)),
-            "chat_model": ChatModelResource(cache_dir=str(data.cache_dir)),
+            "chat_model": ChatModelResource(cache_dir=str(data.cache_dir), cache_url=deployment.llm_cache_url()),
             "finetune_files": FinetuneFiles(base_dir=str(data.finetune_dir)),
             "model_store": ModelStore(base_dir=str(data.models_dir)),
             "eval_reports": EvalReports(base_dir=str(data.root)),
@@ -88,4 +91,8 @@ def build_definitions(config_path: str | Path | None = None, data_dir: str | Pat
     )
 
 
-defs = build_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location workspace.yaml loads: built when Dagster loads it (from $MEBOT_CONFIG or mebot.yaml),
+    not when this module is imported."""
+    return build_definitions()

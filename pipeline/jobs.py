@@ -48,19 +48,24 @@ def parallel_executor(settings: Settings) -> dg.ExecutorDefinition:
     )
 
 
-def build_jobs(settings: Settings) -> list[dg.UnresolvedAssetJobDefinition]:
-    """`ingest`, `finetune` (questions → datasets → one run per sweep point) and `evaluate`."""
+def build_jobs(
+    settings: Settings, executor_def: dg.ExecutorDefinition | None = None
+) -> list[dg.UnresolvedAssetJobDefinition]:
+    """`ingest`, `finetune` (questions → datasets → one run per sweep point) and `evaluate`. `executor_def` runs
+    the steps of `finetune` and `evaluate` (default: `parallel_executor`; the celery deployment's executor sends
+    them to workers, pipeline/deploy/)."""
+    executor_def = executor_def or parallel_executor(settings)
     finetune_job = dg.define_asset_job(
         "finetune",
         selection=FINETUNE_SELECTION,
-        executor_def=parallel_executor(settings),
+        executor_def=executor_def,
         description="Write questions, build the training files and fine-tune one sweep point per partition. "
         "Costs money (hosted) or CPU hours: never started automatically. Backfill all partitions to run the sweep.",
     )
     evaluate_job = dg.define_asset_job(
         "evaluate",
         selection=EVALUATION_SELECTION,
-        executor_def=parallel_executor(settings),
+        executor_def=executor_def,
         description="Answer the held-out questions with a model (partition) and score the answers.",
     )
     return [ingest_job, finetune_job, evaluate_job]

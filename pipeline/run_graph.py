@@ -33,11 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._time import get_current_datetime
 
 from mebot.pipeline.run_report import summary_lines, user_error_message
+from mebot.pipeline.staleness import Freshness
 from mebot.resources.cpu_share import THREADS_FILE_ENV, cpu_cores, write_threads_file
 from mebot.resources.process_death import death_message, oom_kill_count
 
@@ -187,16 +185,6 @@ def plan_units(
     return Plan(order, inputs, height, roots)
 
 
-def stale_status_resolver(instance: dg.DagsterInstance, graph) -> CachingStaleStatusResolver:
-    """The resolver behind the UI's "Unsynced" (stale) status; a new one after each run, which changes it."""
-    view = AssetGraphView(
-        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-        instance=instance,
-        asset_graph=graph,
-    )
-    return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
-
-
 def materialize_unit(defs: dg.Definitions, instance: dg.DagsterInstance, unit: Unit) -> Outcome:
     """One Dagster run of `unit` in this process; never raises for a failure inside the run."""
 
@@ -334,7 +322,7 @@ class Scheduler:
 
     def settle(self) -> None:
         """Move pending units whose inputs are all finished to ready, skipped-fresh or skipped-failed."""
-        resolver = stale_status_resolver(self.instance, self.graph)
+        freshness = Freshness(self.instance, self.graph)
         for unit in self.plan.units:  # dependency order: a skipped unit settles what reads it in the same pass
             if self.state[unit] != PENDING:
                 continue
@@ -348,11 +336,7 @@ class Scheduler:
                 self.out(f"  {line}")
                 self.report.skipped_failed.append(line)
                 self.report.success = False
-            elif (
-                not self.force
-                and unit not in self.plan.roots
-                and resolver.get_status(unit.key, unit.partition) == StaleStatus.FRESH
-            ):
+            elif not self.force and unit not in self.plan.roots and freshness.is_fresh(unit.key, unit.partition):
                 self.state[unit] = FRESH
                 self.report.skipped_fresh.append(unit.label)
                 self.out(f"  fresh, skipped (--force rebuilds them): {unit.label}")

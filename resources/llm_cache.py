@@ -6,12 +6,19 @@ commits at once: a run killed halfway keeps every call that finished, and the re
 
 SQLite in WAL mode lets several processes (Dagster's multiprocess executor) read while one writes; inside one
 process a lock serialises use of the single connection, so threads can share an `LlmCache`.
+
+Workers on several machines share one PostgreSQL instead (`PostgresLlmCache`, the same interface and the same
+key; SQLite on a network file system is not safe with several writers): `open_llm_cache` picks the backend from
+where the cache lives, a path (SQLite, the default) or a PostgreSQL URL.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import socket
 import sqlite3
 import threading
 import time
@@ -80,3 +87,81 @@ class LlmCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ------------------------------------------------------------------------------------------------ PostgreSQL
+
+POSTGRES_TABLE = "mebot_llm_calls"
+_POSTGRES_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {POSTGRES_TABLE} (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    writes INTEGER NOT NULL DEFAULT 1,
+    written_by TEXT NOT NULL DEFAULT ''
+)
+"""
+# Serialises the CREATE TABLE of processes that open the cache at the same moment (PostgreSQL's IF NOT EXISTS is
+# not safe against a concurrent create); any constant works, this one is "mebot" in ASCII.
+_SCHEMA_LOCK_ID = 0x6D65626F74
+
+
+def is_postgres_url(location: str | Path) -> bool:
+    """`postgresql://...`, `postgres://...` or SQLAlchemy's spelling with a driver, `postgresql+psycopg2://...`."""
+    return re.match(r"^postgres(ql)?(\+\w+)?://", str(location)) is not None
+
+
+def libpq_url(url: str) -> str:
+    """`url` as libpq (psycopg2) reads it: SQLAlchemy's driver name taken out of the scheme."""
+    return re.sub(r"^postgres(ql)?\+\w+://", "postgresql://", url)
+
+
+def open_llm_cache(location: str | Path) -> LlmCache:
+    """The cache at `location`: a PostgreSQL URL (PostgresLlmCache) or a file path (SQLite, LlmCache)."""
+    return PostgresLlmCache(str(location)) if is_postgres_url(location) else LlmCache(Path(location))
+
+
+class PostgresLlmCache(LlmCache):
+    """The LLM call cache in PostgreSQL: one row per finished call in table `mebot_llm_calls`, for workers on
+    several machines. Same interface and same key (`LlmCache.key`) as the SQLite cache; each `put` commits before
+    it returns. Besides the value, a row records when it was written, by which host and process (`written_by`),
+    and how many times (`writes`: 1 unless a call was computed again, which a re-run should never do)."""
+
+    def __init__(self, url: str):  # noqa: D107 - no SQLite file: the parent's constructor is not used
+        import psycopg2  # the `scale` extra; imported here so that SQLite users need none of it
+
+        self.url = url
+        self._lock = threading.Lock()
+        self._writer = f"{socket.gethostname()}:{os.getpid()}"
+        self._conn = psycopg2.connect(libpq_url(url), connect_timeout=30, application_name="mebot-llm-cache")
+        with self._lock, self._conn:  # one transaction: the advisory lock is held until the table exists
+            with self._conn.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_ID,))
+                cursor.execute(_POSTGRES_SCHEMA)
+        self._conn.autocommit = True  # from here on every statement is its own committed transaction
+
+    def _one(self, sql: str, args: tuple = ()) -> tuple | None:
+        with self._lock, self._conn.cursor() as cursor:
+            cursor.execute(sql, args)
+            return cursor.fetchone() if cursor.description else None
+
+    def get(self, key: str) -> dict | None:
+        row = self._one(f"SELECT value FROM {POSTGRES_TABLE} WHERE key = %s", (key,))
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: str, value: dict) -> None:
+        """Store (or replace) one call's result; committed before this returns."""
+        self._one(
+            f"INSERT INTO {POSTGRES_TABLE} (key, value, created_at, writes, written_by) VALUES (%s, %s, %s, 1, %s) "
+            f"ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, created_at = EXCLUDED.created_at, "
+            f"writes = {POSTGRES_TABLE}.writes + 1, written_by = EXCLUDED.written_by",
+            (key, canonical_json(value), time.time(), self._writer),
+        )
+
+    def __len__(self) -> int:
+        row = self._one(f"SELECT COUNT(*) FROM {POSTGRES_TABLE}")
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

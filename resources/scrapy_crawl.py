@@ -1,8 +1,10 @@
 """The Scrapy crawl itself, run as `python -m mebot.resources.scrapy_crawl JOB.json OUT.jsonl` in a subprocess.
 
 Twisted's reactor cannot be restarted inside one process, so every crawl gets a fresh process. The spider
-records what it saw and nothing more: one JSON line per fetched page (any status), per skipped link (with the
-reason) and per robots.txt. Turning pages into text is the pipeline's job (assets/crawl.py).
+records what it saw and nothing more: one JSON line per fetched page (any status, with its X-Robots-Tag header
+when it has one), per skipped link (with the reason) and per robots.txt. Turning pages into text, and deciding
+which pages are listings or ask not to be indexed, is the pipeline's job (assets/ingest/crawl.py). The spider
+only honours `nofollow` (robots meta tag or X-Robots-Tag for every robot or ours): it follows no link of such a page.
 
 Progress goes to stdout as `PROGRESS {json}` lines, which the parent relays to the Dagster log.
 """
@@ -48,6 +50,23 @@ def _now() -> str:
 def _extension(url: str) -> str:
     name = urlsplit(url).path.rsplit("/", 1)[-1]
     return ("." + name.rsplit(".", 1)[-1].lower()) if "." in name else ""
+
+
+def robots_nofollow(meta_contents: list[str], header_values: list[str], user_agent: str) -> bool:
+    """Whether the page's robots meta tags or X-Robots-Tag headers (for every robot, or for our product token)
+    say `nofollow` (or `none`)."""
+    token = user_agent.split("/", 1)[0].strip().lower()
+    values = list(meta_contents)
+    for value in header_values:
+        robot, colon, rest = value.partition(":")
+        robot = robot.strip().lower()
+        if colon and robot and " " not in robot and robot != "unavailable_after":
+            if robot == token:
+                values.append(rest)
+        else:
+            values.append(value)
+    directives = {part.strip().lower() for value in values for part in value.split(",")}
+    return bool(directives & {"nofollow", "none"})
 
 
 def failure_reason(failure: Any) -> str:
@@ -135,11 +154,17 @@ class SiteSpider(scrapy.Spider):
             return
         if self.counts["pages"] >= self.job["max_pages"]:
             return  # a response still in flight when the cap was reached
+        x_robots = [v.decode("latin-1") for v in response.headers.getlist("X-Robots-Tag")]
+        if x_robots:
+            record["x_robots_tag"] = "\n".join(x_robots)
         self.write({**record, "html": response.text if response.status < 400 else ""})
         if self.counts["pages"] >= self.job["max_pages"]:
             raise CloseSpider("max_pages")
         if response.status >= 400:
             return
+        meta_robots = response.xpath("//meta[translate(@name, 'ROBTS', 'robts') = 'robots']/@content").getall()
+        if robots_nofollow(meta_robots, x_robots, self.job["user_agent"]):
+            return  # the page asks robots not to follow its links
         for link in self._links.extract_links(response):
             url = link.url
             if not self._is_allowed_domain(url):

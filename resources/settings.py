@@ -49,6 +49,12 @@ class SiteSettings(_Section):
         default_factory=lambda: [r"/tags?/", r"/categor(y|ies)/", r"/page/\d+"],
         description="Regexes for listing pages: followed for their links but not kept as content.",
     )
+    detect_listings: bool = Field(
+        True,
+        description="Also recognise listing pages by their structure (followed, not kept): pages that repeat the "
+        "openings or descriptions of other pages (excerpts), and pages that are mostly links to the site's pages "
+        "(never an og:type article). See assets/ingest/crawl.py.",
+    )
     max_pages: int = Field(500, ge=1, description="Stop the crawl after this many responses.")
     download_delay: float = Field(0.25, ge=0, le=60, description="Seconds between requests to one site.")
     obey_robots_txt: bool = True
@@ -135,9 +141,39 @@ class RagSettings(_Section):
     chunk_tokens: int = Field(900, ge=50, le=8000, description="Chunk size in cl100k_base tokens.")
     overlap_tokens: int = Field(100, ge=0, description="Tokens shared by neighbouring chunks.")
     top_k: int = Field(4, ge=1, le=50, description="Chunks retrieved per question.")
+    retrieval: Literal["hybrid", "dense"] = Field(
+        "hybrid",
+        description="How chunks are ranked: hybrid = BM25 and the vector index fused by reciprocal rank (names and "
+        "numbers); dense = the vector index alone (the original).",
+    )
+    context: Literal["sentences", "chunks"] = Field(
+        "sentences",
+        description="What the prompt gets: sentences = the best sentences of the retrieved chunks with their "
+        "neighbours, labelled by page (small models); chunks = the whole retrieved chunks (the original).",
+    )
+    context_sentences: int = Field(1, ge=1, le=100, description="sentences: how many best sentences to take.")
+    context_neighbours: int = Field(
+        2, ge=0, le=20, description="sentences: sentences taken either side of each best sentence, on its page."
+    )
+    context_tokens: int = Field(
+        400, ge=20, le=100_000, description="sentences: the most chat-model tokens of context (whole sentences)."
+    )
+    extractive_sentences: int = Field(
+        2, ge=1, le=20, description="The extractive model (no LLM) quotes this many best sentences."
+    )
+    extractive_neighbours: int = Field(
+        1, ge=0, le=10, description="The extractive model quotes this many sentences either side of each."
+    )
+    extractive_min_score: float = Field(
+        0.35,
+        ge=-1,
+        le=1,
+        description="The extractive model declines when no top-3 sentence has at least this cosine similarity "
+        "with the question (0.35: 5 of 6 unanswerable sample-site questions declined, no answerable one).",
+    )
     prompt: str = Field(DEFAULT_RAG_PROMPT, description="Template with {persona_name}, {context} and {question}.")
-    temperature: float = Field(0.2, ge=0, le=2)
-    max_tokens: int = Field(256, ge=1, le=8192, description="Longest answer, in tokens.")
+    temperature: float = Field(0.0, ge=0, le=2, description="0: greedy, the same answer every time.")
+    max_tokens: int = Field(128, ge=1, le=8192, description="Longest answer, in tokens (the prompt asks < 100 words).")
     max_question_chars: int = Field(2000, ge=10, le=100_000)
     ivf_min_vectors: int = Field(
         50_000, ge=1000, description="From this many vectors on, the index is IVF (approximate) instead of flat."
@@ -170,11 +206,50 @@ class RagSettings(_Section):
 
 # The original asked "Write a concise question in as few words as possible to the author in the second person
 # that has the following TEXT as the answer." before the text. The bundled 135M model then wrote a question
-# for 1 passage in 24 (it continues the passage); with the instruction after the text, for 2 in 3.
+# for 1 passage in 24 (it continues the passage); with the instruction after the text, for 2 in 3. Asking for
+# "a name, place, number or thing the TEXT mentions" (with the few-shot examples below and the question grammar)
+# took the questions kept past the quality gates on the sample site from 18 to 23 of 32 (assets/qa/questions.py).
 DEFAULT_QA_PROMPT = (
     '### TEXT ###\n{passage}\n\nWrite one short question, addressed to the author as "you", that the TEXT above '
-    "answers. Reply with the question only."
+    "answers. Ask about a name, place, number or thing the TEXT mentions. Reply with the question only."
 )
+# The original bot's prompt, as it was: `qa.prompt: original` selects it.
+ORIGINAL_QA_PROMPT = (
+    "Write a concise question in as few words as possible to the author in the second person that has the "
+    "following TEXT as the answer.\n\n### TEXT ###\n{passage}"
+)
+QA_PROMPT_PRESETS = {"original": ORIGINAL_QA_PROMPT}
+
+
+def resolve_qa_prompt(prompt: str) -> str:
+    """qa.prompt as a template: a preset's text ("original"), or the template itself."""
+    return QA_PROMPT_PRESETS.get(prompt.strip(), prompt)
+
+
+class FewShotExample(_Section):
+    passage: str = Field(min_length=1)
+    question: str = Field(min_length=1)
+
+
+# Shown to the question writer as earlier turns of the conversation (about someone else than the site's person,
+# so no example question leaks into the site's questions): each asks about something the passage names.
+DEFAULT_QA_FEW_SHOT = [
+    FewShotExample(
+        passage="I have kept bees at the bottom of the garden since 2016: two hives of Buckfast bees. The stronger "
+        "colony gave 22 kg of honey last August, most of it from the lime trees along the canal.",
+        question="How much honey did your stronger hive give last August?",
+    ),
+    FewShotExample(
+        passage="After nine years of teaching physics at a secondary school in Leeds, I moved into software in "
+        "2019, starting as a junior developer at a small firm that builds booking systems for dentists.",
+        question="What did you teach before you moved into software?",
+    ),
+    FewShotExample(
+        passage="My favourite walk is the ridge from Cat Bells to Dale Head: about eight miles on good paths, with "
+        "Derwentwater below you for the first hour and hardly anyone about after Maiden Moor.",
+        question="Which ridge walk is your favourite?",
+    ),
+]
 
 
 class QaSettings(_Section):
@@ -188,7 +263,40 @@ class QaSettings(_Section):
     passage: Literal["chunk", "longest_paragraph"] = Field(
         "chunk", description="The answer passage: the whole chunk, or its longest paragraph (the original's choice)."
     )
-    prompt: str = Field(DEFAULT_QA_PROMPT, description="Question-writing prompt; {passage} is the answer passage.")
+    prompt: str = Field(
+        DEFAULT_QA_PROMPT,
+        description="Question-writing prompt; {passage} is the answer passage. `original`: the original bot's "
+        "prompt as it was (instruction first).",
+    )
+    few_shot: list[FewShotExample] = Field(
+        default_factory=lambda: list(DEFAULT_QA_FEW_SHOT),
+        description="Example passages with their question, shown as earlier turns (the prompt filled with each "
+        "passage, answered by its question); [] asks without examples.",
+    )
+    constrained: bool = Field(
+        True,
+        description="llama_cpp: a grammar makes the output one question (starts like one, ends at its '?'); "
+        "an OpenAI-compatible server gets the prompt alone.",
+    )
+    gates: list[Literal["names_passage", "not_template", "roundtrip"]] = Field(
+        default_factory=lambda: ["names_passage", "not_template", "roundtrip"],
+        description="Quality gates a question must pass (assets/qa/gates.py); a failed one is retried once with "
+        "another seed, then dropped and counted. []: keep any question.",
+    )
+    template_similarity: float = Field(
+        0.7,
+        gt=0,
+        le=1,
+        description="not_template: a question whose embedding is this close (cosine) to a generic template "
+        "('What is the text above?') is rejected.",
+    )
+    roundtrip_k: int = Field(
+        4,
+        ge=1,
+        le=100,
+        description="roundtrip: retrieving with the question among all qa_chunks passages must put a passage of its "
+        "own page in the top k.",
+    )
     max_passages: int = Field(
         16,
         ge=0,
@@ -216,9 +324,18 @@ class QaSettings(_Section):
     @field_validator("prompt")
     @classmethod
     def _prompt_has_passage(cls, prompt: str) -> str:
-        if "{passage}" not in prompt:
-            raise ValueError("the question-writing prompt must contain {passage}")
+        if "{passage}" not in resolve_qa_prompt(prompt):
+            raise ValueError(
+                f"the question-writing prompt must contain {{passage}} or be a preset ({', '.join(QA_PROMPT_PRESETS)})"
+            )
         return prompt
+
+    @field_validator("gates")
+    @classmethod
+    def _gates_do_not_repeat(cls, gates: list[str]) -> list[str]:
+        if len(set(gates)) != len(gates):
+            raise ValueError(f"gates repeat: {gates}")
+        return gates
 
     @model_validator(mode="after")
     def _fractions_fit(self) -> QaSettings:
@@ -287,6 +404,14 @@ class ModelsSettings(_Section):
     judge: ChatModelSettings = Field(
         default_factory=ChatModelSettings, description="The evaluation's LLM judge (same keys as chat)."
     )
+    judge_logprob: ChatModelSettings | None = Field(
+        None,
+        description="The judge whose score-token probabilities give the expected score (eval.judge_methods "
+        "logprob); null: models.judge. It needs logprobs.",
+    )
+    judge_direct: ChatModelSettings | None = Field(
+        None, description="The judge whose written score is the direct score; null: models.judge."
+    )
     use_cache: bool = Field(True, description="Reuse earlier identical LLM calls from data/cache/.")
     prices: dict[str, Price] = Field(
         default_factory=lambda: {
@@ -298,14 +423,65 @@ class ModelsSettings(_Section):
     )
 
 
-class SweepSettings(_Section):
-    """A grid: every combination of these values is one fine-tuning job (one `finetuned_models` partition)."""
+class SweepPointSettings(_Section):
+    """One explicit sweep point (`finetune.sweep.points`), e.g. `{n_epochs: 4, learning_rate_multiplier: 0.2,
+    batch_size: 1}`: one fine-tuning job beside the grid's."""
 
-    n_epochs: list[int] = Field(default_factory=lambda: [1], min_length=1)
-    batch_size: list[int] = Field(default_factory=lambda: [2], min_length=1)
-    learning_rate_multiplier: list[float] = Field(default_factory=lambda: [0.5, 2.0], min_length=1)
-    lora_r: list[int] = Field(default_factory=lambda: [8], min_length=1, description="local_lora only.")
-    lora_alpha: list[int] = Field(default_factory=lambda: [16], min_length=1, description="local_lora only.")
+    n_epochs: int = Field(ge=1)
+    learning_rate_multiplier: float = Field(gt=0, le=100)
+    batch_size: int = Field(ge=1)
+    lora_r: int = Field(8, ge=1, description="local_lora only.")
+    lora_alpha: int = Field(16, ge=1, description="local_lora only.")
+
+
+class SweepSettings(_Section):
+    """The fine-tuning jobs (one `finetuned_models` partition each): every combination of the grid's values, then
+    the explicit `points`. An empty grid list turns the grid off (only the points run)."""
+
+    n_epochs: list[int] = Field(default_factory=lambda: [1])
+    batch_size: list[int] = Field(default_factory=lambda: [2])
+    learning_rate_multiplier: list[float] = Field(default_factory=lambda: [0.5, 2.0])
+    lora_r: list[int] = Field(default_factory=lambda: [8], description="local_lora only.")
+    lora_alpha: list[int] = Field(default_factory=lambda: [16], description="local_lora only.")
+    points: list[SweepPointSettings] = Field(
+        default_factory=list,
+        description="Explicit points beside the grid, each {n_epochs, learning_rate_multiplier, batch_size} "
+        "(lora_r 8 and lora_alpha 16 unless given).",
+    )
+
+    def grid_points(self) -> list[SweepPoint]:
+        """Every combination of the grid's values, in a stable order (none when a list is empty)."""
+        return [
+            SweepPoint(n_epochs=e, batch_size=b, learning_rate_multiplier=lr, lora_r=r, lora_alpha=a)
+            for e in self.n_epochs
+            for b in self.batch_size
+            for lr in self.learning_rate_multiplier
+            for r in self.lora_r
+            for a in self.lora_alpha
+        ]
+
+    def all_points(self) -> list[SweepPoint]:
+        """The grid's points, then the explicit points in the order given."""
+        return self.grid_points() + [SweepPoint(**point.model_dump()) for point in self.points]
+
+    @model_validator(mode="after")
+    def _points_are_distinct(self) -> SweepSettings:
+        grid = self.grid_points()
+        seen: dict[str, str] = {point.key: "a point of the grid" for point in grid}
+        for number, point in enumerate(self.points):
+            key = SweepPoint(**point.model_dump()).key
+            if key in seen:
+                raise ValueError(
+                    f"points[{number}] ({key}) repeats {seen[key]}: every sweep point is one job and one partition "
+                    "key, so give each once"
+                )
+            seen[key] = f"points[{number}]"
+        if not seen:
+            raise ValueError(
+                "the sweep has no point: the grid is off (one of its lists is empty) and points is empty; give "
+                "grid values or points, e.g. points: [{n_epochs: 4, learning_rate_multiplier: 0.2, batch_size: 1}]"
+            )
+        return self
 
     @field_validator("n_epochs", "batch_size", "lora_r", "lora_alpha")
     @classmethod
@@ -384,8 +560,22 @@ class OpenAIFinetuneSettings(_Section):
 
 class FinetuneSettings(_Section):
     backend: Literal["local_lora", "openai"] = "local_lora"
-    prompt_separator: str = Field("\n\n###\n\n", min_length=1, description="Ends every legacy-format prompt.")
     completion_stop: str = Field(" END", min_length=1, description="Ends every completion; the stop sequence.")
+    answer_temperature: float = Field(0.2, ge=0, le=2, description="Sampling temperature of fine-tuned answers.")
+    answer_max_tokens: int = Field(256, ge=1, le=8192, description="Longest fine-tuned answer, in tokens.")
+    answer_repeat_penalty: float = Field(
+        1.3,
+        ge=1,
+        le=3,
+        description="llama_cpp: penalty on tokens of the last 64 (1.0: none); stops a fine-tuned model repeating a "
+        "sentence until max_tokens.",
+    )
+    answer_frequency_penalty: float = Field(
+        0.5,
+        ge=-2,
+        le=2,
+        description="Penalty per earlier occurrence of a token (OpenAI-compatible servers; llama.cpp too).",
+    )
     system_prompt: str = Field(
         "You are {persona_name}. Answer questions about yourself and your writing in your own voice.",
         description="System message of the chat-format examples.",
@@ -396,16 +586,9 @@ class FinetuneSettings(_Section):
     openai: OpenAIFinetuneSettings = Field(default_factory=OpenAIFinetuneSettings)
 
     def sweep_points(self) -> list[SweepPoint]:
-        """Every grid point, in a stable order; their keys are the `finetuned_models` partitions."""
-        grid = self.sweep
-        return [
-            SweepPoint(n_epochs=e, batch_size=b, learning_rate_multiplier=lr, lora_r=r, lora_alpha=a)
-            for e in grid.n_epochs
-            for b in grid.batch_size
-            for lr in grid.learning_rate_multiplier
-            for r in grid.lora_r
-            for a in grid.lora_alpha
-        ]
+        """Every sweep point, in a stable order (the grid's, then `sweep.points`); their keys are the
+        `finetuned_models` partitions."""
+        return self.sweep.all_points()
 
 
 DEFAULT_JUDGE_PROMPT = (
@@ -432,6 +615,11 @@ class EvalSettings(_Section):
         default_factory=lambda: ["logprob", "direct"],
         min_length=1,
         description="logprob: expected score over the score tokens' probabilities; direct: the number it writes.",
+    )
+    judge_constrained: bool = Field(
+        True,
+        description="The judge can only answer with a score 0-10: a grammar on llama_cpp, a JSON schema (structured "
+        "outputs) on an OpenAI-compatible server. false: free text, as the original.",
     )
     tie_epsilon: float = Field(0.5, ge=0, le=10, description="Judge scores closer than this are a tie (pairwise).")
     rouge_stemmer: bool = Field(True, description="Porter-stem words before ROUGE matching.")

@@ -8,6 +8,8 @@ import sys
 import pandas as pd
 import pytest
 
+from tests.helpers import SAMPLE_SITE_QUESTIONS
+
 CHROME_PHRASES = ["Related posts", "Leave a comment", "Powered by a static site generator", "Recent posts"]
 
 
@@ -34,12 +36,17 @@ def test_the_whole_graph_ends_in_a_leaderboard_of_rag_and_every_sweep_point(defa
     for key in sweep:  # a real adapter per sweep point, trained and exported for llama.cpp
         assert (data / "models" / key / "adapter.gguf").stat().st_size > 10_000
     board = pd.read_parquet(data / "leaderboard.parquet")
-    assert list(board["model"]) == ["rag", *sweep]
+    assert list(board["model"]) == ["rag", "extractive", *sweep]
     assert board["n_answered"].min() >= 1
     for column in ("rouge1_f1", "rougeL_f1", "similarity", "judge_expected", "judge_logprob_validity_auc"):
         assert board[column].notna().all(), column
     assert (data / "leaderboard.csv").is_file()
     assert "leaderboard (" in result.stdout and "| rag " in result.stdout  # make run ends with the table
+    # the golden questions' figures come first in that table, for every model, with no judge
+    assert board["golden_fact_accuracy"].notna().all() and board["golden_refusal_accuracy"].notna().all()
+    assert board.set_index("model").loc["rag", "golden_hit_at_k"] >= 0  # rag retrieves; fine-tuned models do not
+    closing = result.stdout.rsplit("leaderboard (", 1)[1]
+    assert closing.index("Golden questions (2 answerable, 1 unanswerable") < closing.index("rouge1_f1")
 
 
 def test_mebot_ask_answers_with_a_finetuned_adapter_through_llama_cpp(default_run):
@@ -81,19 +88,6 @@ def test_sample_site_chunks_fit_the_token_limit_and_cover_every_page(default_run
     assert chunks["n_tokens"].max() <= 900
     assert set(chunks["url"]) == set(pages.loc[pages["status"] == 200, "url"])
     assert chunks["text"].str.contains("Brenda").any()
-
-
-# Facts that each live on one page of the sample site (see data/sample_site/).
-SAMPLE_SITE_QUESTIONS = {
-    "What is your sourdough starter called?": "/posts/weekday-sourdough/",
-    "How long does the reconciliation job take since you replaced Spark with DuckDB?": "/posts/spark-to-duckdb/",
-    "Where did you finish in the Dark Peak 160 sportive?": "/posts/dark-peak-160-sportive/",
-    "How much did your Raspberry Pi cloud sensor cost?": "/posts/raspberry-pi-cloud-sensor/",
-    "What sky brightness reading did you measure on La Palma?": "/posts/la-palma-dark-skies/",
-    "Who rode the Coast to Coast with you and how far was it?": "/posts/coast-to-coast-by-bike/",
-    "What do you think of data mesh?": "/posts/data-mesh-is-an-org-chart/",
-    "How many Airflow DAGs did Fernlight have when you left?": "/posts/leaving-fernlight/",
-}
 
 
 def test_retrieval_finds_the_page_that_holds_each_fact(default_run):
@@ -142,7 +136,10 @@ def test_mebot_ask_json_answers_with_the_right_page_among_its_sources(default_ru
     ("arguments", "message"),
     [
         (["   "], "the question is empty"),
-        (["--model", "ft-nope", "Who are you?"], "unknown model 'ft-nope'; the valid models are: rag, ft-e1-b2-lr0.5"),
+        (
+            ["--model", "ft-nope", "Who are you?"],
+            "unknown model 'ft-nope'; the valid models are: rag, extractive, ft-e1-b2-lr0.5",
+        ),
     ],
 )
 def test_mebot_ask_rejects_bad_input_with_a_clear_message(default_run, arguments, message):

@@ -4,7 +4,9 @@ Partitions: `rag` (retrieval + the chat model, `assets/index/rag.py` RagBot, exa
 server do) and one per point of `finetune.sweep` (the fine-tuned model of the same `finetuned_models` partition,
 asked in its training format by `assets/finetune/formats.py` ask_finetuned). The `rag` partition maps to no
 `finetuned_models` partition (a StaticPartitionMapping that leaves it out), so it never waits for fine-tuning.
-The partitions come from the settings the graph is built from (`model_answers_asset(settings)`).
+The partitions come from the settings the graph is built from (`model_answers_asset(settings)`). Every asset that
+asks the models (model_answers, golden_answers) asks them through `answer_with_model`: one answerer per model key
+(`model_answerer`), reading the settings in ANSWERER_SETTINGS.
 
 The questions are the `synthetic_qa` rows whose split is in `eval.splits`, at most `eval.max_questions` of them:
 a deterministic sample by a hash of qa_id, so every model answers the same questions and growing the sample only
@@ -14,14 +16,16 @@ an over-long question) is kept as a row with `error` set and no answer; the metr
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import dagster as dg
 import pandas as pd
 
+from mebot.assets.evaluation.loops import loop_rate
 from mebot.assets.finetune.dataset import sweep_partitions
 from mebot.assets.finetune.formats import adapter_chat_settings, ask_finetuned
+from mebot.assets.index.extractive import EXTRACTIVE_MODEL, ExtractiveBot
 from mebot.assets.index.rag import ModelOutputError, QuestionError, RagBot, clean_answer
 from mebot.assets.outputs import content_output
 from mebot.resources.chat import ChatClient, ChatModelResource
@@ -48,6 +52,33 @@ MODEL_ANSWER_COLUMNS = [
 ]
 
 
+# The settings every model key's answerer reads (model_answerer): the assets that ask models all read them.
+ANSWERER_SETTINGS = (
+    "rag.top_k",
+    "rag.retrieval",
+    "rag.context",
+    "rag.context_sentences",
+    "rag.context_neighbours",
+    "rag.context_tokens",
+    "rag.extractive_sentences",
+    "rag.extractive_neighbours",
+    "rag.extractive_min_score",
+    "rag.prompt",
+    "rag.temperature",
+    "rag.max_tokens",
+    "rag.max_question_chars",
+    "models.chat",
+    "models.embedding",
+    "persona",
+    "finetune.system_prompt",
+    "finetune.completion_stop",
+    "finetune.answer_temperature",
+    "finetune.answer_max_tokens",
+    "finetune.answer_repeat_penalty",
+    "finetune.answer_frequency_penalty",
+)
+
+
 class EmptyEvalSplitError(ValueError):
     """No question to evaluate on: the splits in eval.splits hold no synthetic_qa row."""
 
@@ -56,8 +87,9 @@ class EmptyEvalSplitError(ValueError):
 
 
 def model_keys(settings: Settings) -> list[str]:
-    """`rag`, then the sweep points' keys (the `finetuned_models` partitions)."""
-    return [RAG_MODEL, *sweep_partitions(settings).get_partition_keys()]
+    """`rag`, `extractive` (quotes, no LLM: the floor), then the sweep points' keys (the `finetuned_models`
+    partitions)."""
+    return [RAG_MODEL, EXTRACTIVE_MODEL, *sweep_partitions(settings).get_partition_keys()]
 
 
 def model_partitions(settings: Settings) -> dg.StaticPartitionsDefinition:
@@ -107,7 +139,7 @@ class Reply:
 Answerer = Callable[[str], Reply]
 
 
-def rag_answerer(bot: RagBot) -> Answerer:
+def rag_answerer(bot: RagBot | ExtractiveBot) -> Answerer:
     def ask(question: str) -> Reply:
         result = bot.ask(question)
         return Reply(
@@ -136,42 +168,51 @@ def finetuned_answerer(client: ChatClient, settings: Settings) -> Answerer:
     return ask
 
 
+REPLY_COLUMNS = ["answer", "sources", "prompt_tokens", "completion_tokens", "latency_s", "cached", "error"]
+
+
+def ask_each(
+    questions: Sequence[str], ask: Answerer, progress: Callable[[int, int], None] | None = None
+) -> pd.DataFrame:
+    """REPLY_COLUMNS, one row per question in order; a QuestionError or ModelOutputError is that row's `error`
+    (no answer, no sources)."""
+    rows = []
+    for done, question in enumerate(questions, start=1):
+        try:
+            reply = ask(question)
+        except (QuestionError, ModelOutputError) as exc:
+            rows.append([None, "[]", 0, 0, 0.0, False, f"{type(exc).__name__}: {exc}"])
+        else:
+            sources = json.dumps(reply.sources)
+            rows.append([reply.answer, sources, reply.prompt_tokens, reply.completion_tokens, reply.latency_s])
+            rows[-1] += [reply.cached, None]
+        if progress is not None:
+            progress(done, len(questions))
+    frame = pd.DataFrame(rows, columns=REPLY_COLUMNS)
+    return frame.astype(
+        {"prompt_tokens": "int64", "completion_tokens": "int64", "latency_s": "float64", "cached": "bool"}
+    )
+
+
+def _answers_frame(questions: pd.DataFrame, model: str, replies: pd.DataFrame) -> pd.DataFrame:
+    """MODEL_ANSWER_COLUMNS: the eval questions (qa_id, question, answer passage, url) beside their replies."""
+    asked = pd.DataFrame(
+        {
+            "qa_id": questions["qa_id"].to_numpy(),
+            "model": model,
+            "question": questions["question"].to_numpy(),
+            "reference": questions["answer"].to_numpy(),
+            "source_url": questions["url"].to_numpy(),
+        }
+    )
+    return pd.concat([asked, replies.reset_index(drop=True)], axis=1)[MODEL_ANSWER_COLUMNS]
+
+
 def answer_questions(
     questions: pd.DataFrame, model: str, ask: Answerer, progress: Callable[[int, int], None] | None = None
 ) -> pd.DataFrame:
     """MODEL_ANSWER_COLUMNS for every question; a QuestionError or ModelOutputError is that row's `error`."""
-    rows = []
-    total = len(questions)
-    for done, row in enumerate(questions.itertuples(index=False), start=1):
-        record = {
-            "qa_id": row.qa_id,
-            "model": model,
-            "question": row.question,
-            "reference": row.answer,
-            "source_url": row.url,
-        }
-        try:
-            reply = ask(row.question)
-        except (QuestionError, ModelOutputError) as exc:
-            record.update(answer=None, sources="[]", prompt_tokens=0, completion_tokens=0, latency_s=0.0)
-            record.update(cached=False, error=f"{type(exc).__name__}: {exc}")
-        else:
-            record.update(
-                answer=reply.answer,
-                sources=json.dumps(reply.sources),
-                prompt_tokens=reply.prompt_tokens,
-                completion_tokens=reply.completion_tokens,
-                latency_s=reply.latency_s,
-                cached=reply.cached,
-                error=None,
-            )
-        rows.append(record)
-        if progress is not None:
-            progress(done, total)
-    frame = pd.DataFrame(rows, columns=MODEL_ANSWER_COLUMNS)
-    return frame.astype(
-        {"prompt_tokens": "int64", "completion_tokens": "int64", "latency_s": "float64", "cached": "bool"}
-    )
+    return _answers_frame(questions, model, ask_each(questions["question"].tolist(), ask, progress))
 
 
 def finetuned_chat_settings(settings: Settings, row: pd.Series) -> tuple[ChatModelSettings, str | None]:
@@ -210,6 +251,65 @@ def answered_mask(answers: pd.Series, errors: pd.Series | None = None) -> pd.Ser
     return has_text if errors is None else has_text & errors.isna()
 
 
+@dataclass
+class ModelInputs:
+    """What asking any model key needs: the resources and the inputs (model_answers and golden_answers share it)."""
+
+    chat_model: ChatModelResource
+    embedder: EmbedderResource
+    index_store: VectorIndexResource
+    rag_chunks: pd.DataFrame
+    finetuned_models: pd.DataFrame | None
+
+
+@dataclass
+class ModelAnswerer:
+    """One model key, ready to be asked: its answerer, backend, chat client (identity, usage) and metadata."""
+
+    key: str
+    ask: Answerer
+    backend: str
+    client: ChatClient
+    metadata: dict[str, dg.MetadataValue] = field(default_factory=dict)
+
+
+def model_answerer(key: str, config: Settings, inputs: ModelInputs) -> ModelAnswerer:
+    """The answerer of one model key: `rag`, retrieval over the vector index + the chat model, with the sources;
+    a sweep key, that point's fine-tuned model, asked in its training format."""
+    if key in (RAG_MODEL, EXTRACTIVE_MODEL):
+        embedding_model = inputs.embedder.embedder(config)
+        index = inputs.index_store.load(expected_identity=embedding_model.identity)
+        client = inputs.chat_model.client(config)
+        cache = inputs.embedder.cache() if config.models.use_cache else None
+        bot = RagBot(config, embedding_model, index, inputs.rag_chunks, client, embedding_cache=cache)
+        metadata = {"index": dg.MetadataValue.text(str(index.path))}
+        if key == EXTRACTIVE_MODEL:  # `extractive`: the best sentences quoted, no LLM (assets/index/extractive.py)
+            metadata["chat_model"] = dg.MetadataValue.text("none (extractive quotes)")
+            return ModelAnswerer(key, rag_answerer(ExtractiveBot(bot)), EXTRACTIVE_MODEL, client, metadata)
+        return ModelAnswerer(key, rag_answerer(bot), "rag", client, metadata)
+    row = _finetuned_row(key, inputs.finetuned_models)
+    chat, lora_path = finetuned_chat_settings(config, row)
+    client = inputs.chat_model.client(config, lora_path=lora_path, chat=chat)
+    metadata = {"adapter": dg.MetadataValue.path(lora_path)} if lora_path else {}
+    backend = str(row.get("backend", "local_lora"))
+    return ModelAnswerer(key, finetuned_answerer(client, config), backend, client, metadata)
+
+
+def answer_with_model(
+    key: str, questions: Sequence[str], config: Settings, inputs: ModelInputs, log: Callable[[str], None], what: str
+) -> tuple[pd.DataFrame, ModelAnswerer]:
+    """(REPLY_COLUMNS for `questions`, the answerer): every asset that asks the models asks them here, so a model
+    key answers the same way whatever the questions. `log` gets the start (`what`: which questions) and progress."""
+    answerer = model_answerer(key, config, inputs)
+    log(f"{key}: answering {len(questions)} {what} with {answerer.client.identity}")
+    started = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        log(f"{key}: {done}/{total} answered ({time.monotonic() - started:.0f} s)")
+
+    return ask_each(questions, answerer.ask, progress), answerer
+
+
 def _model_answers(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
@@ -228,33 +328,13 @@ def _model_answers(
     config = settings.for_asset(context)
     key = context.partition_key
     questions = eval_questions(synthetic_qa, config.eval.splits, config.eval.max_questions)
-    metadata: dict[str, dg.MetadataValue] = {}
-    if key == RAG_MODEL:
-        embedding_model = embedder.embedder(config)
-        index = index_store.load(expected_identity=embedding_model.identity)
-        client = chat_model.client(config)
-        ask = rag_answerer(RagBot(config, embedding_model, index, rag_chunks, client))
-        backend = "rag"
-        metadata["index"] = dg.MetadataValue.text(str(index.path))
-    else:
-        row = _finetuned_row(key, finetuned_models)
-        chat, lora_path = finetuned_chat_settings(config, row)
-        client = chat_model.client(config, lora_path=lora_path, chat=chat)
-        ask = finetuned_answerer(client, config)
-        backend = str(row.get("backend", "local_lora"))
-        if lora_path:
-            metadata["adapter"] = dg.MetadataValue.path(lora_path)
-    context.log.info(
-        f"{key}: answering {len(questions)} questions (splits {config.eval.splits}, eval.max_questions "
-        f"{config.eval.max_questions or 'all'}) with {client.identity}"
-    )
+    inputs = ModelInputs(chat_model, embedder, index_store, rag_chunks, finetuned_models)
+    what = f"questions (splits {config.eval.splits}, eval.max_questions {config.eval.max_questions or 'all'})"
     started = time.monotonic()
-
-    def progress(done: int, total: int) -> None:
-        context.log.info(f"{key}: {done}/{total} answered ({time.monotonic() - started:.0f} s)")
-
-    frame = answer_questions(questions, key, ask, progress)
+    replies, answerer = answer_with_model(key, questions["question"].tolist(), config, inputs, context.log.info, what)
+    frame = _answers_frame(questions, key, replies)
     seconds = time.monotonic() - started
+    client = answerer.client
     errors = frame["error"].notna()
     answered = frame[~errors]
     if errors.any():
@@ -263,7 +343,7 @@ def _model_answers(
         frame,
         {
             "model": dg.MetadataValue.text(key),
-            "backend": dg.MetadataValue.text(backend),
+            "backend": dg.MetadataValue.text(answerer.backend),
             "chat_model": dg.MetadataValue.text(client.identity),
             "questions": dg.MetadataValue.int(len(frame)),
             "questions_available": dg.MetadataValue.int(int(synthetic_qa["split"].isin(config.eval.splits).sum())),
@@ -276,7 +356,9 @@ def _model_answers(
             "answer_chars_mean": dg.MetadataValue.float(
                 round(float(answered["answer"].str.len().mean()), 1) if len(answered) else 0.0
             ),
-            **metadata,
+            # the share of answers with a loop (an 8-word run repeated 3 times; loops.py); 0 with no answers
+            "loop_rate": dg.MetadataValue.float(round(loop_rate(answered["answer"]) or 0.0, 4)),
+            **answerer.metadata,
             **client.usage.as_metadata(),
             "answers_preview": dg.MetadataValue.md(
                 markdown_preview(frame[["question", "answer", "reference", "error"]], rows=8)
@@ -301,18 +383,5 @@ def model_answers_asset(graph_settings: Settings) -> dg.AssetsDefinition:
                 metadata={"allow_missing_partitions": True},
             )
         },
-        metadata=reads_settings(
-            "eval.splits",
-            "eval.max_questions",
-            "rag.top_k",
-            "rag.prompt",
-            "rag.temperature",
-            "rag.max_tokens",
-            "rag.max_question_chars",
-            "models.chat",
-            "models.embedding",
-            "persona",
-            "finetune.system_prompt",
-            "finetune.completion_stop",
-        ),
+        metadata=reads_settings("eval.splits", "eval.max_questions", *ANSWERER_SETTINGS),
     )(_model_answers)

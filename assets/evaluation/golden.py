@@ -2,10 +2,9 @@
 
 Synthetic questions and a tiny LLM judge can both be noise; the person a bot imitates knows their own facts. They
 write the exam (format and examples: data/golden/sample_site.yaml) and it is scored without a judge: an answer is
-right when it states an accepted fact, an unanswerable question must be declined, and the source page should be
-among those retrieved. Matching ignores case, punctuation, accents, thousands separators (1,240 = 1 240), currency
-(£62 = 62 pounds = GBP 62), unit spellings (8,000 km = 8000 kilometres) and number words (twelve = 12), but never
-accepts a different number (62 is not 620, 6.2 or 162). Pure functions (no Dagster, no models): assets wrap them.
+right when it states an accepted fact (`golden_match.py`: tolerant of case, separators, currency, units and number
+words, never of a different number), an unanswerable question must be declined, and the source page should be
+among those retrieved. Pure functions (no Dagster, no models): the assets in `golden_assets.py` wrap them.
 """
 
 from __future__ import annotations
@@ -14,10 +13,8 @@ import hashlib
 import json
 import math
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,29 +23,20 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from mebot.assets.evaluation.golden_match import (
+    Fact,
+    FactSpec,
+    RegexFact,
+    _fold,
+    _tokens,
+    answer_states_facts,
+    is_refusal,
+)
+from mebot.assets.evaluation.golden_match import (
+    states_fact as states_fact,  # the matcher's names are this module's too
+)
+
 # ---------------------------------------------------------------------------------------------- data model
-
-
-@dataclass(frozen=True)
-class RegexFact:
-    """A fact given as a regular expression (case-insensitive, searched in the answer's NFKC text)."""
-
-    pattern: str
-
-
-Fact = str | RegexFact
-
-
-@dataclass(frozen=True)
-class FactSpec:
-    """A right answer states every fact of `all_of` and, if `any_of` is not empty, at least one of `any_of`."""
-
-    all_of: tuple[Fact, ...] = ()
-    any_of: tuple[Fact, ...] = ()
-
-    @property
-    def facts(self) -> tuple[Fact, ...]:
-        return self.all_of + self.any_of
 
 
 @dataclass(frozen=True)
@@ -223,162 +211,50 @@ def load_golden(path: str | Path) -> GoldenSet:
     return GoldenSet(name, questions)
 
 
-# ------------------------------------------------------------------------------------------- fact matching
-
-_ONES = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen"
-_TENS = "twenty thirty forty fifty sixty seventy eighty ninety"
-_NUMBER_WORDS = {w: i for i, w in enumerate(f"{_ONES} seventeen eighteen nineteen".split())} | {
-    w: 10 * i for i, w in enumerate(_TENS.split(), start=2)
-}
-_SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9}
-_CURRENCY_PREFIXES = {"£": "gbp", "$": "usd", "€": "eur", "gbp": "gbp", "usd": "usd", "eur": "eur"}
-_CURRENCIES = (
-    _CURRENCY_PREFIXES
-    | dict.fromkeys(("pound", "pounds", "quid"), "gbp")
-    | {"dollar": "usd", "dollars": "usd", "euro": "eur", "euros": "eur"}
-)
-_UNITS = (  # canonical unit: its other spellings
-    "km: kms kilometre kilometres kilometer kilometers | m: metre metres meter meters | mm: millimetre millimetres "
-    "millimeter millimeters | cm: centimetre centimetres centimeter centimeters | kg: kgs kilo kilos kilogram "
-    "kilograms | g: gram grams gramme grammes | h: hour hours hr hrs | min: minute minutes mins | s: sec secs seconds "
-    "| %: percent pct | deg: degree degrees ° | kcal: kcals calorie calories kilocalories | gb: gigabyte gigabytes "
-    "| mi: mile miles | pence: p"
-)
-_UNIT_ALIASES = {
-    alias: unit.strip() for unit, aliases in (e.split(":") for e in _UNITS.split("|")) for alias in aliases.split()
-}
-_PHRASES = [  # multi-word spellings, rewritten before tokenising
-    (re.compile(r"°\s*c\b|℃|\bdeg(?:rees?)?\s+(?:c|celsius|centigrade)\b|\bcelsius\b|\bcentigrade\b"), " degc "),
-    (re.compile(r"\bper\s+cent\b"), " % "),
-    (re.compile(r"\bkm\s*/\s*h\b|\bkph\b|\bkilomet(?:re|er)s?\s+(?:per|an|a)\s+hour\b"), " kmh "),
-    (re.compile(r"(\d)(?:st|nd|rd|th)\b"), r"\1"),  # ordinals: 57th = 57
-    (re.compile(r"(?<![\d.,])(\d{1,3})[\u00a0\u202f\u2009 ](?=\d{3}(?!\d))"), r"\1"),  # 1 240 = 1240
-]
-_TOKEN = re.compile(r"\d+(?:\.\d+){2,}|\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)|\d+(?:\.\d+)?|[^\W\d_]+|[£$€%°]")
+QUESTION_COLUMNS = ["question_id", "question", "answerable", "source", "facts_json", "line"]
+"""A golden set as a table (the `golden_questions` asset): facts_json is {"all_of": [...], "any_of": [...]} with
+a regex fact as {"regex": "..."}; empty for an unanswerable question."""
 
 
-def _fold(text: str) -> str:
-    """NFKC, lower case, no accents, straight apostrophes: the spelling differences that never change meaning."""
-    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
-    return "".join(c for c in text if not unicodedata.combining(c)).replace("\u2019", "'")
+def _fact_json(fact: Fact) -> str | dict[str, str]:
+    return {"regex": fact.pattern} if isinstance(fact, RegexFact) else fact
 
 
-def _number(token: str) -> str:
-    try:
-        return format(Decimal(token.replace(",", "")).normalize(), "f")
-    except InvalidOperation:  # a dotted version such as 0.10.0 stays as written
-        return token
+def _fact_of(value: str | dict[str, str]) -> Fact:
+    return RegexFact(value["regex"]) if isinstance(value, dict) else str(value)
 
 
-def _is_number(token: str) -> bool:
-    return token[:1].isdigit()
+def golden_to_frame(golden: GoldenSet) -> pd.DataFrame:
+    """QUESTION_COLUMNS, one row per question in file order; golden_from_frame reads it back."""
+    rows = [
+        [
+            q.id,
+            q.question,
+            q.answerable,
+            q.source,
+            json.dumps(
+                {"all_of": [_fact_json(f) for f in q.facts.all_of], "any_of": [_fact_json(f) for f in q.facts.any_of]}
+            )
+            if q.facts
+            else None,
+            q.line,
+        ]
+        for q in golden.questions
+    ]
+    return pd.DataFrame(rows, columns=QUESTION_COLUMNS).astype({"answerable": "bool", "line": "int64"})
 
 
-def _read_number(raw: list[str], i: int) -> tuple[str, int] | None:
-    """The number that starts at raw[i] when it is spelled in words or has a scale ("three hundred and twelve",
-    "1.4 billion"): (its digits, the index after it); None otherwise. Digits and words are never mixed otherwise,
-    so "2021 one" stays two numbers."""
-    first = raw[i]
-    if first in _NUMBER_WORDS:
-        current = Decimal(_NUMBER_WORDS[first])
-    elif _is_number(first) and i + 1 < len(raw) and raw[i + 1] in _SCALES:
-        current = Decimal(first)
-    else:
-        return None
-    total, j = Decimal(0), i + 1
-    while j < len(raw):
-        token, small = raw[j], _NUMBER_WORDS.get(raw[j])
-        if token in _SCALES and current:
-            if _SCALES[token] == 100:
-                current *= 100
-            else:
-                total, current = total + current * _SCALES[token], Decimal(0)
-        elif token == "and" and total + current >= 100 and j + 1 < len(raw) and raw[j + 1] in _NUMBER_WORDS:
-            pass
-        elif small is not None and small < 10 and 20 <= current % 100 and current % 10 == 0:
-            current += small  # twenty one
-        elif small is not None and current % 100 == 0 and (current >= 100 or (total and not current)):
-            current += small  # three hundred twelve, two thousand five
-        else:
-            break
-        j += 1
-    return _number(str(total + current)), j
-
-
-def _tokens(text: str) -> list[str]:
-    """The canonical token sequence: numbers as plain decimals, currency after the amount as a code, units one
-    spelling each. Answers and facts go through the same function, so a fact matches where its tokens occur."""
-    text = _fold(text)
-    for pattern, replacement in _PHRASES:
-        text = pattern.sub(replacement, text)
-    raw = [_number(t) if _is_number(t) else t for t in _TOKEN.findall(text)]
-    merged: list[str] = []
-    i = 0
-    while i < len(raw):
-        token, i = _read_number(raw, i) or (raw[i], i + 1)
-        merged.append(token)
-    out: list[str] = []
-    for i, token in enumerate(merged):
-        if token in _CURRENCY_PREFIXES and i + 1 < len(merged) and _is_number(merged[i + 1]):
-            continue  # £62 and GBP 62: the code goes after the amount, as in "62 pounds"
-        prefix = _CURRENCY_PREFIXES.get(merged[i - 1]) if i and _is_number(token) else None
-        out.extend([token, prefix] if prefix else [_CURRENCIES.get(token) or _UNIT_ALIASES.get(token) or token])
-    return out
-
-
-def _contains(haystack: list[str], needle: list[str]) -> bool:
-    """needle as a contiguous run of haystack; a fact's °C also accepts plain "degrees", as people say it."""
-    n = len(needle)
-    return n > 0 and any(
-        all(a == f or (f == "degc" and a == "deg") for a, f in zip(haystack[i : i + n], needle, strict=True))
-        for i in range(len(haystack) - n + 1)
-    )
-
-
-def states_fact(answer: str, fact: Fact) -> bool:
-    """True if `answer` states `fact`: a regex is searched case-insensitively, anything else matches its canonical
-    tokens as a contiguous run of the answer's (word boundaries, so a near number never matches)."""
-    if not isinstance(answer, str) or not answer:
-        return False
-    if isinstance(fact, RegexFact):
-        return re.search(fact.pattern, unicodedata.normalize("NFKC", answer), re.IGNORECASE) is not None
-    return _contains(_tokens(answer), _tokens(str(fact)))
-
-
-def answer_states_facts(answer: str, spec: FactSpec) -> bool:
-    """All of `all_of` and one of `any_of` (when given); a spec without facts is never satisfied."""
-    if not spec.facts:
-        return False
-    return all(states_fact(answer, f) for f in spec.all_of) and (
-        not spec.any_of or any(states_fact(answer, f) for f in spec.any_of)
-    )
-
-
-# ------------------------------------------------------------------------------------------------- refusals
-
-_DECLINES = re.compile(
-    r"not programmed to answer|"
-    r"\bi (?:do not|don't|dont|really don't) (?:know|have (?:any |that |enough )?(?:information|details|data))|"
-    r"\bi (?:can ?not|can't|cant|am unable to|'m unable to|am not able to|'m not able to|won't be able to) "
-    r"(?:answer|say|tell|help|share|comment|provide|speak|recall|remember)|"
-    r"\b(?:not|never) (?:something|anything|a topic|a subject) (?:that )?(?:i've|i have|i) (?:ever )?"
-    r"(?:written|write|blogged|posted|talked|mentioned|covered|shared)|"
-    r"\bi (?:have not|haven't|have never|never) (?:written|blogged|posted|mentioned|talked|shared)\b|"
-    r"\bno (?:idea|information|details)\b|\bi(?:'m| am) not sure\b|\bi(?:'d| would) rather not (?:say|answer|share)|"
-    r"\b(?:can ?not|can't) be answered\b|\bisn't something i can\b|\bis not something i can\b"
-)
-_DIGIT = re.compile(r"\d")
-
-
-def is_refusal(answer: str | None) -> bool:
-    """The answer declines (the original prompt's "I am not programmed to answer that", "I don't know", "not
-    something I've written about", ...) and states no figure besides: "I'm not sure, but it was £640" answers."""
-    if not isinstance(answer, str):
-        return False
-    text = _fold(answer)
-    if not _DECLINES.search(text):
-        return False
-    return _DIGIT.search(_DECLINES.sub(" ", text)) is None
+def golden_from_frame(frame: pd.DataFrame, path: str = "golden_questions") -> GoldenSet:
+    """The GoldenSet of a golden_to_frame table (an empty table: no questions)."""
+    questions = []
+    for row in frame.itertuples(index=False):
+        facts = None
+        if isinstance(row.facts_json, str) and row.facts_json:
+            spec = json.loads(row.facts_json)
+            facts = FactSpec(tuple(map(_fact_of, spec["all_of"])), tuple(map(_fact_of, spec["any_of"])))
+        source = row.source if isinstance(row.source, str) and row.source else None
+        questions.append(GoldenQuestion(str(row.question_id), str(row.question), source, facts, int(row.line)))
+    return GoldenSet(path, tuple(questions))
 
 
 # ------------------------------------------------------------------------------------------------- scoring
@@ -390,7 +266,7 @@ column is read when there is no sources_json); latency_s in seconds (optional). 
 instead of question_id (a bring-your-own answers file) is matched on the question text."""
 
 SCORE_COLUMNS = [
-    "id",
+    "question_id",
     "model",
     "question",
     "answerable",
@@ -416,9 +292,11 @@ def _page_path(url: str) -> str:
 
 
 def _sources(value: Any) -> list[dict]:
-    """sources_json as a list of {url, ...}; missing, empty or NaN is no sources."""
+    """sources_json as a list of {url, ...} (a plain URL counts as {url}); missing, empty or NaN is no sources."""
     parsed = (json.loads(value) if value.strip() else []) if isinstance(value, str) else value
-    return [s for s in parsed if isinstance(s, dict)] if isinstance(parsed, list) else []
+    if not isinstance(parsed, list | tuple | np.ndarray):
+        return []
+    return [{"url": s} if isinstance(s, str) else s for s in parsed if isinstance(s, dict | str)]
 
 
 def source_rank(sources: Iterable[dict], source: str, k: int) -> int | None:
@@ -430,21 +308,40 @@ def source_rank(sources: Iterable[dict], source: str, k: int) -> int | None:
     return None
 
 
+def normalise_question(text: object) -> str:
+    """A question as matched across files: case, accents and runs of whitespace do not count."""
+    return " ".join(_fold(str(text)).split())
+
+
+def match_questions(golden: GoldenSet, answers: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows whose `question` is a golden question, with its question_id; the rest): matched on the text after
+    normalise_question, never silently dropped: the caller reports the unmatched ones."""
+    ids = {normalise_question(q.question): q.id for q in golden.questions}
+    question_ids = answers["question"].map(lambda q: ids.get(normalise_question(q)))
+    matched = answers.assign(question_id=question_ids)
+    return matched[question_ids.notna()].reset_index(drop=True), answers[question_ids.isna()].reset_index(drop=True)
+
+
 def score_golden_answers(golden: GoldenSet, answers: pd.DataFrame, k: int) -> pd.DataFrame:
     """SCORE_COLUMNS for every golden question and every model in `answers` (a question a model did not answer
-    scores as unanswered: neither correct nor refused)."""
+    scores as unanswered: neither correct nor refused). Without a question_id column the rows are matched on the
+    question text (match_questions; unmatched rows are left out: match them first to report them)."""
     frame = answers.copy()
     if not {"model", "answer"} <= set(frame.columns) or not {"question_id", "question"} & set(frame.columns):
         raise ValueError(f"answers needs columns question_id (or question), model, answer; has {list(frame.columns)}")
     if "question_id" not in frame.columns:
-        ids = {" ".join(_fold(q.question).split()): q.id for q in golden.questions}
-        frame["question_id"] = [ids.get(" ".join(_fold(str(q)).split())) for q in frame["question"]]
+        frame = match_questions(golden, frame)[0]
     if "sources_json" not in frame.columns:
         frame["sources_json"] = frame["sources"] if "sources" in frame.columns else None
     if "latency_s" not in frame.columns:
         frame["latency_s"] = math.nan
-    if frame.duplicated(["question_id", "model"]).any():
-        raise ValueError("answers has more than one row for a (question_id, model)")
+    twice = frame[frame.duplicated(["question_id", "model"])]
+    if len(twice):
+        first = twice.iloc[0]
+        raise ValueError(
+            f"answers has more than one row for a (question_id, model): model {first['model']!r} answers "
+            f"{first['question_id']!r} {int(frame.duplicated(['question_id', 'model'], keep=False).sum())} times"
+        )
     rows = []
     indexed = frame.set_index(["question_id", "model"])
     for model in sorted(frame["model"].dropna().unique(), key=str):
@@ -457,52 +354,49 @@ def score_golden_answers(golden: GoldenSet, answers: pd.DataFrame, k: int) -> pd
             rank = source_rank(sources, q.source, k) if q.source else None
             latency = float(hit["latency_s"]) if hit is not None and pd.notna(hit["latency_s"]) else math.nan
             false_refusal = q.answerable and refused
-            rows.append(
-                [
-                    q.id,
-                    model,
-                    q.question,
-                    q.answerable,
-                    answer,
-                    correct,
-                    refused,
-                    false_refusal,
-                    len(sources),
-                    rank,
-                    latency,
-                ]
-            )
+            rows.append([q.id, model, q.question, q.answerable, answer, correct, refused, false_refusal])
+            rows[-1] += [len(sources), rank, latency]
     types = dict.fromkeys(["answerable", "correct", "refused", "false_refusal"], "bool")
     return pd.DataFrame(rows, columns=SCORE_COLUMNS).astype(
         types | {"n_sources": "int64", "source_rank": "Int64", "latency_s": "float64"}
     )
 
 
-def _mean(values: pd.Series) -> float:
-    return float(values.astype(float).mean()) if len(values) else math.nan
+GOLDEN_RATES = ("fact_accuracy", "refusal_accuracy", "false_refusal_rate", "hit_at_k", "mrr")
+
+
+def golden_samples(rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The per-question values behind one model's golden figures (their means are the rates): fact_accuracy and
+    false_refusal_rate, 0/1 per answerable question; refusal_accuracy, 0/1 per unanswerable one; hit_at_k and
+    mrr, the source page found (0/1) and 1/rank (0 when absent) per answerable question that retrieved anything
+    (a model without retrieval has none); latency_s, per answered question."""
+    answerable, unanswerable = rows[rows["answerable"]], rows[~rows["answerable"]]
+    retrieved = answerable[answerable["n_sources"] > 0]
+    ranks = retrieved["source_rank"].astype("Float64").fillna(0).astype(float).to_numpy()
+    return {
+        "fact_accuracy": answerable["correct"].to_numpy(dtype=float),
+        "refusal_accuracy": unanswerable["refused"].to_numpy(dtype=float),
+        "false_refusal_rate": answerable["false_refusal"].to_numpy(dtype=float),
+        "hit_at_k": (ranks > 0).astype(float),
+        "mrr": np.where(ranks > 0, 1 / np.maximum(ranks, 1), 0.0),
+        "latency_s": rows["latency_s"].dropna().to_numpy(dtype=float),
+    }
 
 
 def golden_summary(scores: pd.DataFrame) -> dict[str, dict[str, float | int]]:
-    """Per model: fact_accuracy and false_refusal_rate over answerable questions, refusal_accuracy over the
-    unanswerable ones, hit_at_k and mrr over answerable questions that retrieved anything, latency p50/p95 over
-    answered questions, and the counts behind them. NaN where a rate has nothing to count."""
+    """Per model: the GOLDEN_RATES (means of golden_samples), latency p50/p95 over answered questions, and the
+    counts behind them. NaN where a rate has nothing to count."""
     summary: dict[str, dict[str, float | int]] = {}
     for model, rows in scores.groupby("model", sort=True):
-        answerable, unanswerable = rows[rows["answerable"]], rows[~rows["answerable"]]
-        retrieved = answerable[answerable["n_sources"] > 0]
-        ranks = retrieved["source_rank"].astype("Float64").fillna(0).astype(float).to_numpy()
-        latencies = rows["latency_s"].dropna().to_numpy(dtype=float)
+        samples = golden_samples(rows)
+        latencies = samples["latency_s"]
         summary[str(model)] = {
-            "fact_accuracy": _mean(answerable["correct"]),
-            "refusal_accuracy": _mean(unanswerable["refused"]),
-            "false_refusal_rate": _mean(answerable["false_refusal"]),
-            "hit_at_k": float((ranks > 0).mean()) if len(ranks) else math.nan,
-            "mrr": float(np.where(ranks > 0, 1 / np.maximum(ranks, 1), 0).mean()) if len(ranks) else math.nan,
+            **{rate: float(samples[rate].mean()) if len(samples[rate]) else math.nan for rate in GOLDEN_RATES},
             "latency_p50": float(np.percentile(latencies, 50)) if len(latencies) else math.nan,
             "latency_p95": float(np.percentile(latencies, 95)) if len(latencies) else math.nan,
-            "n_answerable": len(answerable),
-            "n_unanswerable": len(unanswerable),
-            "n_retrieved": len(retrieved),
+            "n_answerable": int(rows["answerable"].sum()),
+            "n_unanswerable": int((~rows["answerable"]).sum()),
+            "n_retrieved": len(samples["hit_at_k"]),
         }
     return summary
 

@@ -6,8 +6,10 @@
   it writes (`judge_reply.py` reads both). A provider without logprobs falls back to the direct score
   (`logprob_method` says which).
 - `judge_validity`: can the judge tell a reference judged against itself (matched) from one judged against another
-  question's reference (mismatched)? Its AUC/accuracy per method (`validity_report`) feed the check (WARN) and
-  the leaderboard. A tiny local judge is expected to fail it; that is what the check is for.
+  question's reference (mismatched)? And, on the golden questions, a sentence stating a question's accepted fact
+  from one stating another question's (`golden.right_and_wrong_pairs`)? Its AUC/accuracy per method and pair set
+  (`validity_report`) feed the check (WARN) and the leaderboard. A tiny local judge is expected to fail it; that
+  is what the check is for.
 """
 
 import json
@@ -21,16 +23,15 @@ import numpy as np
 import pandas as pd
 
 from mebot.assets.evaluation.answers import answered_mask, eval_questions, model_partitions
-from mebot.assets.evaluation.judge_reply import ScoreDistribution, parse_direct_score, score_distribution
+from mebot.assets.evaluation.golden import golden_from_frame, right_and_wrong_pairs
+from mebot.assets.evaluation.judge_call import JudgeClients, as_judge, judge_calls, judge_clients
+from mebot.assets.evaluation.judge_reply import ScoreDistribution, parse_direct_score, score_distribution, score_start
 from mebot.assets.outputs import content_output, mean_metadata
 from mebot.resources.chat import BudgetExceeded, ChatClient, ChatModelResource
 from mebot.resources.hashing import seeded_order
 from mebot.resources.settings import Settings, SettingsResource, reads_settings
 
 MIN_VALIDITY_PAIRS = 3
-JUDGE_TOP_LOGPROBS = 20  # the most OpenAI returns; llama.cpp gives the same list
-LOGPROB_MAX_TOKENS = 2  # "10" is two tokens in SmolLM2's vocabulary
-DIRECT_MAX_TOKENS = 6
 JUDGE_METHOD_COLUMN = {"logprob": "judge_expected", "direct": "judge_direct"}
 JUDGE_SCORE_COLUMNS = [
     "qa_id",
@@ -39,6 +40,7 @@ JUDGE_SCORE_COLUMNS = [
     "judge_expected",
     "judge_distribution_json",
     "judge_valid_mass",
+    "judge_raw_valid_mass",
     "judge_argmax",
     "judge_ten_resolved",
     "logprob_method",
@@ -47,6 +49,7 @@ JUDGE_SCORE_COLUMNS = [
     "judge_error",
 ]
 VALIDITY_COLUMNS = [
+    "pair_set",
     "kind",
     "qa_id",
     "other_qa_id",
@@ -62,7 +65,8 @@ VALIDITY_COLUMNS = [
 class Verdict:
     expected: float | None = None
     distribution_json: str | None = None
-    valid_mass: float | None = None
+    valid_mass: float | None = None  # of the score tokens in what the judge could write: 1.0 when constrained
+    raw_valid_mass: float | None = None  # of the score tokens in the unconstrained model's first-token distribution
     argmax: float | None = None
     ten_resolved: bool | None = None
     logprob_method: str | None = None  # "logprob", or "direct_fallback" when the provider gave no logprobs
@@ -85,28 +89,29 @@ def _distribution_of(result_logprobs: list) -> ScoreDistribution:
     return score_distribution(positions, chosen)
 
 
-def judge_one(client: ChatClient, messages: list[dict], methods: list[str]) -> Verdict:
-    """The judge's verdict on one prompt by each method, from ONE greedy call: its token logprobs give the
-    score distribution (the first positions) and its text is the direct reply (greedy text is what a plain call
-    at temperature 0 writes), so both methods cost one prompt. A provider without logprobs falls back to the
-    direct score. A failed call is the verdict's `error`, not a raise (except BudgetExceeded, which must stop
-    the run)."""
+def judge_one(client: ChatClient | JudgeClients, messages: list[dict], methods: list[str]) -> Verdict:
+    """The judge's verdict on one prompt by each method, from ONE greedy call when one model serves both
+    (judge_call.py): its token logprobs give the score distribution (at the score's position) and its text is
+    the direct reply (greedy text is what a plain call at temperature 0 writes). Constrained to a score
+    (`eval.judge_constrained`), the reply always parses and its valid mass is 1. A provider without logprobs
+    falls back to the direct score. A failed call is the verdict's `error`, not a raise (except BudgetExceeded,
+    which must stop the run)."""
     verdict = Verdict()
     try:
         want_logprobs = "logprob" in methods
-        params: dict[str, Any] = {"temperature": 0.0, "max_tokens": max(LOGPROB_MAX_TOKENS, DIRECT_MAX_TOKENS)}
-        if want_logprobs:
-            params |= {"logprobs": True, "top_logprobs": JUDGE_TOP_LOGPROBS}
-        result = client.complete(messages, **params)
+        constrained = as_judge(client).constrained
+        scored, result = judge_calls(client, messages, methods)
         score = parse_direct_score(result.text)
         verdict.direct_text = result.text
         if "direct" in methods:
             verdict.direct = score
-        if want_logprobs and result.logprobs:
-            distribution = _distribution_of(result.logprobs)
+        if want_logprobs and scored is not None and scored.logprobs:
+            start = score_start([entry.token for entry in scored.logprobs]) if constrained else 0
+            distribution = _distribution_of(scored.logprobs[start:])
             verdict.logprob_method = "logprob"
             verdict.expected = distribution.expected
-            verdict.valid_mass = distribution.valid_mass
+            verdict.raw_valid_mass = distribution.valid_mass
+            verdict.valid_mass = 1.0 if constrained and distribution.expected is not None else distribution.valid_mass
             verdict.argmax = None if distribution.argmax is None else float(distribution.argmax)
             verdict.ten_resolved = distribution.ten_resolved
             verdict.distribution_json = json.dumps(
@@ -127,6 +132,7 @@ def _verdict_record(verdict: Verdict) -> dict[str, Any]:
         "judge_expected": verdict.expected,
         "judge_distribution_json": verdict.distribution_json,
         "judge_valid_mass": verdict.valid_mass,
+        "judge_raw_valid_mass": verdict.raw_valid_mass,
         "judge_argmax": verdict.argmax,
         "judge_ten_resolved": verdict.ten_resolved,
         "logprob_method": verdict.logprob_method,
@@ -138,7 +144,11 @@ def _verdict_record(verdict: Verdict) -> dict[str, Any]:
 
 def _judge_frame(records: list[dict], columns: list[str]) -> pd.DataFrame:
     frame = pd.DataFrame(records, columns=columns)
-    floats = [c for c in ("judge_expected", "judge_valid_mass", "judge_argmax", "judge_direct") if c in columns]
+    floats = [
+        c
+        for c in ("judge_expected", "judge_valid_mass", "judge_raw_valid_mass", "judge_argmax", "judge_direct")
+        if c in columns
+    ]
     return frame.astype({c: "float64" for c in floats})
 
 
@@ -259,18 +269,30 @@ def validity_pairs(questions: pd.DataFrame, pool: pd.DataFrame, n: int, seed: in
     return pd.DataFrame(rows, columns=PAIR_COLUMNS)
 
 
-def judge_validity_pairs(client: ChatClient, pairs: pd.DataFrame, template: str, methods: list[str]) -> pd.DataFrame:
+def judge_validity_pairs(
+    client: ChatClient, pairs: pd.DataFrame, template: str, methods: list[str], pair_set: str = "synthetic"
+) -> pd.DataFrame:
+    """VALIDITY_COLUMNS: the judge's verdict on each pair; `pair_set` names where the pairs come from."""
     records = []
     for row in pairs.itertuples(index=False):
         verdict = judge_one(client, judge_messages(template, row.question, row.reference, row.candidate), methods)
-        record = {"kind": row.kind, "qa_id": row.qa_id, "other_qa_id": row.other_qa_id} | _verdict_record(verdict)
+        record = {"pair_set": pair_set, "kind": row.kind, "qa_id": row.qa_id, "other_qa_id": row.other_qa_id}
+        record |= _verdict_record(verdict)
         records.append({c: record[c] for c in VALIDITY_COLUMNS})
     return _judge_frame(records, VALIDITY_COLUMNS)
 
 
-def validity_reports(validity: pd.DataFrame, methods: list[str]) -> dict[str, dict]:
-    """validity_report per judge method. An AUC from fewer than MIN_VALIDITY_PAIRS scored pairs a side
-    is a coin toss (one pair gives 0, 0.5 or 1), so such a judge does not pass, whatever its AUC."""
+VALIDITY_PAIR_SETS = ("synthetic", "golden")  # references vs another's; a golden fact vs another question's
+
+
+def validity_reports(validity: pd.DataFrame, methods: list[str], pair_set: str = "synthetic") -> dict[str, dict]:
+    """validity_report per judge method, over the pairs of `pair_set` (a frame without pair_set is synthetic).
+    An AUC from fewer than MIN_VALIDITY_PAIRS scored pairs a side is a coin toss (one pair gives 0, 0.5 or 1),
+    so such a judge does not pass, whatever its AUC."""
+    if "pair_set" in validity.columns:
+        validity = validity[validity["pair_set"] == pair_set]
+    elif pair_set != "synthetic":
+        validity = validity.iloc[:0]
     reports = {}
     for method in methods:
         scores = validity[JUDGE_METHOD_COLUMN[method]]
@@ -287,6 +309,17 @@ def primary_method(methods: list[str]) -> str:
     return "logprob" if "logprob" in methods else "direct"
 
 
+def validity_reports_by_set(validity: pd.DataFrame, methods: list[str]) -> dict[str, dict[str, dict]]:
+    """{pair set: validity_reports} for each set that has pairs (synthetic always: its failure is the news)."""
+    sets = {"synthetic", *(validity["pair_set"] if "pair_set" in validity.columns else [])}
+    return {name: validity_reports(validity, methods, name) for name in VALIDITY_PAIR_SETS if name in sets}
+
+
+def validity_passed(by_set: dict[str, dict[str, dict]], methods: list[str]) -> bool:
+    """The judge passes when its primary method passes on every pair set it was tested on."""
+    return all(reports[primary_method(methods)]["passed"] for reports in by_set.values())
+
+
 def _judge_scores(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
@@ -298,7 +331,7 @@ def _judge_scores(
     its valid mass and argmax) and `judge_direct` (the number it writes). A provider without logprobs falls back to
     the direct score (`logprob_method`); a failed or unparseable judgement is null and counted, never a crash."""
     config = settings.for_asset(context)
-    client = chat_model.client(config, chat=config.models.judge)
+    client = judge_clients(chat_model, config)
     key = context.partition_key
 
     def progress(done: int, total: int) -> None:
@@ -314,7 +347,7 @@ def _judge_scores(
     return content_output(
         frame,
         {
-            **mean_metadata(judged, ["judge_expected", "judge_direct", "judge_valid_mass"]),
+            **mean_metadata(judged, ["judge_expected", "judge_direct", "judge_valid_mass", "judge_raw_valid_mass"]),
             **{name: dg.MetadataValue.int(int(value)) for name, value in summary.items()},
             "missing_answers": dg.MetadataValue.int(int((~frame["answered"]).sum())),
             "judge_methods": dg.MetadataValue.json(list(config.eval.judge_methods)),
@@ -333,7 +366,14 @@ def judge_scores_asset(graph_settings: Settings) -> dg.AssetsDefinition:
         kinds={"llm", "parquet"},
         code_version="1",
         partitions_def=model_partitions(graph_settings),
-        metadata=reads_settings("models.judge", "eval.judge_prompt", "eval.judge_methods"),
+        metadata=reads_settings(
+            "models.judge",
+            "models.judge_logprob",
+            "models.judge_direct",
+            "eval.judge_prompt",
+            "eval.judge_methods",
+            "eval.judge_constrained",
+        ),
     )(_judge_scores)
 
 
@@ -343,6 +383,9 @@ def judge_scores_asset(graph_settings: Settings) -> dg.AssetsDefinition:
     code_version="1",
     metadata=reads_settings(
         "models.judge",
+        "models.judge_logprob",
+        "models.judge_direct",
+        "eval.judge_constrained",
         "eval.judge_prompt",
         "eval.judge_methods",
         "eval.validity_sample",
@@ -355,11 +398,15 @@ def judge_validity(
     settings: SettingsResource,
     chat_model: ChatModelResource,
     synthetic_qa: pd.DataFrame,
+    golden_questions: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
-    """Can the judge be trusted? `eval.validity_sample` held-out references, each judged against itself
-    (matched: should score high) and against another question's reference (mismatched: should score low), with
-    the judge prompt and each judge method. Metadata: AUC (P(matched > mismatched)), best accuracy and its
-    threshold, means, and passed (AUC >= 0.8) per method. The bundled 135M judge is expected to fail."""
+    """Can the judge be trusted? Two sets of pairs (`pair_set`), with the judge prompt and each judge method:
+    `synthetic`, `eval.validity_sample` held-out references, each judged against itself (matched: should score
+    high) and against another question's reference (mismatched: should score low); `golden`, every golden
+    question whose facts can be said back, a sentence stating its fact (matched) against one stating another
+    question's (mismatched). Metadata per set (golden ones prefixed `golden_`): AUC (P(matched > mismatched)),
+    best accuracy and its threshold, means, and passed (AUC >= 0.8) per method. The bundled 135M judge is
+    expected to fail."""
     config = settings.for_asset(context)
     questions = eval_questions(synthetic_qa, config.eval.splits, 0)
     pairs = validity_pairs(questions, synthetic_qa, config.eval.validity_sample, config.eval.seed)
@@ -368,31 +415,41 @@ def judge_validity(
             f"only {len(pairs) // 2} of eval.validity_sample = {config.eval.validity_sample} references could be "
             f"paired ({len(questions)} questions in eval.splits): the validity figures rest on few judgements"
         )
-    client = chat_model.client(config, chat=config.models.judge)
-    frame = judge_validity_pairs(client, pairs, config.eval.judge_prompt, config.eval.judge_methods)
-    reports = validity_reports(frame, config.eval.judge_methods)
-    primary = reports[primary_method(config.eval.judge_methods)]
-    context.log.info(
-        f"judge {client.identity}: validity AUC {primary['auc']} (matched mean {primary['mean_matched']}, "
-        f"mismatched mean {primary['mean_mismatched']}); passed={primary['passed']}"
-    )
+    client = judge_clients(chat_model, config)
+    methods = config.eval.judge_methods
+    frame = judge_validity_pairs(client, pairs, config.eval.judge_prompt, methods)
+    golden = golden_from_frame(golden_questions)
+    golden_pairs = right_and_wrong_pairs(golden, len(golden.questions), config.eval.seed)
+    if len(golden_pairs):
+        judged = judge_validity_pairs(client, golden_pairs, config.eval.judge_prompt, methods, "golden")
+        frame = pd.concat([frame, judged], ignore_index=True)
+    by_set = validity_reports_by_set(frame, methods)
     metadata: dict[str, dg.MetadataValue] = {}
-    for method, report in reports.items():
-        for name in ("auc", "accuracy", "threshold", "mean_matched", "mean_mismatched"):
-            if report[name] is not None:
-                metadata[f"{method}_{name}"] = dg.MetadataValue.float(float(report[name]))
-        metadata[f"{method}_passed"] = dg.MetadataValue.bool(bool(report["passed"]))
+    for pair_set, reports in by_set.items():
+        primary = reports[primary_method(methods)]
+        context.log.info(
+            f"judge {client.identity}, {pair_set} pairs: validity AUC {primary['auc']} (matched mean "
+            f"{primary['mean_matched']}, mismatched mean {primary['mean_mismatched']}); passed={primary['passed']}"
+        )
+        prefix = "" if pair_set == "synthetic" else f"{pair_set}_"
+        for method, report in reports.items():
+            for name in ("auc", "accuracy", "threshold", "mean_matched", "mean_mismatched"):
+                if report[name] is not None:
+                    metadata[f"{prefix}{method}_{name}"] = dg.MetadataValue.float(float(report[name]))
+            metadata[f"{prefix}{method}_passed"] = dg.MetadataValue.bool(bool(report["passed"]))
     return content_output(
         frame,
         {
             **metadata,
-            "reports": dg.MetadataValue.json(reports),
-            "pairs": dg.MetadataValue.int(len(frame)),
+            "reports": dg.MetadataValue.json(by_set["synthetic"]),
+            "golden_reports": dg.MetadataValue.json(by_set.get("golden", {})),
+            "pairs": dg.MetadataValue.int(int((frame["pair_set"] == "synthetic").sum())),
+            "golden_pairs": dg.MetadataValue.int(int((frame["pair_set"] == "golden").sum())),
             "judge_errors": dg.MetadataValue.int(int(frame["judge_error"].notna().sum())),
             "judge_model": dg.MetadataValue.text(client.identity),
             **client.usage.as_metadata(),
         },
-        version_of=["kind", "qa_id", "judge_expected", "judge_direct"],
+        version_of=["pair_set", "kind", "qa_id", "judge_expected", "judge_direct"],
     )
 
 
@@ -400,20 +457,25 @@ def judge_validity(
     asset="judge_scores",
     name="judge_validity",
     additional_ins={"judge_validity": dg.AssetIn()},
-    description="The judge tells a matching reference from another question's (AUC >= 0.8); warns otherwise.",
+    description="The judge tells a matching reference from another question's, and a golden question's fact from "
+    "another's (AUC >= 0.8 on each); warns otherwise.",
 )
 def judge_validity_check(settings: SettingsResource, judge_validity: pd.DataFrame) -> dg.AssetCheckResult:
     methods = settings.get().eval.judge_methods
-    reports = validity_reports(judge_validity, methods)
+    by_set = validity_reports_by_set(judge_validity, methods)
+    reports = by_set["synthetic"]
     primary = primary_method(methods)
     metadata: dict[str, Any] = {"method": primary}
-    for method, report in reports.items():
-        for name in ("auc", "accuracy", "mean_matched", "mean_mismatched"):
-            metadata[f"{method}_{name}"] = dg.MetadataValue.float(
-                math.nan if report[name] is None else float(report[name])
-            )
-        metadata[f"{method}_n_null"] = report["n_null"]
-        metadata[f"{method}_pairs"] = min(report["n_matched"], report["n_mismatched"])
+    for pair_set, set_reports in by_set.items():
+        prefix = "" if pair_set == "synthetic" else f"{pair_set}_"
+        for method, report in set_reports.items():
+            for name in ("auc", "accuracy", "mean_matched", "mean_mismatched"):
+                metadata[f"{prefix}{method}_{name}"] = dg.MetadataValue.float(
+                    math.nan if report[name] is None else float(report[name])
+                )
+            metadata[f"{prefix}{method}_n_null"] = report["n_null"]
+            metadata[f"{prefix}{method}_pairs"] = min(report["n_matched"], report["n_mismatched"])
+        metadata[f"{prefix}passed"] = bool(set_reports[primary]["passed"])
     report = reports[primary]
     description = (
         f"judge validity AUC {report['auc']} ({primary}); below {report['min_auc']} its scores say little about "
@@ -424,6 +486,16 @@ def judge_validity_check(settings: SettingsResource, judge_validity: pd.DataFram
             f"only {min(report['n_matched'], report['n_mismatched'])} scored pairs (at least {MIN_VALIDITY_PAIRS} "
             "needed): too few to trust the judge; raise eval.validity_sample or hold out more questions"
         )
+    if "golden" in by_set:
+        golden = by_set["golden"][primary]
+        description += (
+            f". Golden pairs (a golden question's fact against another question's): AUC {golden['auc']} over "
+            f"{min(golden['n_matched'], golden['n_mismatched'])} pairs, "
+            + ("passed" if golden["passed"] else f"below {golden['min_auc']} or too few: failed")
+        )
     return dg.AssetCheckResult(
-        passed=bool(report["passed"]), severity=dg.AssetCheckSeverity.WARN, metadata=metadata, description=description
+        passed=validity_passed(by_set, methods),
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata=metadata,
+        description=description,
     )

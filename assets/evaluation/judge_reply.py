@@ -4,14 +4,23 @@
   position (`score_distribution`; "10" written as "1" then "0" is resolved from the second position), or over a
   distribution given as a mapping (bring-your-own judge results, `distribution_from_mapping`);
 - the plain score it wrote (`parse_direct_score`).
+
+A judge constrained to answer with a score (`score_constraint`): on llama.cpp a GBNF grammar (`SCORE_GBNF`: "0"
+to "10", then at most one non-digit character such as "." so a "1" the model means as one is not forced into
+"10"), on an OpenAI-compatible server a JSON schema (`{"score": <0..10>}`, structured outputs). Its written
+score always parses, and the constrained output puts all its probability on valid scores; the expected score
+still comes from the probabilities of the 11 score tokens at the score's position (`score_start`), taken from
+the model's own (unconstrained) logprobs and renormalised over the scores — which is the constrained
+distribution.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 SCORE_VALUES = tuple(range(11))
 _SCORE_TOKENS = {str(s): s for s in SCORE_VALUES}
@@ -163,3 +172,36 @@ def parse_direct_score(text: str | None) -> float | None:
     if word and not any(ch.isdigit() for ch in text):
         return _NUMBER_WORDS.get(word.group(1).lower())
     return None
+
+
+# ------------------------------------------------------------------------------------------ constrained judge
+
+SCORE_GBNF = 'root ::= ("10" | [0-9]) [^0-9]?'
+SCORE_JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"score": {"type": "integer", "enum": list(SCORE_VALUES)}},
+    "required": ["score"],
+    "additionalProperties": False,
+}
+SCORE_RESPONSE_FORMAT: dict[str, Any] = {
+    "type": "json_schema",
+    "json_schema": {"name": "judge_score", "strict": True, "schema": SCORE_JSON_SCHEMA},
+}
+GRAMMAR_MAX_TOKENS = 3  # "1", "0", "."
+JSON_MAX_TOKENS = 16  # {"score": 10}
+
+
+def score_constraint(provider: str) -> dict[str, Any]:
+    """`ChatClient.complete` arguments that make a judge's reply a score 0..10 (and room enough to write it)."""
+    if provider == "llama_cpp":
+        return {"grammar": SCORE_GBNF, "max_tokens": GRAMMAR_MAX_TOKENS}
+    return {"response_format": SCORE_RESPONSE_FORMAT, "max_tokens": JSON_MAX_TOKENS}
+
+
+def score_start(tokens: Sequence[str]) -> int:
+    """The generated position where the score starts: the first token that starts with a digit (after
+    whitespace), e.g. 3 in `{"`, `score`, `":`, ` 7`, `}`; 0 when there is none."""
+    for position, token in enumerate(tokens):
+        if token.strip()[:1].isdigit():
+            return position
+    return 0

@@ -1,28 +1,32 @@
-"""`leaderboard`: one row per model (RAG and each sweep point) with its hyperparameters, every metric's mean with a
-bootstrap 95% interval, judge means beside the judge's validity, pairwise wins/ties per judge method, answered and
-missing counts, retrieval on the rag row; the original write-up's tables and plots in the metadata; also
-`leaderboard.csv` and PNGs (`reports.py`).
+"""`leaderboard`: one row per model (RAG and each sweep point) with its hyperparameters, the golden questions'
+figures (fact accuracy, refusals, retrieval, latency), every metric's mean with a bootstrap 95% interval, judge
+means beside the judge's validity, pairwise wins/ties per judge method, answered and missing counts, retrieval
+on the rag row; the original write-up's tables and plots in the metadata; also `leaderboard.csv` and PNGs
+(`reports.py`).
 """
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
-from mebot.assets.evaluation.answers import RAG_MODEL, model_keys
+from mebot.assets.evaluation.answers import EXTRACTIVE_MODEL, RAG_MODEL, model_keys
+from mebot.assets.evaluation.golden import GOLDEN_RATES, SCORE_COLUMNS, golden_samples
 from mebot.assets.evaluation.judge import (
     JUDGE_METHOD_COLUMN,
     JUDGE_SCORE_COLUMNS,
     finite_values,
     primary_method,
-    validity_reports,
+    validity_reports_by_set,
 )
+from mebot.assets.evaluation.loops import loop_rate
 from mebot.assets.evaluation.reports import (
     EvalReports,
+    golden_markdown,
     pairwise_markdown,
     plot_metrics_vs_learning_rate,
     plot_score_distributions,
@@ -37,17 +41,30 @@ from mebot.resources.settings import EvalSettings, SettingsResource, reads_setti
 
 HYPERPARAMETERS = ["n_epochs", "batch_size", "learning_rate_multiplier", "lora_r", "lora_alpha"]
 METRICS = [*ROUGE_COLUMNS, "similarity", "judge_expected", "judge_direct"]
+# The golden questions' figures (golden.golden_samples), each with a bootstrap 95% interval; latency_p50 is the
+# median answer time in seconds.
+GOLDEN_METRICS = [f"golden_{rate}" for rate in GOLDEN_RATES] + ["golden_latency_p50"]
+GOLDEN_COLUMNS = [
+    *[f"{m}{suffix}" for m in GOLDEN_METRICS for suffix in ("", "_ci_low", "_ci_high")],
+    "golden_latency_p95",
+    "golden_n_answerable",
+    "golden_n_unanswerable",
+]
 LEADERBOARD_COLUMNS = [
     "model",
     "backend",
     *HYPERPARAMETERS,
+    *GOLDEN_COLUMNS,
     "n_questions",
     "n_answered",
     "n_missing",
+    "loop_rate",
     *[f"{m}{suffix}" for m in METRICS for suffix in ("", "_ci_low", "_ci_high")],
     "judge_valid_mass",
     "judge_logprob_validity_auc",
     "judge_direct_validity_auc",
+    "judge_logprob_golden_validity_auc",
+    "judge_direct_golden_validity_auc",
     "judge_validity_passed",
     *[f"{m}_{part}" for m in JUDGE_METHOD_COLUMN.values() for part in ("wins", "ties", "losses", "comparisons")],
     *RETRIEVAL_COLUMNS,
@@ -58,10 +75,16 @@ _BOOTSTRAP_BATCH_CELLS = 2_000_000  # resampled values held in memory at once
 
 
 def bootstrap_ci(
-    values: Iterable[float | None], *, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+    values: Iterable[float | None],
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    statistic: Callable[..., Any] = np.mean,
 ) -> tuple[float, float, float]:
-    """(mean, low, high): the mean and a percentile-bootstrap confidence interval of it. None/NaN are dropped;
-    no values → (nan, nan, nan); one value → (v, v, v). Deterministic for a seed."""
+    """(mean, low, high): the mean (or `statistic`, e.g. np.median, called with an axis) and a percentile-bootstrap
+    confidence interval of it. None/NaN are dropped; no values → (nan, nan, nan); one value → (v, v, v).
+    Deterministic for a seed."""
     if not 0 < confidence < 1:
         raise ValueError(f"bootstrap confidence must be between 0 and 1 (e.g. 0.95), got {confidence}")
     if n_resamples < 1:
@@ -69,14 +92,14 @@ def bootstrap_ci(
     data, _ = finite_values(values)
     if len(data) == 0:
         return (math.nan, math.nan, math.nan)
-    mean = float(data.mean())
+    mean = float(statistic(data))
     if len(data) == 1:
         return (mean, mean, mean)
     rng = np.random.default_rng(seed)
     per_batch = max(1, _BOOTSTRAP_BATCH_CELLS // len(data))
     means = np.concatenate(
         [
-            data[rng.integers(0, len(data), size=(min(per_batch, n_resamples - start), len(data)))].mean(axis=1)
+            statistic(data[rng.integers(0, len(data), size=(min(per_batch, n_resamples - start), len(data)))], axis=1)
             for start in range(0, n_resamples, per_batch)
         ]
     )
@@ -180,6 +203,45 @@ def pairwise_by_method(scores: pd.DataFrame, tie_epsilon: float) -> dict[str, pd
     return tables
 
 
+def golden_columns(scores: pd.DataFrame, eval_settings: EvalSettings) -> dict[str, dict[str, float]]:
+    """Per model of golden_scores rows (golden.SCORE_COLUMNS), its GOLDEN_COLUMNS: each rate's mean over the
+    questions it counts (golden.golden_samples) and the median latency, with bootstrap 95% intervals
+    (`eval.bootstrap_resamples`, `eval.seed`); latency p95; the questions counted."""
+    columns: dict[str, dict[str, float]] = {}
+    for model, rows in scores.groupby(scores["model"].astype(str), sort=True):
+        samples = golden_samples(rows)
+        row: dict[str, float] = {}
+        for metric, values, statistic in [
+            *[(f"golden_{rate}", samples[rate], np.mean) for rate in GOLDEN_RATES],
+            ("golden_latency_p50", samples["latency_s"], np.median),
+        ]:
+            mean, low, high = bootstrap_ci(
+                values,
+                n_resamples=eval_settings.bootstrap_resamples,
+                seed=eval_settings.seed,
+                statistic=statistic,
+            )
+            row |= {metric: mean, f"{metric}_ci_low": low, f"{metric}_ci_high": high}
+        latencies = samples["latency_s"]
+        row["golden_latency_p95"] = float(np.percentile(latencies, 95)) if len(latencies) else math.nan
+        row["golden_n_answerable"] = float(rows["answerable"].sum())
+        row["golden_n_unanswerable"] = float((~rows["answerable"].astype(bool)).sum())
+        columns[str(model)] = row
+    return columns
+
+
+def loop_rates_by_model(answers: list[pd.DataFrame]) -> dict[str, float | None]:
+    """model → the share of its answers (rows without an error) that loop (loops.has_loop)."""
+    rates: dict[str, float | None] = {}
+    for frame in answers:
+        if frame.empty:
+            continue
+        answered = frame[frame["error"].isna()] if "error" in frame.columns else frame
+        for model, rows in answered.groupby(answered["model"].astype(str)):
+            rates[str(model)] = loop_rate(rows["answer"])
+    return rates
+
+
 def leaderboard_table(
     scores: pd.DataFrame,
     eval_settings: EvalSettings,
@@ -189,12 +251,18 @@ def leaderboard_table(
     default_backend: str = "",
     validity: dict[str, dict] | None = None,
     retrieval: dict[str, float] | None = None,
+    golden: dict[str, dict[str, float]] | None = None,
+    golden_validity: dict[str, dict] | None = None,
+    loop_rates: dict[str, float | None] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """(LEADERBOARD_COLUMNS, {judge column: pairwise table}) from per-row scores (qa_id, model, answered and
     any of METRICS; a missing metric is NaN). `models` fixes the row order (and adds models with no rows);
-    `model_info` (finetuned_models rows) gives backend and hyperparameters; `retrieval` goes on the rag row."""
+    `model_info` (finetuned_models rows) gives backend and hyperparameters; `retrieval` goes on the rag row;
+    `golden` (golden_columns) on each model's row; `golden_validity` (the judge's golden pairs) beside `validity`
+    (the judge passes only when both pass)."""
     order = list(models) if models is not None else sorted(scores["model"].astype(str).unique())
     order += sorted(set(scores["model"].astype(str)) - set(order))
+    order += sorted(set(golden or {}) - set(order))
     info = {}
     if model_info is not None and not model_info.empty:
         info = {str(r["partition_key"]): r for _, r in model_info.iterrows()}
@@ -206,8 +274,8 @@ def leaderboard_table(
         answered = mine["answered"].astype(bool) if "answered" in mine.columns else pd.Series(True, mine.index)
         row: dict[str, Any] = {"model": model, "n_questions": len(mine), "n_answered": int(answered.sum())}
         row["n_missing"] = row["n_questions"] - row["n_answered"]
-        if model == RAG_MODEL:
-            row["backend"] = "rag"
+        if model in (RAG_MODEL, EXTRACTIVE_MODEL):
+            row["backend"] = model  # extractive: quotes the best sentences, no LLM (the floor to beat)
         elif model in info:
             row["backend"] = str(info[model].get("backend", ""))
             row |= {h: info[model].get(h) for h in HYPERPARAMETERS}
@@ -227,12 +295,20 @@ def leaderboard_table(
             for method, report in validity.items():
                 row[f"judge_{method}_validity_auc"] = math.nan if report.get("auc") is None else report["auc"]
             row["judge_validity_passed"] = bool(validity[primary_method(list(validity))]["passed"])
+        if golden_validity:
+            for method, report in golden_validity.items():
+                row[f"judge_{method}_golden_validity_auc"] = math.nan if report.get("auc") is None else report["auc"]
+            passed = bool(golden_validity[primary_method(list(golden_validity))]["passed"])
+            row["judge_validity_passed"] = bool(row.get("judge_validity_passed", True)) and passed
         for column, table in wins.items():
             if model in table.index:
                 record = table.loc[model]
                 row |= {f"{column}_{part}": int(record[part]) for part in ("wins", "ties", "losses", "comparisons")}
         if retrieval and model == RAG_MODEL:
             row |= retrieval
+        row |= (golden or {}).get(model, {})
+        rate = (loop_rates or {}).get(model)
+        row["loop_rate"] = math.nan if rate is None else rate  # the share of its answers that loop (loops.py)
         rows.append(row)
     frame = pd.DataFrame(rows).reindex(columns=LEADERBOARD_COLUMNS)
     float_columns = [c for c in LEADERBOARD_COLUMNS if c not in ("model", "backend", "judge_validity_passed")]
@@ -253,6 +329,8 @@ _ALL_PARTITIONS = {"allow_missing_partitions": True}
         "rouge_scores": dg.AssetIn(metadata=_ALL_PARTITIONS, dagster_type=dg.Any),
         "judge_scores": dg.AssetIn(metadata=_ALL_PARTITIONS, dagster_type=dg.Any),
         "finetuned_models": dg.AssetIn(metadata=_ALL_PARTITIONS, dagster_type=dg.Any),
+        "golden_scores": dg.AssetIn(metadata=_ALL_PARTITIONS, dagster_type=dg.Any),
+        "model_answers": dg.AssetIn(metadata=_ALL_PARTITIONS, dagster_type=dg.Any),
         "retrieval_metrics": dg.AssetIn(),
         "judge_validity": dg.AssetIn(),
     },
@@ -265,10 +343,13 @@ def leaderboard(
     rouge_scores: dict[str, pd.DataFrame] | pd.DataFrame | None,
     judge_scores: dict[str, pd.DataFrame] | pd.DataFrame | None,
     finetuned_models: dict[str, pd.DataFrame] | pd.DataFrame | None,
+    golden_scores: dict[str, pd.DataFrame] | pd.DataFrame | None,
+    model_answers: dict[str, pd.DataFrame] | pd.DataFrame | None,
     retrieval_metrics: pd.DataFrame,
     judge_validity: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
-    """One row per model (rag, then each sweep point): backend and hyperparameters, questions answered and
+    """One row per model (rag, then each sweep point): backend and hyperparameters, the golden questions' fact
+    accuracy, refusal accuracy, false refusals, hit@k, MRR and latency (with intervals), questions answered and
     missing, the mean and bootstrap 95% interval (`_ci_low`, `_ci_high`) of every ROUGE score, the similarity and
     both judge scores, the judge's validity AUC beside them, pairwise wins/ties/losses per judge method
     (`eval.tie_epsilon`), and retrieval hit@1/hit@k/MRR on the rag row. Also written as leaderboard.csv; the
@@ -293,10 +374,20 @@ def leaderboard(
     if not retrieval_metrics.empty:
         k = int(retrieval_metrics["k"].iloc[0])
         retrieval = retrieval_columns(retrieval_summary_of(retrieval_metrics, k), k)
-    reports = validity_reports(judge_validity, config.eval.judge_methods)
+    by_set = validity_reports_by_set(judge_validity, config.eval.judge_methods)
+    reports = by_set["synthetic"]
+    golden = golden_columns(_concat(partition_frames(golden_scores), SCORE_COLUMNS), config.eval)
     models = model_keys(config)
     board, pairwise = leaderboard_table(
-        scores, config.eval, models=models, model_info=finetuned, validity=reports, retrieval=retrieval
+        scores,
+        config.eval,
+        models=models,
+        model_info=finetuned,
+        validity=reports,
+        retrieval=retrieval,
+        golden=golden,
+        golden_validity=by_set.get("golden"),
+        loop_rates=loop_rates_by_model(partition_frames(model_answers)),
     )
     absent = [m for m in models if m not in set(scores["model"])]
     if absent:
@@ -311,7 +402,8 @@ def leaderboard(
     return content_output(
         board,
         {
-            "summary": dg.MetadataValue.md(summary_markdown(board)),
+            "summary": dg.MetadataValue.md(golden_markdown(board) + "\n\n" + summary_markdown(board)),
+            "golden": dg.MetadataValue.md(golden_markdown(board)),
             "table1_rouge": dg.MetadataValue.md(table1_markdown(board)),
             "table2_judge": dg.MetadataValue.md(table2_markdown(board)),
             "pairwise": dg.MetadataValue.md(pairwise_md or "no judge scores"),
@@ -323,6 +415,7 @@ def leaderboard(
             "models_without_scores": dg.MetadataValue.json(absent),
             "answers_missing": dg.MetadataValue.int(int(board["n_missing"].sum())),
             "judge_validity": dg.MetadataValue.json(reports),
+            "judge_golden_validity": dg.MetadataValue.json(by_set.get("golden", {})),
             "retrieval": dg.MetadataValue.json(retrieval or {}),
         },
     )

@@ -81,6 +81,44 @@ def table2_markdown(board: pd.DataFrame) -> str:
     return leaderboard_markdown(board, columns)
 
 
+GOLDEN_TABLE = [  # leaderboard column prefix, heading
+    ("golden_fact_accuracy", "fact accuracy"),
+    ("golden_refusal_accuracy", "refusal accuracy"),
+    ("golden_false_refusal_rate", "false refusals"),
+    ("golden_hit_at_k", "source page hit@k"),
+    ("golden_mrr", "source page MRR"),
+    ("golden_latency_p50", "latency p50 (s)"),
+]
+
+
+def _with_interval(mean: float, low: float, high: float) -> str:
+    if pd.isna(mean):
+        return "—"
+    return f"{mean:.2f}" if pd.isna(low) or low == high else f"{mean:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def golden_markdown(board: pd.DataFrame) -> str:
+    """The golden questions' figures per model, each with its 95% interval, under a line saying what they count;
+    "" when the board has none (no golden questions, or a leaderboard written before they existed)."""
+    columns = [column for column, _ in GOLDEN_TABLE]
+    if not set(columns) <= set(board.columns) or board[columns].isna().all().all():
+        return ""
+    table = pd.DataFrame({"model": board["model"].astype(str)})
+    for column, heading in GOLDEN_TABLE:
+        table[heading] = [
+            _with_interval(m, lo, hi)
+            for m, lo, hi in zip(board[column], board[f"{column}_ci_low"], board[f"{column}_ci_high"], strict=True)
+        ]
+    answerable = board["golden_n_answerable"].max()
+    unanswerable = board["golden_n_unanswerable"].max()
+    title = (
+        f"Golden questions ({answerable:.0f} answerable, {unanswerable:.0f} unanswerable; mean [95% interval]): "
+        "fact accuracy = answers stating an accepted fact, refusal accuracy = unanswerable ones declined, "
+        "hit@k/MRR = the source page among the retrieved (— : the model retrieves nothing)"
+    )
+    return title + "\n\n" + table.to_markdown(index=False, disable_numparse=True)
+
+
 def summary_markdown(board: pd.DataFrame) -> str:
     columns = ["model", "backend", "n_answered", "n_missing", "rouge1_f1", "rougeL_f1", "similarity"]
     columns += ["judge_expected", "judge_direct", "judge_expected_wins", "judge_expected_ties"]

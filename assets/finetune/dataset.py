@@ -1,11 +1,15 @@
 """Stage 6: training files (`finetune_dataset`), their format check, and the sweep's partitions.
 
 `finetune_dataset` turns every synthetic question into one training example in the project's one format
-(`assets/finetune/formats.py`) and writes JSONL files per split under the `finetune_files` directory
-(`data/finetune/` by default):
-- `<split>.chat.jsonl`: `{"messages": [system, user, assistant]}` (OpenAI's chat fine-tuning format);
-- `<split>.legacy.jsonl`: `{"prompt": "QUESTION: <q>\\n\\n###\\n\\n", "completion": " <passage> END"}`.
+(`assets/finetune/formats.py`) and writes one JSONL file per split under the `finetune_files` directory
+(`data/finetune/` by default): `<split>.chat.jsonl`, `{"messages": [system, user, assistant]}`, OpenAI's chat
+fine-tuning format, which both backends train on (local LoRA and the OpenAI job) and every model is asked in.
 Files of splits that have no example are removed, so the directory never holds an older run's split.
+
+The original write-up's legacy prompt/completion files (`{"prompt": "QUESTION: <q>\\n\\n###\\n\\n", "completion":
+" <passage> END"}`, the format of OpenAI's completion-model fine-tuning) are no longer written: no backend trained
+on them and no model was asked in that format. `<split>.legacy.jsonl` files an earlier version left behind are
+removed.
 
 `training_file_valid` (blocking, ERROR) makes the checks of OpenAI's fine-tuning data-format validator on the
 written files: every line is JSON with a `messages` list; message keys known; roles only system/user/assistant;
@@ -13,8 +17,10 @@ every example has a user and an assistant message; no missing or empty content; 
 `finetune.max_example_tokens` tokens (cl100k_base, counted as OpenAI's cookbook counts chat tokens); at least
 `MIN_TRAIN_EXAMPLES` (OpenAI's minimum) train examples. Errors are counted per example and error type.
 
-Sweep: each point of `finetune.sweep` is one partition of `finetuned_models`; `sweep_partitions(settings)` is
-that partitions definition, so editing the grid changes the partitions.
+Sweep: each point of `finetune.sweep` (every combination of the grid's values, then the explicit `points`) is one
+partition of `finetuned_models`, keyed by the point's readable key (`e4-b1-lr0.2`); `sweep_partitions(settings)` is
+that partitions definition, so editing the grid or the points changes the partitions, and a point keeps its key
+whatever else is added.
 """
 
 import json
@@ -23,21 +29,20 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import dagster as dg
 import pandas as pd
 
-from mebot.assets.finetune.formats import chat_example, legacy_example
+from mebot.assets.finetune.formats import chat_example
 from mebot.assets.outputs import content_output
 from mebot.resources.files import write_atomically
 from mebot.resources.parquet_io import markdown_preview
 from mebot.resources.settings import PROJECT_ROOT, Settings, SettingsResource, SweepPoint, reads_settings
 from mebot.resources.tokens import encoding
 
-FINETUNE_DATASET_COLUMNS = ["qa_id", "split", "messages_json", "prompt", "completion", "n_tokens"]
+FINETUNE_DATASET_COLUMNS = ["qa_id", "split", "messages_json", "n_tokens"]
 SPLITS = ("train", "validation", "test")
-FORMATS = ("chat", "legacy")
+LEGACY_SUFFIX = ".legacy.jsonl"  # files of the retired prompt/completion format, removed when found
 MIN_TRAIN_EXAMPLES = 10  # OpenAI refuses a training file with fewer examples
 CHAT_ROLES = ("system", "user", "assistant")
 MESSAGE_KEYS = ("role", "content", "name", "weight")
@@ -59,19 +64,20 @@ _DATE_SUFFIX = re.compile(r"-\d{4}-\d{2}-\d{2}$|-\d{4}$")
 
 
 def sweep_partitions(settings: Settings) -> dg.StaticPartitionsDefinition:
-    """One partition per point of `finetune.sweep`, keyed by the point's readable key (e.g. `e1-b2-lr0.5`)."""
+    """One partition per point of `finetune.sweep` (grid, then points), keyed by the point's readable key (e.g.
+    `e1-b2-lr0.5`)."""
     keys = [point.key for point in settings.finetune.sweep_points()]
     repeated = sorted(k for k, n in Counter(keys).items() if n > 1)
-    if repeated:  # settings validation forbids repeated values, so this would be a bug in SweepPoint.key
+    if repeated:  # settings validation refuses repeated points, so this would be a bug in SweepPoint.key
         raise ValueError(f"finetune.sweep gives repeated partition keys {repeated}")
     return dg.StaticPartitionsDefinition(keys)
 
 
 def sweep_point(settings: Settings, key: str) -> SweepPoint:
-    """The sweep point of a partition key; an unknown key (an edited grid) names the current ones."""
+    """The sweep point of a partition key; an unknown key (an edited sweep) names the current ones."""
     points = {point.key: point for point in settings.finetune.sweep_points()}
     if key not in points:
-        raise KeyError(f"{key!r} is not a point of finetune.sweep; the grid's points are {', '.join(points)}")
+        raise KeyError(f"{key!r} is not a point of finetune.sweep; its points are {', '.join(points)}")
     return points[key]
 
 
@@ -110,31 +116,39 @@ def sweep_costs(settings: Settings, training_tokens: int) -> tuple[dict[str, int
 
 
 def build_examples(settings: Settings, qa: pd.DataFrame) -> pd.DataFrame:
-    """One training example per synthetic_qa row, in both formats, with its chat token count."""
+    """One training example per synthetic_qa row, as chat messages, with its chat token count."""
     rows = []
     for row in qa.itertuples(index=False):
         messages = chat_example(settings, row.question, row.answer)
-        legacy = legacy_example(settings, row.question, row.answer)
         rows.append(
             {
                 "qa_id": row.qa_id,
                 "split": row.split,
                 "messages_json": json.dumps(messages, ensure_ascii=False),
-                "prompt": legacy["prompt"],
-                "completion": legacy["completion"],
                 "n_tokens": num_tokens_from_messages(messages),
             }
         )
     return pd.DataFrame(rows, columns=FINETUNE_DATASET_COLUMNS).astype({"n_tokens": "int64"})
 
 
-def jsonl_lines(examples: pd.DataFrame, fmt: Literal["chat", "legacy"]) -> list[str]:
-    if fmt == "chat":
-        return [json.dumps({"messages": json.loads(m)}, ensure_ascii=False) for m in examples["messages_json"]]
-    return [
-        json.dumps({"prompt": p, "completion": c}, ensure_ascii=False)
-        for p, c in zip(examples["prompt"], examples["completion"], strict=True)
-    ]
+def jsonl_lines(examples: pd.DataFrame) -> list[str]:
+    """The chat-format training file's lines, one `{"messages": [...]}` per example, in row order."""
+    return [json.dumps({"messages": json.loads(m)}, ensure_ascii=False) for m in examples["messages_json"]]
+
+
+def examples_preview(examples: pd.DataFrame, rows: int = 5) -> str:
+    """The first examples as a markdown table: split, question (user message), answer (assistant message)."""
+    head = examples.head(rows)
+    messages = [json.loads(m) for m in head["messages_json"]]
+    table = pd.DataFrame(
+        {
+            "split": list(head["split"]),
+            "question": [next((m["content"] for m in ms if m["role"] == "user"), "") for ms in messages],
+            "answer": [next((m["content"] for m in ms if m["role"] == "assistant"), "") for ms in messages],
+            "n_tokens": list(head["n_tokens"]),
+        }
+    )
+    return markdown_preview(table, rows=rows)
 
 
 # ------------------------------------------------------------------------------------------------ validator
@@ -196,59 +210,25 @@ def _chat_example_errors(line: str, max_example_tokens: int, report: FileReport)
     return errors
 
 
-def validate_legacy_lines(lines: Iterable[str], max_example_tokens: int) -> FileReport:
-    """The legacy prompt/completion format: JSON objects with exactly non-empty string prompt and completion."""
-    report = FileReport()
-    enc = encoding()
-    for line in lines:
-        if not line.strip():
-            continue
-        report.examples += 1
-        try:
-            example = json.loads(line)
-        except json.JSONDecodeError:
-            report.errors["invalid_json"] += 1
-            continue
-        if not isinstance(example, dict):
-            report.errors["data_type"] += 1
-            continue
-        errors = set()
-        if set(example) - {"prompt", "completion"}:
-            errors.add("legacy_unrecognized_key")
-        for key in ("prompt", "completion"):
-            if not isinstance(example.get(key), str) or not example[key].strip():
-                errors.add("legacy_missing_content")
-        if not errors:
-            n_tokens = len(enc.encode(example["prompt"] + example["completion"], disallowed_special=()))
-            report.max_tokens = max(report.max_tokens, n_tokens)
-            if n_tokens > max_example_tokens:
-                errors.add("example_over_token_limit")
-        for error in errors:
-            report.errors[error] += 1
-    return report
-
-
 def validate_files(
     files: "FinetuneFiles", expected: dict[str, int], max_example_tokens: int
 ) -> tuple[dict[str, FileReport], Counter]:
-    """Every split file (both formats) against the format checks; `expected` is the example count per split.
-    Returns the report per file and the error counts over all files, including a missing or out-of-date file
-    and too few train examples."""
+    """Every split's file against the format checks; `expected` is the example count per split. Returns the
+    report per file and the error counts over all files, including a missing or out-of-date file and too few
+    train examples."""
     reports: dict[str, FileReport] = {}
     totals: Counter = Counter()
     for split, n_expected in expected.items():
-        for fmt in FORMATS:
-            path = files.path(split, fmt)
-            if not path.is_file():
-                totals["missing_file"] += 1
-                continue
-            lines = path.read_text(encoding="utf-8").splitlines()
-            validate = validate_chat_lines if fmt == "chat" else validate_legacy_lines
-            report = reports[path.name] = validate(lines, max_example_tokens)
-            totals.update(report.errors)
-            if report.examples != n_expected:
-                totals["file_out_of_date"] += 1
-    train = reports.get(files.path("train", "chat").name)
+        path = files.path(split)
+        if not path.is_file():
+            totals["missing_file"] += 1
+            continue
+        lines = path.read_text(encoding="utf-8").splitlines()
+        report = reports[path.name] = validate_chat_lines(lines, max_example_tokens)
+        totals.update(report.errors)
+        if report.examples != n_expected:
+            totals["file_out_of_date"] += 1
+    train = reports.get(files.path("train").name)
     if train is None or train.examples < MIN_TRAIN_EXAMPLES:
         totals["too_few_train_examples"] += 1
     return reports, totals
@@ -258,7 +238,7 @@ def validate_files(
 
 
 class FinetuneFiles(dg.ConfigurableResource):
-    """Where the fine-tuning JSONL files live: `<base_dir>/<split>.<chat|legacy>.jsonl`."""
+    """Where the fine-tuning JSONL files live: `<base_dir>/<split>.chat.jsonl`."""
 
     base_dir: str
 
@@ -266,17 +246,25 @@ class FinetuneFiles(dg.ConfigurableResource):
         path = Path(self.base_dir).expanduser()
         return path if path.is_absolute() else PROJECT_ROOT / path
 
-    def path(self, split: str, fmt: Literal["chat", "legacy"] = "chat") -> Path:
-        if split not in SPLITS or fmt not in FORMATS:
-            raise ValueError(f"no fine-tuning file for split {split!r}, format {fmt!r}")
-        return self.directory() / f"{split}.{fmt}.jsonl"
+    def path(self, split: str) -> Path:
+        if split not in SPLITS:
+            raise ValueError(f"no fine-tuning file for split {split!r}; the splits are {', '.join(SPLITS)}")
+        return self.directory() / f"{split}.chat.jsonl"
 
-    def write(self, split: str, fmt: Literal["chat", "legacy"], lines: list[str]) -> Path:
+    def write(self, split: str, lines: list[str]) -> Path:
         """Atomically (temp file, then rename): a crash never leaves half a training file under the real name."""
-        return write_atomically(self.path(split, fmt), "".join(line + "\n" for line in lines))
+        return write_atomically(self.path(split), "".join(line + "\n" for line in lines))
 
-    def remove(self, split: str, fmt: Literal["chat", "legacy"]) -> None:
-        self.path(split, fmt).unlink(missing_ok=True)
+    def remove(self, split: str) -> None:
+        self.path(split).unlink(missing_ok=True)
+
+    def remove_legacy_files(self) -> list[Path]:
+        """Delete the prompt/completion files an earlier version wrote (nothing reads them); returns them."""
+        directory = self.directory()
+        stale = sorted(directory.glob("*" + LEGACY_SUFFIX)) if directory.is_dir() else []
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
 
 
 # --------------------------------------------------------------------------------------------------- assets
@@ -285,9 +273,8 @@ class FinetuneFiles(dg.ConfigurableResource):
 @dg.asset(
     group_name="finetune",
     kinds={"parquet"},
-    code_version="1",
+    code_version="2",
     metadata=reads_settings(
-        "finetune.prompt_separator",
         "finetune.completion_stop",
         "finetune.system_prompt",
         "finetune.max_example_tokens",
@@ -302,21 +289,22 @@ def finetune_dataset(
     finetune_files: FinetuneFiles,
     synthetic_qa: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
-    """Training examples from the synthetic questions (question → passage + stop sequence), one per row, in the
-    chat-messages and legacy prompt/completion formats, written as JSONL per split (train, validation, test)
-    under the finetune directory. Metadata: examples per split, training tokens, and per sweep point the tokens
-    billed (x epochs) and an ESTIMATED OpenAI training cost for finetune.openai.base_model."""
+    """Training examples from the synthetic questions (question → passage + stop sequence), one per row, as chat
+    messages (system, user, assistant), written as JSONL per split (train, validation, test) under the finetune
+    directory. Metadata: examples per split, training tokens, and per sweep point the tokens billed (x epochs)
+    and an ESTIMATED OpenAI training cost for finetune.openai.base_model."""
     config = settings.for_asset(context)
     examples = build_examples(config, synthetic_qa)
     counts = {split: int((examples["split"] == split).sum()) for split in SPLITS}
     paths = []
     for split in SPLITS:
         rows = examples[examples["split"] == split]
-        for fmt in FORMATS:
-            if rows.empty:
-                finetune_files.remove(split, fmt)
-            else:
-                paths.append(str(finetune_files.write(split, fmt, jsonl_lines(rows, fmt))))
+        if rows.empty:
+            finetune_files.remove(split)
+        else:
+            paths.append(str(finetune_files.write(split, jsonl_lines(rows))))
+    for stale in finetune_files.remove_legacy_files():
+        context.log.info(f"removed {stale.name}: the legacy prompt/completion format is no longer written")
     training_tokens = int(examples.loc[examples["split"] == "train", "n_tokens"].sum())
     epoch_tokens, costs = sweep_costs(config, training_tokens)
     base_model = config.finetune.openai.base_model
@@ -346,11 +334,9 @@ def finetune_dataset(
             ),
             "files": dg.MetadataValue.json(paths),
             "directory": dg.MetadataValue.path(str(finetune_files.directory())),
-            "examples_preview": dg.MetadataValue.md(
-                markdown_preview(examples[["split", "prompt", "completion", "n_tokens"]], rows=5)
-            ),
+            "examples_preview": dg.MetadataValue.md(examples_preview(examples)),
         },
-        version_of=["qa_id", "split", "messages_json", "prompt", "completion"],
+        version_of=["qa_id", "split", "messages_json"],
     )
 
 

@@ -33,7 +33,7 @@ def training_file(dataset: pd.DataFrame, split: str) -> TrainingFile | None:
     rows = dataset[dataset["split"] == split]
     if rows.empty:
         return None
-    content = "".join(line + "\n" for line in jsonl_lines(rows, "chat")).encode("utf-8")
+    content = "".join(line + "\n" for line in jsonl_lines(rows)).encode("utf-8")
     return TrainingFile(f"{split}.chat.jsonl", content, len(rows))
 
 

@@ -1,17 +1,39 @@
-"""Stage 1: crawl the person's site into `raw_pages` (one row per page: title, main-content text, status)."""
+"""Stage 1: crawl the person's site into `raw_pages` (one row per page: title, main-content text, status).
+
+Every link is followed, but not every page is kept as content. Skipped (and counted in the metadata):
+- `noindex`: the page asks not to be indexed (`<meta name="robots" content="noindex">`, or an `X-Robots-Tag`
+  header for every robot or for ours); its links are still followed unless it also says `nofollow`;
+- `duplicate_url`: a URL already kept, after normalisation and the page's `rel=canonical` (same host only): a
+  page reached under several URLs (`/a/`, `/a/index.html`, `/a/?utm_source=x`) is kept once, under its canonical
+  URL; `duplicate_content`: the same text under another URL;
+- `index_page`: a listing by URL (`site.index_only` patterns, e.g. `/tags/`, `/page/2/`);
+- `listing_page`: a listing by structure (`site.detect_listings`), whatever its URL. Blogs have many (a real
+  50-post blog had 23: `/index-1.html` ... `/index-9.html`, `/2015/` ... `/2026/`, `archive.html`) and their
+  text, excerpts of the posts, competes with the posts themselves in retrieval. A page is a listing when
+  - it repeats the openings or descriptions of at least `LISTING_MIN_EXCERPTS` other crawled pages (the first
+    `SIGNATURE_WORDS` words of a page's first paragraph of `OPENING_MIN_WORDS` words or more, or of its meta
+    description: what index pages, archives and teasers are made of); a page whose `og:type` is "article" only
+    when it also begins with another page's opening (teasers of related posts further down an article are
+    content), or
+  - it is mostly links to the site's pages: at least `LISTING_MIN_LINKS` other crawled pages are linked from its
+    main content, and the link items (list items that hold such a link, and such links outside list items) hold
+    at least `LISTING_LINKED_SHARE` of its words (`LISTING_LINKED_SHARE_WEBSITE` when its `og:type` is
+    "website", the type generators give to index pages); never for a page whose `og:type` is "article".
+`listing_pages` in the metadata names every listing and why.
+"""
 
 import re
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import dagster as dg
 import pandas as pd
 from protego import Protego
 
-from mebot.assets.ingest.html_text import extract_page, resolve_canonical
+from mebot.assets.ingest.html_text import ExtractedPage, extract_page, resolve_canonical, robots_directives, words_of
 from mebot.assets.outputs import content_output
 from mebot.resources.crawler import CrawlRecords, ScrapyCrawler
 from mebot.resources.hashing import stable_hash
@@ -23,6 +45,13 @@ RAW_PAGES_COLUMNS = ["url", "title", "text", "html_sha256", "fetched_at", "statu
 _TRACKING_PARAMS = re.compile(r"^(utm_\w+|fbclid|gclid|mc_cid|mc_eid|ref)$", re.IGNORECASE)
 BOILERPLATE_MIN_CHARS = 15
 BOILERPLATE_MAX_SHARE = 0.5
+# Listing pages by structure (see the module doc).
+LISTING_MIN_EXCERPTS = 2
+LISTING_MIN_LINKS = 2
+LISTING_LINKED_SHARE = 0.5
+LISTING_LINKED_SHARE_WEBSITE = 0.25
+OPENING_MIN_WORDS = 15
+SIGNATURE_WORDS = 10
 
 
 class CrawlError(RuntimeError):
@@ -41,22 +70,148 @@ class CrawlSummary:
     pages: int = 0
     skipped: Counter = field(default_factory=Counter)
     errors: Counter = field(default_factory=Counter)
+    listings: dict[str, str] = field(default_factory=dict)  # listing URL -> why (URL pattern or structure)
 
     def as_metadata(self) -> dict[str, dg.MetadataValue]:
         return {
             "pages": dg.MetadataValue.int(self.pages),
             "skipped": dg.MetadataValue.json(dict(sorted(self.skipped.items()))),
             "errors": dg.MetadataValue.json(dict(sorted(self.errors.items()))),
+            "listing_pages": dg.MetadataValue.json(dict(sorted(self.listings.items()))),
         }
 
 
+# ------------------------------------------------------------------------------------------- listing pages
+
+
+def opening_signature(page: ExtractedPage) -> str | None:
+    """The first SIGNATURE_WORDS words of the page's first paragraph of at least OPENING_MIN_WORDS words."""
+    opening = next((w for p in page.text.split("\n\n") if len(w := words_of(p)) >= OPENING_MIN_WORDS), None)
+    return " ".join(opening[:SIGNATURE_WORDS]) if opening else None
+
+
+def signatures(page: ExtractedPage) -> set[str]:
+    """What an excerpt of this page would repeat: its opening signature, and the first SIGNATURE_WORDS words of
+    its meta description (when that long)."""
+    found = {opening_signature(page)} - {None}
+    description = words_of(page.description)
+    if len(description) >= SIGNATURE_WORDS:
+        found.add(" ".join(description[:SIGNATURE_WORDS]))
+    return found  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class PageShape:
+    """What tells a listing from content, for one crawled page (see the module doc)."""
+
+    excerpts: int  # other pages whose opening or description this page repeats
+    link_targets: int  # other crawled pages linked from its main content
+    linked_words: int  # words of the link items that point at them
+    words: int  # words of its main content
+    og_type: str
+    opens_with_excerpt: bool = False  # its own first paragraph is another page's opening
+
+    def listing_reason(self) -> str | None:
+        """Why this page is a listing, or None when it is content."""
+        # An article (og:type) that repeats other pages' openings further down (teasers of related posts inside
+        # the content) is content; one that begins with another page's opening is a listing in an article's tag.
+        if self.excerpts >= LISTING_MIN_EXCERPTS and (self.og_type != "article" or self.opens_with_excerpt):
+            return f"repeats the openings of {self.excerpts} other pages"
+        if self.og_type == "article" or self.link_targets < LISTING_MIN_LINKS or not self.words:
+            return None
+        share = self.linked_words / self.words
+        needed = LISTING_LINKED_SHARE_WEBSITE if self.og_type == "website" else LISTING_LINKED_SHARE
+        if share >= needed:
+            kind = ", og:type website" if self.og_type == "website" else ""
+            return f"{share:.0%} of its words are links to {self.link_targets} other pages{kind}"
+        return None
+
+
+def page_shapes(pages: dict[str, tuple[str, ExtractedPage]], known_urls: set[str]) -> dict[str, PageShape]:
+    """The shape of every page (url -> (fetched url, extracted page)); `known_urls`: the crawled HTML pages under
+    every URL they were reached by (a link to one of them is a link to a page of the site)."""
+    owners: dict[str, set[str]] = {}
+    own: dict[str, set[str]] = {}
+    openings: dict[str, str | None] = {}
+    for url, (_, page) in pages.items():
+        own[url] = signatures(page)
+        openings[url] = opening_signature(page)
+        for signature in own[url]:
+            owners.setdefault(signature, set()).add(url)
+    first_words = {signature.split(" ", 1)[0] for signature in owners}
+    shapes = {}
+    for url, (fetched_url, page) in pages.items():
+        words = words_of(page.text)
+        repeated: set[str] = set()
+        for i, word in enumerate(words):
+            if word in first_words:
+                gram = " ".join(words[i : i + SIGNATURE_WORDS])
+                if gram in owners and gram not in own[url]:
+                    repeated |= owners[gram] - {url}
+        targets: set[str] = set()
+        linked_words = 0
+        for item in page.link_items:
+            hits = {normalize_url(urljoin(fetched_url, href)) for href in item.hrefs} & known_urls
+            hits -= {url, normalize_url(fetched_url)}
+            if hits:
+                targets |= hits
+                linked_words += item.words
+        opening = openings[url]
+        opens_with_excerpt = opening is not None and bool(owners[opening] - {url})
+        shapes[url] = PageShape(len(repeated), len(targets), linked_words, len(words), page.og_type, opens_with_excerpt)
+    return shapes
+
+
+def header_directives(x_robots_tag: str, user_agent: str) -> frozenset[str]:
+    """The X-Robots-Tag header's directives (one value per line) that apply to us: values for every robot, and
+    `<robot>: ...` values naming our user agent's product token (`mebot` of `mebot/0.1 (...)`)."""
+    token = user_agent.split("/", 1)[0].strip().lower()
+    found: set[str] = set()
+    for value in x_robots_tag.splitlines():
+        robot, colon, rest = value.partition(":")
+        robot = robot.strip().lower()
+        if colon and robot and " " not in robot and robot != "unavailable_after":  # "<robot>: directives"
+            if robot != token:
+                continue
+            value = rest
+        found |= robots_directives(value)
+    return frozenset(found)
+
+
+def is_noindex(record: dict, page: ExtractedPage, user_agent: str) -> bool:
+    """The page asks not to be indexed: its robots meta tag, or the X-Robots-Tag header the crawl recorded."""
+    header = header_directives(str(record.get("x_robots_tag") or ""), user_agent)
+    return "noindex" in page.robots or "noindex" in header
+
+
+# ------------------------------------------------------------------------------------------------ raw pages
+
+
 def build_raw_pages(crawl: CrawlRecords, site: SiteSettings) -> tuple[pd.DataFrame, CrawlSummary]:
-    """One row per distinct page: fetched HTML pages with their text, and error pages with their status."""
+    """One row per distinct page: fetched HTML pages with their text, and error pages with their status.
+    Listing pages (by URL pattern or structure), noindex pages and duplicates are counted, not kept."""
     summary = CrawlSummary()
     index_only = [re.compile(p) for p in site.index_only]
+    extracted: dict[int, tuple[str, ExtractedPage]] = {}  # record number -> (kept URL, page)
+    known_urls: set[str] = set()
+    for number, record in enumerate(crawl.records):
+        if record["kind"] != "page" or int(record["status"]) >= 400:
+            continue
+        page = extract_page(record["html"], site.content_selectors, site.drop_selectors)
+        url = normalize_url(resolve_canonical(record["url"], page.canonical_href))
+        if urlsplit(url).netloc != urlsplit(normalize_url(record["url"])).netloc:
+            url = normalize_url(record["url"])  # a canonical link to another host is not trusted
+        extracted[number] = (url, page)
+        known_urls |= {url, normalize_url(record["url"]), normalize_url(record.get("requested_url") or record["url"])}
+    shapes: dict[str, PageShape] = {}
+    if site.detect_listings:
+        firsts: dict[str, tuple[str, ExtractedPage]] = {}
+        for number, (url, page) in extracted.items():
+            firsts.setdefault(url, (crawl.records[number]["url"], page))
+        shapes = page_shapes(firsts, known_urls)
     rows: dict[str, dict] = {}
     seen_text: dict[str, str] = {}
-    for record in crawl.records:
+    for number, record in enumerate(crawl.records):
         kind = record["kind"]
         if kind == "skipped":
             summary.skipped[record["reason"]] += 1
@@ -72,12 +227,21 @@ def build_raw_pages(crawl: CrawlRecords, site: SiteSettings) -> tuple[pd.DataFra
             url = normalize_url(record["url"])
             rows.setdefault(url, _row(url, "", "", "", record))
             continue
-        page = extract_page(record["html"], site.content_selectors, site.drop_selectors)
-        url = normalize_url(resolve_canonical(record["url"], page.canonical_href))
-        if urlsplit(url).netloc != urlsplit(normalize_url(record["url"])).netloc:
-            url = normalize_url(record["url"])  # a canonical link to another host is not trusted
+        url, page = extracted[number]
+        if url in summary.listings:  # a listing reached again under another URL
+            summary.skipped["duplicate_url"] += 1
+            continue
         if any(p.search(urlsplit(url).path) for p in index_only):
             summary.skipped["index_page"] += 1
+            summary.listings.setdefault(url, "URL matches site.index_only")
+            continue
+        reason = shapes[url].listing_reason() if url in shapes else None
+        if reason:
+            summary.skipped["listing_page"] += 1
+            summary.listings.setdefault(url, reason)
+            continue
+        if is_noindex(record, page, site.user_agent):
+            summary.skipped["noindex"] += 1
             continue
         text_key = stable_hash(page.text, length=64)
         if url in rows and rows[url]["status"] < 400:
@@ -166,7 +330,7 @@ def robots_by_origin(crawl: CrawlRecords) -> dict[str, str]:
 @dg.asset(
     group_name="ingest",
     kinds={"scrapy", "parquet"},
-    code_version="1",
+    code_version="2",
     metadata=reads_settings("site"),
     check_specs=[
         dg.AssetCheckSpec("non_empty", asset="raw_pages", blocking=True, description="The crawl kept pages."),

@@ -1,4 +1,9 @@
-"""HTML page → title, main-content text and canonical link (pure functions, no Dagster).
+"""HTML page → title, main-content text, canonical link and the page's shape (pure functions, no Dagster).
+
+Besides the text, `extract_page` reads what tells a listing from an article and what the page asks of crawlers:
+the meta description (`description`, else `og:description`), `og:type`, the `<meta name="robots">` directives,
+and the main content's link items: every list item that holds a link, and every link outside a list item, with
+their hrefs as written and their words (`assets/ingest/crawl.py` decides from these which pages are listings).
 
 The text keeps the page's structure as plain text: one paragraph per block element, separated by blank
 lines; whitespace inside a paragraph collapsed to single spaces (sentences are never split across lines);
@@ -23,12 +28,26 @@ _CELL_TAGS = frozenset({"td", "th"})
 
 
 @dataclass(frozen=True)
+class LinkItem:
+    """A link-bearing part of the main content: a list item holding links (all of its words count), or a link
+    outside any list item (its own words)."""
+
+    hrefs: tuple[str, ...]
+    words: int
+
+
+@dataclass(frozen=True)
 class ExtractedPage:
     title: str
     text: str
     canonical_href: str | None
+    description: str = ""
+    og_type: str = ""
+    robots: frozenset[str] = frozenset()  # directives of <meta name="robots">, lower-cased: noindex, nofollow, ...
+    link_items: tuple[LinkItem, ...] = ()
 
 
+_WORD = re.compile(r"\w+")
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
 
@@ -120,13 +139,61 @@ def parse_html(html: str) -> lxml.html.HtmlElement | None:
         return None
 
 
+def _meta(root: lxml.html.HtmlElement) -> dict[str, str]:
+    """`<meta name|property=... content=...>` by lower-cased name (the first of each), content whitespace-collapsed."""
+    found: dict[str, str] = {}
+    for meta in root.iter("meta"):
+        name = (meta.get("name") or meta.get("property") or "").strip().lower()
+        if name and name not in found:
+            found[name] = " ".join((meta.get("content") or "").split())
+    return found
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-cased word tokens (punctuation and spacing ignored): how pages' words are counted and compared."""
+    return _WORD.findall(text.lower())
+
+
+def robots_directives(content: str) -> frozenset[str]:
+    """`"NoIndex, follow"` → {"noindex", "follow"}; `none` means noindex and nofollow."""
+    directives = {part.strip().lower() for part in content.split(",") if part.strip()}
+    if "none" in directives:
+        directives |= {"noindex", "nofollow"}
+    return frozenset(directives)
+
+
+def link_items(containers: list[lxml.html.HtmlElement]) -> tuple[LinkItem, ...]:
+    """The link-bearing parts of the main content, in document order (see LinkItem)."""
+    items: dict[lxml.html.HtmlElement, list[str]] = {}
+    for container in containers:
+        for anchor in container.iter("a"):
+            href = (anchor.get("href") or "").strip()
+            if not href:
+                continue
+            item = anchor
+            for ancestor in anchor.iterancestors():
+                if ancestor is container:
+                    break
+                if ancestor.tag == "li":
+                    item = ancestor  # the outermost list item within the container
+            items.setdefault(item, []).append(href)
+    outermost = [e for e in items if not any(a in items for a in e.iterancestors())]
+    merged = {e: list(items[e]) for e in outermost}
+    for element, hrefs in items.items():
+        if element not in merged:
+            owner = next(a for a in element.iterancestors() if a in merged)
+            merged[owner].extend(hrefs)
+    return tuple(LinkItem(tuple(hrefs), len(words_of(element_text(e)))) for e, hrefs in merged.items())
+
+
 def extract_page(html: str, content_selectors: list[str], drop_selectors: list[str]) -> ExtractedPage:
-    """Title, main text and canonical link of a page; malformed or empty HTML gives empty strings."""
+    """Title, main text, canonical link and shape of a page; malformed or empty HTML gives empty strings."""
     root = parse_html(html)
     if root is None:
         return ExtractedPage(title="", text="", canonical_href=None)
     canonical = root.xpath("//link[@rel='canonical']/@href")
     head_title = " ".join((root.findtext(".//title") or "").split())
+    meta = _meta(root)
 
     containers: list[lxml.html.HtmlElement] = []
     for selector in content_selectors:
@@ -151,6 +218,10 @@ def extract_page(html: str, content_selectors: list[str], drop_selectors: list[s
         title=title or head_title,
         text=text,
         canonical_href=canonical[0].strip() if canonical and canonical[0].strip() else None,
+        description=meta.get("description") or meta.get("og:description", ""),
+        og_type=meta.get("og:type", "").lower(),
+        robots=robots_directives(meta.get("robots", "")),
+        link_items=link_items(containers),
     )
 
 

@@ -2,36 +2,52 @@
 
 `qa.questions_per_chunk` distinct questions per passage, written in rounds (question 1 of every passage, then
 question 2, …) through `ChatClient.complete_batch`. Every call of a round shares one seed derived from `qa.seed`,
-the round and the attempt, so question 2 of a passage is sampled with another seed than question 1. Each output
-is cleaned (`clean_question`) and judged (`rejection_reason`): empty, over `qa.max_question_chars`, not a
-question, cut off by `qa.max_tokens` before a "?", or a duplicate of a question already kept (anywhere on the
-site: a question text shared by two passages could otherwise land in train and test) is rejected. A rejected
-output is retried once with another seed (and, after a duplicate, or when `qa.temperature` is 0 and seeds change
-nothing, with the questions that already exist listed in the prompt); a second rejection drops that question and
-counts it. A model that never writes a question gives an empty table with the counts, not a crash. The LLM call
-cache makes a re-run repeat no finished call. The splits are `assets/qa/splits.py`.
+the round and the attempt, so question 2 of a passage is sampled with another seed than question 1. The model is
+asked with `qa.prompt` after the `qa.few_shot` examples (earlier turns: a passage, then its question), and on
+llama.cpp with `qa.constrained` a grammar (`QUESTION_GBNF`) lets it write only one question: an opener ("What",
+"How", …), one sentence, its "?". Each output is cleaned (`clean_question`) and judged (`rejection_reason`):
+empty, over `qa.max_question_chars`, not a question, cut off by `qa.max_tokens` before a "?"; then the quality
+gates of `qa.gates` (assets/qa/gates.py: names nothing of its passage, a generic template, does not find its own
+page in the top `qa.roundtrip_k`); then a duplicate of a question already kept (anywhere on the site: a question
+text shared by two passages could otherwise land in train and test). A rejected output is retried once with
+another seed (and, after a duplicate, or when `qa.temperature` is 0 and seeds change nothing, with the questions
+that already exist listed in the prompt); a second rejection drops that question and counts it, with a few
+examples per reason in the metadata. A model that never writes a question gives an empty table with the counts,
+not a crash. The LLM call cache makes a re-run repeat no finished call. The splits are `assets/qa/splits.py`.
 
-Small local models: with the default prompt (instruction, then the passage) SmolLM2-135M mostly continues the
-passage instead of asking (1 question in 24 outputs on the sample site); with the instruction after the passage
-it wrote a question in about 2 of 3 outputs. The prompt is `qa.prompt` in mebot.yaml.
+Small local models (SmolLM2-135M, the sample site's 16 default passages, 2 questions each, all three gates):
+the instruction after the passage alone kept 12 of 32 questions (26 outputs were no question at all, 15 named
+nothing of their passage: "What is the answer to this question?"); the grammar alone 17 (run-on sentences that
+end in "?"); the three few-shot examples 19 (1 output no question); few-shot, the grammar and "Ask about a name,
+place, number or thing the TEXT mentions" 23. With the instruction before the passage (`qa.prompt: original`,
+the original bot's) the model mostly continues the passage instead of asking.
 """
 
 import re
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import dagster as dg
 import pandas as pd
 
 from mebot.assets.outputs import content_output
+from mebot.assets.qa.gates import GATE_REASON, NO_GATES, Passage, QuestionGates, RoundTrip, TemplateGate
 from mebot.assets.qa.splits import SPLITS, assign_splits, sample_passages
 from mebot.resources.chat import ChatClient, ChatModelResource
+from mebot.resources.embeddings import EmbedderResource, embed_with_cache
 from mebot.resources.hashing import seeded_int
 from mebot.resources.parquet_io import markdown_preview
-from mebot.resources.settings import QaSettings, SettingsResource, reads_settings
+from mebot.resources.settings import (
+    FewShotExample,
+    QaSettings,
+    Settings,
+    SettingsResource,
+    reads_settings,
+    resolve_qa_prompt,
+)
 
 # Words a question may start with when the model forgot the question mark.
 QUESTION_WORDS = frozenset(
@@ -47,6 +63,23 @@ _QUOTED_QUESTION = re.compile(r"[\"“«]([^\"”»]*\?)[\"”»]")
 _WORD = re.compile(r"[A-Za-z']+")
 _LETTER = re.compile(r"[^\W\d_]")  # a letter in any script
 _TERM = re.compile(r"[^\W_]+")  # letters and digits in any script
+MAX_REJECT_EXAMPLES = 3  # rejected outputs shown per reason in the metadata
+# One sentence that starts like a question (an opener, then a space) and ends at its "?" (the grammar then allows
+# nothing more, so generation stops there): no line break, no "." or "!" ending a sentence inside it (a decimal
+# point between digits is fine), at most QUESTION_MAX_CHARS characters. What llama.cpp may write when
+# qa.constrained is on.
+QUESTION_OPENERS = (
+    "What Which Who Whom Whose When Where Why How Do Does Did Is Are Was Were Have Has Had Can Could Would Will "
+    "Should In On At For After Before Since According"
+).split()
+QUESTION_MAX_CHARS = 150
+QUESTION_GBNF = "\n".join(
+    [
+        f'root ::= opener " " char{{3,{QUESTION_MAX_CHARS}}} "?"',
+        "opener ::= " + " | ".join(f'"{w}"' for w in QUESTION_OPENERS),
+        'char ::= [^?\\n.!] | [0-9] "." [0-9]',
+    ]
+)
 
 
 def clean_question(text: str) -> str:
@@ -112,12 +145,29 @@ def round_seed(base_seed: int, question_index: int, attempt: int) -> int:
     return seeded_int(base_seed, question_index, attempt, sep=":")
 
 
-def question_messages(prompt: str, passage: str, existing: list[str]) -> list[dict[str, str]]:
+def question_messages(
+    prompt: str, passage: str, existing: list[str], few_shot: Sequence[FewShotExample] = ()
+) -> list[dict[str, str]]:
+    """The conversation that asks for one question: each few-shot example as a user turn (the prompt with its
+    passage) answered by its question, then the prompt with `passage` (and the questions that already exist)."""
+    messages: list[dict[str, str]] = []
+    for example in few_shot:
+        messages.append({"role": "user", "content": prompt.format(passage=example.passage)})
+        messages.append({"role": "assistant", "content": example.question})
     content = prompt.format(passage=passage)
     if existing:
         listed = "\n".join(f"- {q}" for q in existing)
         content += f"\n\nThese questions already exist; write a different one:\n{listed}"
-    return [{"role": "user", "content": content}]
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
+def question_constraints(client: ChatClient, qa: QaSettings) -> dict[str, str]:
+    """`complete` arguments that make the output one question (`qa.constrained`): a GBNF grammar on llama.cpp.
+    An OpenAI-compatible server gets the prompt alone (a capable model writes one question when asked)."""
+    if qa.constrained and client.provider == "llama_cpp":
+        return {"grammar": QUESTION_GBNF}
+    return {}
 
 
 @dataclass
@@ -126,10 +176,18 @@ class QuestionStats:
     rejected: Counter = field(default_factory=Counter)  # every rejected output, first tries and retries
     dropped: Counter = field(default_factory=Counter)  # questions given up on, by the retry's rejection reason
     retries: int = 0
+    examples: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # a few rejects per reason
+    gated: int = 0  # outputs that were questions and reached the quality gates (qa.gates)
 
     @property
     def never_written(self) -> int:
         return sum(self.dropped.values())
+
+    def reject(self, reason: str, question: str, url: str, attempt: int) -> None:
+        self.rejected[reason] += 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < MAX_REJECT_EXAMPLES:
+            shown.append({"question": question, "url": url, "attempt": str(attempt + 1)})
 
 
 def write_questions(
@@ -137,12 +195,17 @@ def write_questions(
     passages: pd.DataFrame,
     qa: QaSettings,
     log: Callable[[str], None] = lambda message: None,
+    gates: QuestionGates = NO_GATES,
 ) -> tuple[dict[str, list[str]], QuestionStats]:
-    """Up to qa.questions_per_chunk distinct questions per passage (by chunk_id, in writing order)."""
+    """Up to qa.questions_per_chunk distinct questions per passage (by chunk_id, in writing order), each one
+    past `gates` (the quality gates of `qa.gates`; none by default)."""
     stats = QuestionStats()
     questions: dict[str, list[str]] = {cid: [] for cid in passages["chunk_id"]}
     seen: set[str] = set()  # normalized questions kept so far, over the whole site
-    items = list(passages[["chunk_id", "passage"]].itertuples(index=False))
+    items = list(passages[["chunk_id", "passage", "url"]].itertuples(index=False))
+    prompt = resolve_qa_prompt(qa.prompt)
+    few_shot = list(qa.few_shot)
+    constraints = question_constraints(client, qa)
     for k in range(qa.questions_per_chunk):
         pending = [(item, "", "") for item in items]  # (passage, previous rejection reason, its question)
         for attempt in (0, 1):
@@ -155,7 +218,7 @@ def write_questions(
                 existing = questions[item.chunk_id] if qa.temperature == 0 or previous == "duplicate" else []
                 if previous == "duplicate" and rejected_question not in existing:
                     existing = [*existing, rejected_question]
-                batch.append(question_messages(qa.prompt, item.passage, existing))
+                batch.append(question_messages(prompt, item.passage, existing, few_shot))
             started = time.monotonic()
             results = client.complete_batch(
                 batch,
@@ -163,20 +226,33 @@ def write_questions(
                 max_tokens=qa.max_tokens,
                 seed=round_seed(qa.seed, k, attempt),
                 on_progress=_progress_logger(log, f"question {k + 1}, attempt {attempt + 1}"),
+                **constraints,
             )
-            retry = []
-            rejected = 0
-            for (item, _, _), result in zip(pending, results, strict=True):
-                question = clean_question(result.text)
-                reason = rejection_reason(question, qa.max_question_chars, seen)
+            cleaned = [clean_question(result.text) for result in results]
+            reasons = []
+            for question, result in zip(cleaned, results, strict=True):
+                reason = rejection_reason(question, qa.max_question_chars)
                 if reason is None and result.finish_reason == "length" and "?" not in question:
                     reason = "cut_off"  # stopped by qa.max_tokens before the question was finished
+                reasons.append(reason)
+            open_ = [i for i, reason in enumerate(reasons) if reason is None]
+            stats.gated += len(open_)
+            gate_reasons = gates.reasons(
+                [cleaned[i] for i in open_], [pending[i][0].passage for i in open_], [pending[i][0].url for i in open_]
+            )
+            for i, reason in zip(open_, gate_reasons, strict=True):
+                reasons[i] = reason
+            retry = []
+            rejected = 0
+            for (item, _, _), question, reason in zip(pending, cleaned, reasons, strict=True):
+                if reason is None and normalize_question(question) in seen:
+                    reason = "duplicate"  # of a question kept before, for this passage or another
                 if reason is None:
                     questions[item.chunk_id].append(question)
                     seen.add(normalize_question(question))
                     stats.written += 1
                     continue
-                stats.rejected[reason] += 1
+                stats.reject(reason, question, item.url, attempt)
                 rejected += 1
                 if attempt == 0:
                     retry.append((item, reason, question))
@@ -188,6 +264,25 @@ def write_questions(
             )
             pending = retry
     return questions, stats
+
+
+def question_gates(
+    qa: QaSettings, qa_chunks: pd.DataFrame, embedder: EmbedderResource, settings: Settings
+) -> QuestionGates:
+    """The gates of `qa.gates`; the round trip retrieves among every passage of `qa_chunks` (not only the sample
+    that gets questions), embedded window by window with models.embedding through the embedding cache."""
+    model = embedder.embedder(settings)
+    cache = embedder.cache()
+
+    def embed(texts: list[str]):
+        return embed_with_cache(model, cache, texts)[0]
+
+    template = TemplateGate(embed, qa.template_similarity) if "not_template" in qa.gates else None
+    roundtrip = None
+    if "roundtrip" in qa.gates:
+        passages = [Passage(r.chunk_id, r.url, r.passage) for r in qa_chunks.itertuples(index=False)]
+        roundtrip = RoundTrip(passages, embed, qa.roundtrip_k, windows=model.windows)
+    return QuestionGates(qa.gates, template=template, roundtrip=roundtrip)
 
 
 def _progress_logger(log: Callable[[str], None], label: str) -> Callable[[int, int], None]:
@@ -204,6 +299,11 @@ def _progress_logger(log: Callable[[str], None], label: str) -> Callable[[int, i
     code_version="1",
     metadata=reads_settings(
         "qa.prompt",
+        "qa.few_shot",
+        "qa.constrained",
+        "qa.gates",
+        "qa.template_similarity",
+        "qa.roundtrip_k",
         "qa.max_passages",
         "qa.questions_per_chunk",
         "qa.max_question_chars",
@@ -214,26 +314,32 @@ def _progress_logger(log: Callable[[str], None], label: str) -> Callable[[int, i
         "qa.validation_fraction",
         "qa.seed",
         "models.chat",
+        "models.embedding",
     ),
 )
 def synthetic_qa(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
     chat_model: ChatModelResource,
+    embedder: EmbedderResource,
     qa_chunks: pd.DataFrame,
 ) -> dg.Output[pd.DataFrame]:
-    """Questions whose answer is a passage, written by the chat model with `qa.prompt`: up to
-    `qa.questions_per_chunk` distinct ones per passage, cleaned and checked (empty, over-long and non-question
-    outputs are retried once, then dropped and counted), with provenance and a held-out split (`qa.split`:
-    by_question, by_page, or none — the original leaky protocol). Calls are cached: a re-run repeats none."""
+    """Questions whose answer is a passage, written by the chat model with `qa.prompt` (and the `qa.few_shot`
+    examples; one question by construction with `qa.constrained` on llama.cpp): up to `qa.questions_per_chunk`
+    distinct ones per passage, cleaned and checked — empty, over-long and non-question outputs, and those failing
+    a quality gate of `qa.gates` (names nothing of its passage, a generic template, does not find its own page
+    among the passages in the top `qa.roundtrip_k`) are retried once with another seed, then dropped and counted,
+    with examples — with provenance and a held-out split (`qa.split`: by_question, by_page, or none — the
+    original leaky protocol). Calls are cached: a re-run repeats none."""
     config = settings.for_asset(context)
     qa = config.qa
     client = chat_model.client(config)
     passages = sample_passages(qa_chunks, qa.max_passages, qa.seed)
     if len(passages) < len(qa_chunks):
         context.log.info(f"writing questions for {len(passages)} of {len(qa_chunks)} passages (qa.max_passages)")
+    gates = question_gates(qa, qa_chunks, embedder, config) if qa.gates else NO_GATES
     started = time.monotonic()
-    questions, stats = write_questions(client, passages, qa, log=context.log.info)
+    questions, stats = write_questions(client, passages, qa, log=context.log.info, gates=gates)
     seconds = time.monotonic() - started
     frame = assign_splits(passages, questions, qa)
     by_split = {split: int((frame["split"] == split).sum()) for split in SPLITS}
@@ -259,6 +365,12 @@ def synthetic_qa(
             "dropped": dg.MetadataValue.json(dict(sorted(stats.dropped.items()))),
             "rejected_outputs": dg.MetadataValue.json(dict(sorted(stats.rejected.items()))),
             "retries": dg.MetadataValue.int(stats.retries),
+            "gates": dg.MetadataValue.json(list(gates.enabled)),
+            "gated_outputs": dg.MetadataValue.int(stats.gated),
+            "gate_rejections": dg.MetadataValue.json(
+                {GATE_REASON[g]: int(stats.rejected[GATE_REASON[g]]) for g in gates.enabled}
+            ),
+            "rejected_examples": dg.MetadataValue.json(dict(sorted(stats.examples.items()))),
             "split_mode": dg.MetadataValue.text(qa.split),
             "seconds": dg.MetadataValue.float(round(seconds, 2)),
             "model": dg.MetadataValue.text(client.identity),

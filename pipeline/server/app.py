@@ -1,10 +1,12 @@
 """`mebot serve`: the bot over HTTP (Starlette + uvicorn).
 
 Endpoints:
-    GET  /                       the web page (static files in pipeline/server/static, no external assets)
+    GET  /                       the web page, "Ask <persona.name>" (pipeline/server/static, no external assets); it
+                                 asks /v1/chat/completions with stream: true and shows the answer as it is generated
     GET  /api?query=...&model=qa|finetune[:<key>]|rag|ft-<key>[&retrieval_only=1]
                                  the original bot's reply shape: {"text", "sourceDocuments": [...]} plus scores
-    POST /v1/chat/completions    OpenAI-compatible (non-streaming and SSE streaming); model rag or ft-<key>
+    POST /v1/chat/completions    OpenAI-compatible (non-streaming, and SSE streaming token by token as the model
+                                 generates them); model rag or ft-<key>
     GET  /v1/models              the served models
     GET  /healthz                ready or not, index version, models
 
@@ -18,14 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import html
 import json
 import logging
 import math
 import os
 import sys
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,12 +40,20 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from mebot.assets.index.rag import ModelOutputError, QuestionError, Source
-from mebot.pipeline.server.models import RAG_MODEL, ModelRegistry, NotReadyError, Reply, UnknownModelError
+from mebot.pipeline.server.models import (
+    EXTRACTIVE_MODEL,
+    FT_PREFIX,
+    RAG_MODEL,
+    ModelRegistry,
+    NotReadyError,
+    Reply,
+    UnknownModelError,
+)
 from mebot.resources.chat import BudgetExceeded, ChatProviderError
 from mebot.resources.settings import Settings
 
@@ -48,8 +61,8 @@ log = logging.getLogger("mebot.serve")
 
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_BODY_BYTES = 1 << 20
-STREAM_PIECE_WORDS = 3
 KEEPALIVE_S = 10.0
+PERSONA_PLACEHOLDER = "{{persona_name}}"
 
 
 # ------------------------------------------------------------------------------------------------- errors
@@ -80,6 +93,34 @@ def error_body(status: int, message: str, code: str) -> dict:
 
 def error_response(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(error_body(status, message, code), status_code=status, headers=headers)
+
+
+class GenerationCancelled(Exception):
+    """Raised in the generation worker by the streaming callback once the client has gone: it stops the model."""
+
+
+class StreamedText:
+    """The pieces of a streamed answer, passed on so that they add up to the answer the non-streaming reply gives
+    (which is stripped): whitespace before the first word and after the latest one is held back."""
+
+    def __init__(self) -> None:
+        self.sent = ""
+        self._held = ""
+
+    def add(self, piece: str) -> str:
+        """The part of `piece` to send now (may be empty)."""
+        text = self._held + piece
+        if not self.sent:
+            text = text.lstrip()
+        body = text.rstrip()
+        self._held = text[len(body) :]
+        self.sent += body
+        return body
+
+    def rest(self, answer: str) -> str:
+        """What is still to send once the answer is known: its end when what was sent begins it, else nothing
+        (the answer was changed after generation; the finish chunk's `text` carries it whole)."""
+        return answer[len(self.sent) :] if answer.startswith(self.sent) else ""
 
 
 # -------------------------------------------------------------------------------------------------- limits
@@ -186,10 +227,14 @@ class Server:
         if not self.registry.ready:
             raise ApiError(503, self.registry.not_ready_reason or "no index yet: run `make run` first", "not_ready")
 
-    async def generate(self, model: str, question: str) -> Reply:
-        """`model`'s answer, computed in the generation worker; the queue slot must be reserved already."""
+    async def generate(self, model: str, question: str, on_token: Callable[[str], None] | None = None) -> Reply:
+        """`model`'s answer, computed in the generation worker; the queue slot must be reserved already.
+        `on_token` (called in the worker) gets the answer's pieces as the model generates them."""
+        answer = self.registry.answer
+        if on_token is not None:
+            answer = functools.partial(self.registry.answer, on_token=on_token)
         try:
-            return await self.queue.submit(self.registry.answer, model, question)
+            return await self.queue.submit(answer, model, question)
         except QuestionError as exc:
             raise ApiError(400, str(exc), "bad_question") from None
         except NotReadyError as exc:
@@ -203,7 +248,10 @@ class Server:
     # ------------------------------------------------------------------------------------- endpoints
 
     async def index_page(self, request: Request) -> Response:
-        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+        """The page, titled with the person's name (persona.name, HTML-escaped)."""
+        page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+        page = page.replace(PERSONA_PLACEHOLDER, html.escape(self.settings.persona.name))
+        return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
 
     async def healthz(self, request: Request) -> Response:
         ready = self.registry.ready
@@ -231,7 +279,9 @@ class Server:
         value = value.strip() or "qa"
         if value in ("qa", RAG_MODEL):
             return RAG_MODEL
-        finetuned = [n for n in names if n != RAG_MODEL]
+        if value == EXTRACTIVE_MODEL:  # the best sentences quoted, no LLM
+            return value
+        finetuned = [n for n in names if n.startswith(FT_PREFIX)]
         if value == "finetune":
             if not finetuned:
                 raise ApiError(400, "no fine-tuned model is available; the valid models are: qa (rag)", "unknown_model")
@@ -240,7 +290,8 @@ class Server:
             value = "ft-" + value.split(":", 1)[1]
         if value in finetuned:
             return value
-        valid = ["qa", *(["finetune"] if finetuned else []), *("finetune:" + n[3:] for n in finetuned)]
+        valid = ["qa", EXTRACTIVE_MODEL, *(["finetune"] if finetuned else [])]
+        valid += ["finetune:" + n[3:] for n in finetuned]
         raise ApiError(400, f"unknown model {value!r}; the valid models are: {', '.join(valid)}", "unknown_model")
 
     async def api(self, request: Request) -> Response:
@@ -324,8 +375,11 @@ class Server:
     async def stream_completion(
         self, completion_id: str, created: int, model: str, question: str
     ) -> AsyncIterator[str]:
-        """SSE: a role chunk at once, keep-alive comments while the answer is generated, the answer in pieces of a
-        few words, a finish chunk (with usage and sources), then `data: [DONE]`. The queue slot is ours."""
+        """SSE: a role chunk at once; then the answer piece by piece as the model generates it (llama.cpp token
+        by token, or an OpenAI-compatible endpoint's own stream), with keep-alive comments while nothing comes;
+        a finish chunk with usage, sources (with their text) and the whole answer as `text`; then `data: [DONE]`.
+        The pieces add up to the non-streaming reply's answer. A client that goes away stops the generation at
+        its next token. The queue slot is ours."""
 
         def chunk(delta: dict, finish: str | None = None, **extra: Any) -> str:
             payload = {
@@ -338,15 +392,34 @@ class Server:
             }
             return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str] = asyncio.Queue()
+        gone = threading.Event()
+
+        def on_token(piece: str) -> None:  # in the generation worker
+            if gone.is_set():
+                raise GenerationCancelled("the client went away")
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+        streamed = StreamedText()
         released = False
+        task: asyncio.Future | None = None
         try:
             yield chunk({"role": "assistant", "content": ""})
-            task = asyncio.ensure_future(self.generate(model, question))
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=KEEPALIVE_S)
-                if done:
-                    break
-                yield ": keep-alive\n\n"
+            task = asyncio.ensure_future(self.generate(model, question, on_token))
+            while not task.done():
+                getter = asyncio.ensure_future(pieces.get())
+                done, _ = await asyncio.wait({task, getter}, timeout=KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    if text := streamed.add(getter.result()):
+                        yield chunk({"content": text})
+                    continue
+                getter.cancel()
+                if not done:
+                    yield ": keep-alive\n\n"
+            while not pieces.empty():  # pieces queued before the answer was returned
+                if text := streamed.add(pieces.get_nowait()):
+                    yield chunk({"content": text})
             self.queue.release()
             released = True
             try:
@@ -355,17 +428,19 @@ class Server:
                 yield f"data: {json.dumps(error_body(exc.status, exc.message, exc.code))}\n\n"
                 yield "data: [DONE]\n\n"
                 return
-            words = reply.text.split(" ")
-            for start in range(0, len(words), STREAM_PIECE_WORDS):
-                piece = " ".join(words[start : start + STREAM_PIECE_WORDS])
-                yield chunk({"content": piece if start == 0 else " " + piece})
-            yield chunk({}, "stop", usage=usage(reply), sources=[source_json(s) for s in reply.sources])
+            if rest := streamed.rest(reply.text):
+                yield chunk({"content": rest})
+            sources = [source_json(s, with_text=True) for s in reply.sources]
+            yield chunk({}, "stop", usage=usage(reply), sources=sources, text=reply.text)
             yield "data: [DONE]\n\n"
         except Exception:  # noqa: BLE001 - the status line is sent; report in-band
             log.exception("streaming failed")
             yield f"data: {json.dumps(error_body(500, 'the answer failed (see the server log)', 'internal_error'))}\n\n"
             yield "data: [DONE]\n\n"
         finally:
+            gone.set()  # a generation still running stops at its next token
+            if task is not None and not task.done():
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its error is expected
             if not released:
                 self.queue.release()
 
@@ -373,8 +448,11 @@ class Server:
 # ----------------------------------------------------------------------------------------------- formats
 
 
-def source_json(source: Source) -> dict:
-    return {"url": source.url, "title": source.title, "chunk_id": source.chunk_id, "score": source.score}
+def source_json(source: Source, with_text: bool = False) -> dict:
+    """A source as the chat completions answer it; `with_text` adds the chunk's text (the stream's finish chunk,
+    which the page shows under each reference)."""
+    found = {"url": source.url, "title": source.title, "chunk_id": source.chunk_id, "score": source.score}
+    return {**found, "text": source.text} if with_text else found
 
 
 def source_document(source: Source) -> dict:

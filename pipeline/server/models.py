@@ -1,9 +1,10 @@
-"""The models the bot answers with, by name: `rag`, and `ft-<key>` for every fine-tuned LoRA adapter on disk.
+"""The models the bot answers with, by name: `rag`, `extractive` (quotes, no LLM), and `ft-<key>` for every
+fine-tuned LoRA adapter on disk.
 
 One small registry that the server and the evaluation share, so both answer a question the same way:
 
     registry = ModelRegistry(settings, resources, data_dir)    # resources: build_definitions(...).resources
-    registry.names()                       # ['rag', 'ft-e1-b2-lr0.5', ...]
+    registry.names()                       # ['rag', 'extractive', 'ft-e1-b2-lr0.5', ...]
     registry.answer("rag", "What is your sourdough starter called?")   # -> Reply(text, sources, ...)
 
 The RAG bot is loaded by `mebot.assets.index.rag.load_rag_bot` (latest chunks and CURRENT index version); a
@@ -19,20 +20,21 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mebot.assets.finetune.formats import ask_finetuned
+from mebot.assets.index.extractive import EXTRACTIVE_MODEL, ExtractiveBot
 from mebot.assets.index.rag import RagBot, Source, load_rag_bot
 from mebot.resources.chat import ChatClient
+from mebot.resources.layout import ADAPTER_FILE, DataLayout
 from mebot.resources.settings import Settings
 
 log = logging.getLogger(__name__)
 
 RAG_MODEL = "rag"
 FT_PREFIX = "ft-"
-ADAPTER_FILE = "adapter.gguf"
-CHUNKS_FILE = "rag_chunks.parquet"
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -59,7 +61,7 @@ class Reply:
 
 def adapter_models(data_dir: Path) -> dict[str, Path]:
     """`ft-<key>` -> adapter for every `<data_dir>/models/<key>/adapter.gguf`, sorted by key."""
-    root = Path(data_dir) / "models"
+    root = DataLayout(Path(data_dir)).models_dir
     if not root.is_dir():
         return {}
     found = {}
@@ -77,7 +79,7 @@ def materialization_signature(data_dir: Path, index_dir: Path) -> tuple:
     except OSError:
         current = None
     try:
-        stat = (Path(data_dir) / CHUNKS_FILE).stat()
+        stat = DataLayout(Path(data_dir)).asset("rag_chunks").stat()
         chunks = (stat.st_mtime_ns, stat.st_size)
     except OSError:
         chunks = None
@@ -150,7 +152,8 @@ class ModelRegistry:
     # ------------------------------------------------------------------------------------------- models
 
     def names(self) -> list[str]:
-        return [RAG_MODEL, *self._adapters]
+        """`rag`, `extractive` (the best sentences quoted, no LLM) and the fine-tuned adapters."""
+        return [RAG_MODEL, EXTRACTIVE_MODEL, *self._adapters]
 
     def check(self, model: str) -> str:
         if model not in self.names():
@@ -171,11 +174,13 @@ class ModelRegistry:
     def retrieve(self, question: str, k: int | None = None) -> list[Source]:
         return self.bot.retrieve(question, k)
 
-    def answer(self, model: str, question: str) -> Reply:
-        """The answer of `model` to `question` (raises UnknownModelError, NotReadyError, QuestionError, ...)."""
+    def answer(self, model: str, question: str, on_token: Callable[[str], None] | None = None) -> Reply:
+        """The answer of `model` to `question` (raises UnknownModelError, NotReadyError, QuestionError, ...);
+        `on_token` gets the answer's pieces as the model generates them (the server streams them)."""
         self.check(model)
-        if model == RAG_MODEL:
-            rag = self.bot.ask(question)
+        if model in (RAG_MODEL, EXTRACTIVE_MODEL):
+            bot = self.bot if model == RAG_MODEL else ExtractiveBot(self.bot)
+            rag = bot.ask(question, on_token=on_token)
             return Reply(
                 model=model,
                 text=rag.answer,
@@ -186,7 +191,7 @@ class ModelRegistry:
                 latency_s=rag.latency_s,
             )
         started = time.monotonic()
-        text, result = ask_finetuned(self.finetuned_client(model), self.settings, question)
+        text, result = ask_finetuned(self.finetuned_client(model), self.settings, question, on_token=on_token)
         return Reply(
             model=model,
             text=text,
@@ -209,7 +214,7 @@ def _public_reason(exc: Exception) -> str:
 
 
 __all__ = [
-    "ADAPTER_FILE",
+    "EXTRACTIVE_MODEL",
     "FT_PREFIX",
     "RAG_MODEL",
     "ModelRegistry",

@@ -108,11 +108,32 @@ class ChatClient(ABC):
         top_logprobs: int = 0,
         stop: list[str] | None = None,
         seed: int | None = None,
+        grammar: str | None = None,
+        response_format: dict | None = None,
+        repeat_penalty: float | None = None,
+        frequency_penalty: float | None = None,
+        logit_bias: dict[str | int, float] | None = None,
+        on_token: Callable[[str], None] | None = None,
     ) -> ChatResult:
+        """One chat call (from the cache when an identical one was made before).
+
+        Optional controls, each sent (and part of the cache key) only when set, so the keys of calls that do not
+        use them stay what they were: `grammar` (GBNF text the output must match: llama.cpp, and llama.cpp's
+        server through the request body), `response_format` (OpenAI's `{"type": "json_schema", ...}` or
+        `{"type": "json_object"}`; llama.cpp turns a JSON schema into a grammar), `repeat_penalty` (llama.cpp's
+        multiplicative penalty on recent tokens; 1.0 = off), `frequency_penalty` (OpenAI's and llama.cpp's
+        additive penalty per earlier occurrence), `logit_bias` ({token id: bias}, the provider's token ids).
+
+        `on_token` streams the answer: it is called with each piece of text as the model generates it (llama.cpp
+        and OpenAI-compatible providers stream; any other provider, and a cached answer, gives the whole text as
+        one piece). It is not part of the cache key, and an exception it raises stops the generation. A provider
+        finds it in `params["on_token"]` (never in the key)."""
         started = time.perf_counter()
         if not messages or not all(isinstance(m, dict) and "role" in m for m in messages):
             raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
-        params = {
+        if grammar is not None and response_format is not None:
+            raise ValueError("give either grammar or response_format, not both: each constrains the whole output")
+        params: dict[str, Any] = {
             "temperature": float(temperature),
             "max_tokens": int(max_tokens),
             "logprobs": bool(logprobs),
@@ -120,6 +141,17 @@ class ChatClient(ABC):
             "stop": list(stop) if stop else None,
             "seed": seed,
         }
+        # Only when set: a call without them keeps the key it always had (see test_cache_keys_...).
+        if grammar is not None:
+            params["grammar"] = str(grammar)
+        if response_format is not None:
+            params["response_format"] = response_format
+        if repeat_penalty is not None:
+            params["repeat_penalty"] = float(repeat_penalty)
+        if frequency_penalty is not None:
+            params["frequency_penalty"] = float(frequency_penalty)
+        if logit_bias:
+            params["logit_bias"] = {str(token): float(bias) for token, bias in logit_bias.items()}
         key = None
         if self.cache is not None:
             # The key's inputs are a contract with every existing cache file: change none of them.
@@ -127,14 +159,27 @@ class ChatClient(ABC):
             hit = self.cache.get(key)
             if hit is not None:
                 self.usage.record(cache_hit=True)
-                return result_from_cache(hit, time.perf_counter() - started)
+                cached = result_from_cache(hit, time.perf_counter() - started)
+                if on_token is not None and cached.text:
+                    on_token(cached.text)
+                return cached
 
         price = self._price()
         prompt_estimate = self._prompt_estimate(messages)
         estimate_usd = cost_usd(price, prompt_estimate, params["max_tokens"])
         self._reserve(estimate_usd)
+        streamed: list[bool] = []
+        if on_token is not None:
+
+            def relay(piece: str) -> None:
+                streamed.append(True)
+                on_token(piece)
+
+            params = {**params, "on_token": relay}  # after the key: streaming never changes it
         try:
             result = self._generate(messages, params, prompt_estimate)
+            if on_token is not None and not streamed and result.text:
+                on_token(result.text)  # a provider that does not stream: the whole answer at once
         except BaseException:
             with self._budget_lock:
                 self._reserved_usd -= estimate_usd

@@ -12,7 +12,7 @@ from mebot.resources.chat.llama_cpp import LlamaCppChat
 from mebot.resources.chat.openai_compatible import OpenAIChat
 from mebot.resources.chat.results import Usage
 from mebot.resources.layout import LLM_CACHE_FILE
-from mebot.resources.llm_cache import LlmCache
+from mebot.resources.llm_cache import LlmCache, open_llm_cache
 from mebot.resources.settings import ChatModelSettings, Price, Settings
 
 PROVIDERS: dict[str, type[LlamaCppChat] | type[OpenAIChat]] = {"llama_cpp": LlamaCppChat, "openai": OpenAIChat}
@@ -38,15 +38,22 @@ class ChatModelResource(dg.ConfigurableResource):
     """Dagster resource: the chat model from mebot.yaml's models.chat, with the call cache under cache_dir."""
 
     cache_dir: str
+    # A postgresql:// URL: the call cache lives in that PostgreSQL (workers on several machines share it; see
+    # pipeline/deploy/). Empty: SQLite under cache_dir.
+    cache_url: str = ""
 
     def cache_path(self, settings: Settings) -> Path:
         return settings.resolve_path(self.cache_dir) / LLM_CACHE_FILE
+
+    def open_cache(self, settings: Settings) -> LlmCache:
+        """The call cache: PostgreSQL at cache_url when set, else the SQLite file under cache_dir."""
+        return open_llm_cache(self.cache_url or self.cache_path(settings))
 
     def client(
         self, settings: Settings, *, lora_path: str | None = None, chat: ChatModelSettings | None = None
     ) -> ChatClient:
         """A client for models.chat, or for `chat` (e.g. models.judge, or a fine-tuned model's settings)."""
-        cache = LlmCache(self.cache_path(settings)) if settings.models.use_cache else None
+        cache = self.open_cache(settings) if settings.models.use_cache else None
         return chat_client(
             chat or settings.models.chat,
             prices=settings.models.prices,

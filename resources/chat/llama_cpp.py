@@ -7,8 +7,10 @@ a Llama object is not thread-safe, so calls on one take its lock. Local calls co
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
+import json
 import logging
 import threading
 import time
@@ -118,6 +120,53 @@ def load_llama(
     return loaded
 
 
+# ------------------------------------------------------------------------------------ output controls
+
+
+@functools.lru_cache(maxsize=64)
+def compiled_grammar(gbnf: str) -> Any:
+    """A llama_cpp.LlamaGrammar for GBNF text (parsed by llama.cpp when a call uses it; a bad one raises there)."""
+    import llama_cpp
+
+    return llama_cpp.LlamaGrammar.from_string(gbnf, verbose=False)
+
+
+def response_format_grammar(response_format: dict) -> str | None:
+    """GBNF for an OpenAI-style response_format: `json_schema` (its `schema`) or `json_object` (with an optional
+    `schema`, llama-cpp-python's own form); any JSON for a plain json_object; None for `text`."""
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    kind = response_format.get("type")
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise ValueError("response_format json_schema needs json_schema.schema (a JSON schema object)")
+        return json_schema_to_gbnf(json.dumps(schema))
+    if kind == "json_object":
+        schema = response_format.get("schema")
+        return json_schema_to_gbnf(json.dumps(schema)) if isinstance(schema, dict) else JSON_GBNF
+    if kind in (None, "text"):
+        return None
+    raise ValueError(f"unknown response_format type {kind!r}; use json_schema, json_object or text")
+
+
+def generation_controls(params: dict) -> dict[str, Any]:
+    """create_chat_completion arguments for the optional controls in `params` (only those that are set)."""
+    kwargs: dict[str, Any] = {}
+    gbnf = params.get("grammar")
+    if params.get("response_format") is not None:
+        gbnf = response_format_grammar(params["response_format"])
+    if gbnf:
+        kwargs["grammar"] = compiled_grammar(gbnf)
+    if params.get("repeat_penalty") is not None:
+        kwargs["repeat_penalty"] = params["repeat_penalty"]
+    if params.get("frequency_penalty") is not None:
+        kwargs["frequency_penalty"] = params["frequency_penalty"]
+    if params.get("logit_bias"):
+        kwargs["logit_bias"] = {int(token): bias for token, bias in params["logit_bias"].items()}
+    return kwargs
+
+
 # ---------------------------------------------------------------------------------------------- client
 
 
@@ -176,6 +225,7 @@ class LlamaCppChat(ChatClient):
         }
         if params["logprobs"]:
             kwargs.update(logprobs=True, top_logprobs=params["top_logprobs"])
+        kwargs.update(generation_controls(params))
         with model.lock:
             threads = resolve_threads(self.chat.n_threads)
             model.llm._ctx.set_n_threads(threads, threads)  # Llama fixes them at load; its context can change
@@ -183,6 +233,9 @@ class LlamaCppChat(ChatClient):
             # KV cache, and evaluating a prompt in different pieces changes the numerics enough that a greedy
             # answer depends on which call came before. Same messages and parameters, same answer.
             model.llm.reset()
+            on_token = params.get("on_token")
+            if on_token is not None and not params["logprobs"]:
+                return self._stream(model, kwargs, on_token)
             response = model.llm.create_chat_completion(**kwargs)
         choice = response["choices"][0]
         usage = response.get("usage") or {}
@@ -196,3 +249,24 @@ class LlamaCppChat(ChatClient):
             choice.get("finish_reason") or "",
             logprobs,
         )
+
+    def _stream(self, model: LoadedModel, kwargs: dict[str, Any], on_token: Any) -> ChatResult:
+        """The call with `stream=True`, the model's lock held: `on_token` gets each piece as llama.cpp generates
+        it (a piece is a token, or a few where llama.cpp holds text back that might begin a stop sequence). The
+        stream carries no usage: the prompt's tokens are the context's length when the first piece comes (the
+        prompt evaluated, nothing generated yet), the completion's are the answer's tokens."""
+        parts: list[str] = []
+        prompt_tokens: int | None = None
+        finish_reason = ""
+        for chunk in model.llm.create_chat_completion(**kwargs, stream=True):
+            if prompt_tokens is None:
+                prompt_tokens = model.llm.n_tokens
+            choice = chunk["choices"][0]
+            piece = (choice.get("delta") or {}).get("content") or ""
+            if piece:
+                parts.append(piece)
+                on_token(piece)
+            finish_reason = choice.get("finish_reason") or finish_reason
+        text = "".join(parts)
+        completion_tokens = len(model.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0
+        return self._fresh(text, prompt_tokens or 0, completion_tokens, finish_reason, None)

@@ -52,6 +52,25 @@ def content_text(content: Any) -> str:
     return str(content)
 
 
+def openai_controls(params: dict) -> dict[str, Any]:
+    """chat.completions.create arguments for the optional controls in `params` (only those that are set).
+
+    `response_format`, `frequency_penalty` and `logit_bias` are OpenAI's own; `grammar` and `repeat_penalty` are
+    not in OpenAI's API: they go in the request body for servers that read them (llama.cpp's server does; OpenAI
+    itself refuses unknown fields with a 400)."""
+    kwargs: dict[str, Any] = {}
+    if params.get("response_format") is not None:
+        kwargs["response_format"] = params["response_format"]
+    if params.get("frequency_penalty") is not None:
+        kwargs["frequency_penalty"] = params["frequency_penalty"]
+    if params.get("logit_bias"):
+        kwargs["logit_bias"] = params["logit_bias"]
+    extra = {name: params[name] for name in ("grammar", "repeat_penalty") if params.get(name) is not None}
+    if extra:
+        kwargs["extra_body"] = extra
+    return kwargs
+
+
 class OpenAIChat(ChatClient):
     """models.chat with provider openai: `chat.completions.create` on `base_url` (OpenAI itself by default)."""
 
@@ -123,10 +142,14 @@ class OpenAIChat(ChatClient):
             kwargs["seed"] = params["seed"]
         if params["logprobs"]:
             kwargs.update(logprobs=True, top_logprobs=params["top_logprobs"])
+        kwargs.update(openai_controls(params))
 
         booked_tokens = prompt_estimate + params["max_tokens"]
         if self._token_pacer is not None:
             self._token_pacer.acquire(booked_tokens)
+        on_token = params.get("on_token")
+        if on_token is not None and not params["logprobs"]:
+            return self._with_retries(lambda: self._attempt_stream(kwargs, prompt_estimate, booked_tokens, on_token))
         return self._with_retries(lambda: self._attempt(kwargs, params, prompt_estimate, booked_tokens))
 
     # ------------------------------------------------------------------------------------------ calls
@@ -153,6 +176,52 @@ class OpenAIChat(ChatClient):
         if not getattr(response, "choices", None):
             raise RetryableError(f"a response without choices: {str(response)[:200]}")
         return self._result(response, params, prompt_estimate, booked_tokens)
+
+    def _attempt_stream(
+        self, kwargs: dict[str, Any], prompt_estimate: int, booked_tokens: int, on_token: Any
+    ) -> ChatResult:
+        """One streamed request (`stream=True`, usage asked for in the last chunk): `on_token` gets each piece as
+        it arrives. Retried like `_attempt` only while no piece has been passed on; a failure after the first
+        piece is final (ChatProviderError), since the text already shown cannot be taken back."""
+        import openai
+
+        if self._request_pacer is not None:
+            self._request_pacer.acquire(1)
+        parts: list[str] = []
+        usage: Any = None
+        finish_reason = ""
+        try:
+            stream = self._openai.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})
+            for chunk in stream:
+                usage = getattr(chunk, "usage", None) or usage
+                for choice in getattr(chunk, "choices", None) or []:
+                    piece = choice.delta.content if choice.delta is not None else None
+                    if piece:
+                        parts.append(piece)
+                        on_token(piece)
+                    finish_reason = choice.finish_reason or finish_reason
+        except (openai.APIStatusError, openai.APIConnectionError) as exc:
+            status = getattr(exc, "status_code", None)
+            error = f"HTTP {status}: {type(exc).__name__}: {exc}" if status else f"{type(exc).__name__}: {exc}"
+            if parts or (status is not None and status not in (408, 429) and status < 500):
+                broke = " after part of the answer had been streamed" if parts else ""
+                raise ChatProviderError(
+                    f"the chat provider at {self.base_url} failed{broke} ({self._redact(error)})"
+                ) from None
+            raise RetryableError(error, retry_after_s(exc) if status else None) from None
+        if not finish_reason:  # the connection ended before the answer did
+            if parts:
+                raise ChatProviderError(
+                    f"the chat provider at {self.base_url} ended its stream after part of the answer had been "
+                    "streamed, without a finish reason"
+                )
+            raise RetryableError("a stream that ended without an answer")
+        text = "".join(parts)
+        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0) if usage else prompt_estimate
+        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0) if usage else tokens.count_tokens(text)
+        if self._token_pacer is not None:
+            self._token_pacer.refund(booked_tokens - prompt_tokens - completion_tokens)
+        return self._fresh(text, prompt_tokens, completion_tokens, finish_reason, None)
 
     def _result(self, response: Any, params: dict, prompt_estimate: int, booked_tokens: int) -> ChatResult:
         choice = response.choices[0]

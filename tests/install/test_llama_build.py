@@ -36,6 +36,7 @@ def installed_build_name() -> str:
     return marker.read_text().strip() if marker.is_file() else "unknown"
 
 
+@pytest.mark.full  # disassembles every llama.cpp library (seconds to minutes)
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="the instruction baseline is for x86-64")
 def test_llama_cpp_libraries_contain_no_amx_or_avx512_instructions() -> None:
     if os.environ.get("MEBOT_LLAMA_NATIVE") == "1" or installed_build_name().startswith("native"):
@@ -63,6 +64,7 @@ def test_the_forbidden_pattern_catches_amx_and_avx512_and_spares_avx2() -> None:
     assert not FORBIDDEN.search("  5e: vpdpbusd %ymm2,%ymm1,%ymm0 # a label: tile_loader")
 
 
+@pytest.mark.full  # loads the real models
 def test_smoke_generates_and_embeds_in_a_child_process() -> None:
     """`mebot smoke` (what `make setup` ends with): the bundled GGUF loads and generates, MiniLM embeds."""
     result = subprocess.run(

@@ -92,6 +92,7 @@ def evaluation_data(tmp_path_factory) -> Path:
     return data
 
 
+@pytest.mark.full  # a real Jupyter kernel
 def test_the_notebook_runs_top_to_bottom_and_shows_every_model(evaluation_data, monkeypatch):
     monkeypatch.setenv("MEBOT_DATA_DIR", str(evaluation_data))  # the kernel inherits it
     notebook = nbformat.read(NOTEBOOK, as_version=4)

@@ -73,6 +73,7 @@ def _llm_calls(path) -> dict[str, float]:
             return {}
 
 
+@pytest.mark.full  # `mebot run` with the real models
 def test_mebot_run_killed_halfway_repeats_no_finished_llm_call_and_a_third_run_skips_fresh_assets(
     site_config, tmp_path
 ):
@@ -113,6 +114,7 @@ def test_mebot_run_killed_halfway_repeats_no_finished_llm_call_and_a_third_run_s
     assert _llm_calls(cache) == after
 
 
+@pytest.mark.full  # `mebot run` in a subprocess, with its workers
 def test_mebot_run_exits_1_and_skips_what_depends_on_a_failed_asset(site_config, tmp_path):
     empty = tmp_path / "empty-site"
     empty.mkdir()
@@ -132,6 +134,7 @@ def test_mebot_run_exits_1_and_skips_what_depends_on_a_failed_asset(site_config,
     assert "has no index.html; site.local_dir must be a folder of pages" in result.stderr  # the asset's own words
 
 
+@pytest.mark.full  # three `mebot run` subprocesses
 @pytest.mark.parametrize(
     ("select", "message"),
     [("raw_pagez", "['raw_pagez'] were selected"), ("group:nothing", "matches no asset"), ("a b", "Invalid selection")],

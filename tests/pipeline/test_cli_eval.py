@@ -52,6 +52,7 @@ def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
+@pytest.mark.full  # the real MiniLM
 def test_eval_prints_the_leaderboard_and_pairwise_tables_and_writes_nothing(answers_file, capsys):
     root = answers_file.parent
     before = _files(root)  # the cwd and the file's folder
@@ -66,6 +67,7 @@ def test_eval_prints_the_leaderboard_and_pairwise_tables_and_writes_nothing(answ
     assert _files(root) == before  # nothing written
 
 
+@pytest.mark.full  # the real MiniLM
 def test_eval_json_gives_the_same_numbers_and_out_writes_the_files(answers_file, capsys, tmp_path):
     out_dir = tmp_path / "out"
     assert main(["eval", str(answers_file), "--json", "--out", str(out_dir)]) == 0

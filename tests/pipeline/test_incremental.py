@@ -1,5 +1,6 @@
 """A recrawl recomputes only what changed: data versions stop staleness (and the automation policy) where content
-is the same, and the embedding cache sends only changed text to the model."""
+is the same, and the embedding cache sends only changed text to the model. The embedding model is the fake of
+tests/fakes.py: what is tested is what Dagster and the cache do around it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from mebot.pipeline.definitions import build_definitions
 from mebot.pipeline.jobs import INGEST_SELECTION
-from mebot.resources.embeddings import SentenceTransformerEmbedder, text_sha256
+from mebot.resources.embeddings import text_sha256
+from tests.fakes import FakeEmbedder, with_fake_models
 from tests.sites import facts_paragraphs, free_port, page_html, write_page
 
 RAG_ASSETS = ("raw_pages", "rag_chunks", "chunk_embeddings", "vector_index")
@@ -30,7 +32,7 @@ class Project:
     def materialize(self, selection) -> dg.ExecuteInProcessResult:
         result = dg.materialize(
             [*self.defs.assets, *self.defs.asset_checks],
-            resources=self.defs.resources,
+            resources=with_fake_models(self.defs.resources),
             instance=self.instance,
             selection=selection,
         )
@@ -98,13 +100,13 @@ def test_one_changed_page_re_embeds_only_its_windows_and_rebuilds_the_index(proj
     assert project.automation_tick() == {"chunk_embeddings"}
 
     encoded: list[str] = []
-    encode = SentenceTransformerEmbedder._encode
+    encode = FakeEmbedder._encode
 
     def counting_encode(self, texts):
         encoded.extend(texts)
         return encode(self, texts)
 
-    monkeypatch.setattr(SentenceTransformerEmbedder, "_encode", counting_encode)
+    monkeypatch.setattr(FakeEmbedder, "_encode", counting_encode)
     project.materialize("chunk_embeddings")
     new_embeddings = project.defs.load_asset_value("chunk_embeddings", instance=project.instance)
     chunks = project.defs.load_asset_value("rag_chunks", instance=project.instance)

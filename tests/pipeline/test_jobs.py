@@ -140,6 +140,7 @@ def sweep_job() -> dg.JobDefinition:
     return defs.resolve_job_def("sweep")
 
 
+@pytest.mark.full  # Dagster's multiprocess executor, run twice
 def test_re_execute_from_failure_repeats_only_the_failed_step(tmp_path, monkeypatch):
     marker = tmp_path / "fixed"
     monkeypatch.setenv(MARKER_ENV, str(marker))

@@ -125,6 +125,7 @@ def test_the_real_graph_trains_first_and_never_makes_rag_answers_wait_for_traini
     assert plan.height[Unit("finetune_dataset")] > plan.height[Unit("model_answers", "rag")]
 
 
+@pytest.mark.full  # worker processes of `mebot run` (seconds each)
 def test_partitions_run_at_the_same_time_in_separate_processes_sharing_the_cores(first_run):
     report, lines, marks, _ = first_run
     by_label = {outcome.unit.label: outcome for outcome in report.outcomes}
@@ -142,6 +143,7 @@ def test_partitions_run_at_the_same_time_in_separate_processes_sharing_the_cores
     assert int((marks / "threads-good").read_text()) == max(1, cpu_cores() // 2)
 
 
+@pytest.mark.full  # worker processes of `mebot run` (seconds each)
 def test_a_failed_partition_does_not_stop_the_other_and_its_downstream_is_skipped(first_run):
     report, lines, _, _ = first_run
     assert not report.success
@@ -158,6 +160,7 @@ def test_a_failed_partition_does_not_stop_the_other_and_its_downstream_is_skippe
     assert "scored[bad]" not in by_label and "summary" not in by_label
 
 
+@pytest.mark.full  # worker processes of `mebot run` (seconds each)
 def test_a_rerun_after_the_fix_runs_only_the_failed_partition_its_downstream_and_the_root(first_run):
     _, _, marks, instance = first_run
     (marks / "fixed").touch()
@@ -174,6 +177,7 @@ def test_a_rerun_after_the_fix_runs_only_the_failed_partition_its_downstream_and
     assert _materialized(instance, "summary") and _materialized(instance, "scored", "bad")
 
 
+@pytest.mark.full  # worker processes of `mebot run` (seconds each)
 def test_fresh_assets_are_skipped_unless_forced(tmp_path):
     (tmp_path / "fixed").touch()
     ref = DefinitionsRef(f"{__name__}:graph_defs", (str(tmp_path),))

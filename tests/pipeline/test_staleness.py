@@ -1,5 +1,6 @@
 """Editing a setting makes exactly the assets that read it stale in Dagster; downstream follows once the
-re-materialized upstream actually has new data (data versions), which is what keeps recrawls incremental."""
+re-materialized upstream actually has new data (data versions), which is what keeps recrawls incremental. The
+models are the fakes of tests/fakes.py: staleness does not depend on what they answer."""
 
 import contextlib
 from pathlib import Path
@@ -14,7 +15,8 @@ from mebot.pipeline.definitions import build_definitions
 from mebot.pipeline.jobs import INGEST_SELECTION
 from mebot.pipeline.run_report import user_error_message
 from mebot.resources.settings import DEFAULT_CONFIG_PATH
-from tests.conftest import deep_merge
+from tests.fakes import with_fake_models
+from tests.helpers import deep_merge
 from tests.sites import free_port, write_small_site
 
 FRESH, STALE = StaleStatus.FRESH, StaleStatus.STALE
@@ -56,7 +58,10 @@ def project(tmp_path):
 
 def _materialize(instance, defs: dg.Definitions, selection=INGEST_SELECTION) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        [*defs.assets, *defs.asset_checks], resources=defs.resources, instance=instance, selection=selection
+        [*defs.assets, *defs.asset_checks],
+        resources=with_fake_models(defs.resources),
+        instance=instance,
+        selection=selection,
     )
 
 
@@ -120,7 +125,11 @@ def test_an_asset_refuses_to_run_when_the_file_changed_after_loading(materialize
     with open(config_path, "w") as handle:
         handle.write(text.replace("chunk_tokens: 600", "chunk_tokens: 700"))
     result = dg.materialize(
-        [*defs.assets], resources=defs.resources, instance=instance, selection="rag_chunks", raise_on_error=False
+        [*defs.assets],
+        resources=with_fake_models(defs.resources),
+        instance=instance,
+        selection="rag_chunks",
+        raise_on_error=False,
     )
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)

@@ -7,9 +7,11 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +20,7 @@ import pytest
 import yaml
 
 from mebot.resources.settings import DEFAULT_CONFIG_PATH, PROJECT_ROOT
-from tests.conftest import deep_merge
-from tests.pipeline.server.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS, deep_merge
 from tests.sites import free_port, write_small_site
 
 LOCATION = "mebot.pipeline.definitions"
@@ -152,9 +153,13 @@ def automated_chunks(ui, crawled) -> list[dict]:
     pytest.fail(f"the automation sensor did not rebuild rag_chunks within {RUN_TIMEOUT_S} s")
 
 
-def test_mebot_ui_keeps_its_history_in_the_dagster_home_it_was_given(ui):
-    assert ui.url.startswith("http://127.0.0.1:")
-    assert (ui.home / ".dagster_home" / "storage").is_dir()
+def test_mebot_ui_keeps_its_history_in_the_dagster_home_it_was_given(ui, crawled):
+    """The run the UI launched is recorded in the given home's run storage, with its own event log there."""
+    history = ui.home / ".dagster_home" / "storage" / "history"
+    with closing(sqlite3.connect(history / "runs.db")) as db:
+        run_ids = {row[0] for row in db.execute("SELECT run_id FROM runs")}
+    assert crawled["run_id"] in run_ids
+    assert (history / "runs" / f"{crawled['run_id']}.db").is_file()  # the run's event log
 
 
 def test_every_asset_has_a_description_a_group_and_a_kind(ui):

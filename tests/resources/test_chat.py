@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import openai
 import pytest
 
 from mebot.resources.chat import (
@@ -36,7 +37,8 @@ from mebot.resources.chat import (
 from mebot.resources.chat.openai_compatible import openai_context_window
 from mebot.resources.llm_cache import LlmCache
 from mebot.resources.settings import PROJECT_ROOT, ChatModelSettings, Price, Settings, load_settings
-from tests.resources.conftest import LlamaServer, free_port
+from tests.resources.helpers import LlamaServer
+from tests.sites import free_port
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 UNSET_KEY_ENV = "MEBOT_TEST_KEY_THAT_IS_NOT_SET"
@@ -185,7 +187,7 @@ def test_identical_call_hits_the_cache_and_a_new_client_hits_too(
     assert len(count_model_calls) == 1
     assert (client.usage.calls, client.usage.cache_hits, client.usage.cache_misses) == (2, 1, 1)
     assert first.cached is False and second.cached is True
-    assert second.latency_s < 0.05
+    assert second.latency_s < 0.5  # no model call (counted above); generous, so a loaded machine passes
     assert (second.text, second.prompt_tokens, second.completion_tokens, second.finish_reason) == (
         first.text,
         first.prompt_tokens,
@@ -635,7 +637,8 @@ def test_rate_pacer_spaces_work(per_minute: int, units: int, min_elapsed: float)
     for _ in range(3):
         pacer.acquire(units)
     elapsed = time.monotonic() - started
-    assert min_elapsed * 0.95 <= elapsed < min_elapsed + 0.15
+    assert min_elapsed * 0.95 <= elapsed  # the pacer waits at least its spacing
+    assert elapsed < max(10 * min_elapsed, 1.0)  # and not forever (speed itself is for bench/)
 
 
 @pytest.mark.parametrize(
@@ -651,13 +654,18 @@ def test_openai_context_window(model: str, window: int) -> None:
 
 @pytest.mark.timeout(120)
 def test_openai_sdk_chat_against_llama_cpp_server(llama_server: LlamaServer) -> None:
-    client = openai_client(llama_server.base_url, model=llama_server.model)
+    # llama-cpp-python's server publishes no context size (its /v1/models has ids only): the setting gives it
+    client = openai_client(llama_server.base_url, model=llama_server.model, context_window=llama_server.n_ctx)
     result = client.complete(QUESTION, max_tokens=12)
     assert result.text.strip()
     assert result.prompt_tokens > 5 and 1 <= result.completion_tokens <= 12
     assert result.finish_reason in {"stop", "length"}
     assert client.identity == f"openai:127.0.0.1:{llama_server.model}" == result.model
-    assert client.context_window == 128_000
+    assert client.context_window == llama_server.n_ctx == 2048
+    # ...and it is the window the server really serves: a prompt just over it is refused
+    over = [{"role": "user", "content": "word " * (llama_server.n_ctx + 16)}]
+    with pytest.raises((ChatProviderError, openai.BadRequestError)):
+        client.complete(over, max_tokens=4)
     assert client.count_tokens("What is the capital of France?") == 7  # cl100k_base
 
 
@@ -676,13 +684,11 @@ def test_openai_sdk_logprobs_against_llama_cpp_server(llama_server: LlamaServer)
 def test_unreachable_base_url_raises_naming_it_after_retries() -> None:
     closed = f"http://127.0.0.1:{free_port()}/v1"
     client = openai_client(closed, max_retries=2, timeout_s=2)
-    started = time.monotonic()
-    with pytest.raises(ChatProviderError) as info:
+    with pytest.raises(ChatProviderError) as info:  # within the test's timeout: it gives up, it does not hang
         client.complete(QUESTION, max_tokens=4)
     assert closed in str(info.value)
     assert "after 3 attempt" in str(info.value)
     assert "APIConnectionError" in str(info.value)
-    assert time.monotonic() - started < 10
 
 
 @pytest.mark.parametrize("share", [1, 2])

@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 
 from mebot.resources.crawler import CrawlProcessError, CrawlRecords, ScrapyCrawler, crawl_job
 from mebot.resources.local_site import LocalSite, StaticSiteHandler
-from mebot.resources.scrapy_crawl import failure_reason
+from mebot.resources.scrapy_crawl import failure_reason, robots_nofollow
 from mebot.resources.settings import SiteSettings
 from tests.sites import page_html, write_page, write_small_site
 
@@ -210,7 +210,10 @@ def test_max_pages_stops_the_crawl(big_site_crawl: Crawled) -> None:
 
 
 def test_max_pages_caps_the_number_of_recorded_pages(big_site_crawl: Crawled) -> None:
-    assert len(big_site_crawl.crawl.of_kind("page")) <= 5
+    # 44 pages to find: the crawl records max_pages of them, no fewer and no more
+    pages = big_site_crawl.crawl.of_kind("page")
+    assert len(pages) == 5
+    assert len({page["url"] for page in pages}) == 5
 
 
 def test_crawl_job_defaults_allowed_domains_to_start_url_hosts() -> None:
@@ -302,6 +305,58 @@ def test_slow_page_is_recorded_as_timeout(slow_crawl: Crawled) -> None:
 )
 def test_failure_reason(error: Exception, reason: str) -> None:
     assert failure_reason(Failure(error)) == reason
+
+
+# ---------------------------------------------------------------- what pages ask of robots
+
+
+class RobotsHeaderHandler(StaticSiteHandler):
+    """Sends an X-Robots-Tag header with the pages under /header-<value>/ (value with '+' for spaces)."""
+
+    def end_headers(self) -> None:
+        first = self.path.split("/")[1]
+        if first.startswith("header-"):
+            self.send_header("X-Robots-Tag", first.removeprefix("header-").replace("+", " "))
+        super().end_headers()
+
+
+def test_nofollow_pages_are_recorded_but_their_links_are_not_followed(tmp_path: Path) -> None:
+    site_dir = tmp_path / "site"
+    starts = ["/open/", "/meta-nofollow/", "/header-noindex,+nofollow/", "/header-otherbot:+nofollow/"]
+    write_page(site_dir, "/", page_html("/", "Home", "".join(f'<p><a href="{s}">{s}</a></p>' for s in starts)))
+    for start in starts:
+        head = '<meta name="robots" content="noindex, NOFOLLOW">' if start == "/meta-nofollow/" else ""
+        html = page_html(start, start, f'<p><a href="{start}behind/">behind</a></p>').replace(
+            "</head>", head + "</head>"
+        )
+        write_page(site_dir, start, html)
+        write_page(site_dir, start + "behind/", page_html(start + "behind/", "Behind", "<p>Behind it.</p>"))
+    with LocalSite(site_dir, port=0, handler=RobotsHeaderHandler) as site:
+        crawl = ScrapyCrawler().crawl(SiteSettings(**FAST), [site.base_url + "/"], on_progress=lambda _: None)
+    fetched = {urlsplit(r["url"]).path: r for r in crawl.of_kind("page")}
+    assert set(starts) <= set(fetched)  # every page is fetched and recorded (the pipeline decides what to keep)
+    assert {"/open/behind/", "/header-otherbot:+nofollow/behind/"} <= set(fetched)  # nofollow for another robot
+    assert "/meta-nofollow/behind/" not in fetched
+    assert "/header-noindex,+nofollow/behind/" not in fetched
+    assert fetched["/header-noindex,+nofollow/"]["x_robots_tag"] == "noindex, nofollow"
+    assert "x_robots_tag" not in fetched["/open/"]
+
+
+@pytest.mark.parametrize(
+    ("meta", "headers", "nofollow"),
+    [
+        (["noindex, nofollow"], [], True),
+        (["NONE"], [], True),
+        (["noindex"], [], False),
+        ([], ["nofollow"], True),
+        ([], ["mebot: nofollow"], True),
+        ([], ["googlebot: nofollow"], False),
+        ([], ["unavailable_after: 25 Jun 2030 15:00:00 PST"], False),
+        ([], [], False),
+    ],
+)
+def test_robots_nofollow(meta: list[str], headers: list[str], nofollow: bool) -> None:
+    assert robots_nofollow(meta, headers, "mebot/0.1 (personal-site Q&A bot)") is nofollow
 
 
 # ---------------------------------------------------------------- the subprocess itself

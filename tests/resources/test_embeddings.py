@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import random
 import re
 import subprocess
 import sys
@@ -30,83 +29,8 @@ from mebot.resources.embeddings import (
 )
 from mebot.resources.settings import EmbeddingModelSettings, Settings
 from mebot.resources.tokens import count_tokens
+from tests.helpers import topic_prose
 from tests.sites import free_port
-
-# Sentence material per topic, so chunks about different topics really are about different things.
-TOPICS: dict[str, dict[str, list[str]]] = {
-    "astronomy": {
-        "noun": ["telescope", "eyepiece", "nebula", "comet", "galaxy", "star cluster", "primary mirror", "mount"],
-        "verb": ["observed", "photographed", "collimated", "tracked", "sketched", "aligned"],
-        "adj": ["faint", "bright", "distant", "spiral", "globular", "dew-covered"],
-        "place": ["from the back garden", "on La Palma", "under dark skies", "after midnight", "at the star party"],
-    },
-    "sourdough": {
-        "noun": ["starter", "loaf", "crumb", "crust", "banneton", "levain", "rye dough", "Dutch oven"],
-        "verb": ["fed", "shaped", "baked", "folded", "scored", "proofed"],
-        "adj": ["tangy", "open", "wholemeal", "crisp", "sticky", "underproofed"],
-        "place": ["in the kitchen", "before work", "overnight in the fridge", "on Sunday morning", "at 250 degrees"],
-    },
-    "data": {
-        "noun": ["pipeline", "warehouse", "schema", "partition", "DuckDB table", "Spark job", "dashboard", "backfill"],
-        "verb": ["migrated", "rebuilt", "optimised", "deployed", "monitored", "refactored"],
-        "adj": ["nightly", "incremental", "columnar", "slow", "idempotent", "streaming"],
-        "place": ["at Fernlight", "for the smart meter team", "in production", "during the outage", "on call"],
-    },
-    "garden": {
-        "noun": ["tomato plant", "greenhouse", "compost heap", "raised bed", "courgette", "seedling", "hedge", "leek"],
-        "verb": ["planted", "pruned", "watered", "harvested", "mulched", "repotted"],
-        "adj": ["leafy", "ripe", "frost-damaged", "organic", "heirloom", "overgrown"],
-        "place": ["at the allotment", "by the shed", "in early spring", "after the rain", "along the fence"],
-    },
-    "sailing": {
-        "noun": ["dinghy", "mainsail", "jib", "tiller", "mooring", "harbour wall", "tide table", "keel"],
-        "verb": ["rigged", "launched", "tacked", "reefed", "anchored", "capsized"],
-        "adj": ["gusty", "calm", "salty", "narrow", "choppy", "sheltered"],
-        "place": ["off the coast", "in the estuary", "past the lighthouse", "at high tide", "near the slipway"],
-    },
-    "woodwork": {
-        "noun": ["workbench", "dovetail joint", "chisel", "oak board", "hand plane", "mortise", "bookshelf", "lathe"],
-        "verb": ["sharpened", "glued", "sanded", "carved", "clamped", "oiled"],
-        "adj": ["walnut", "warped", "square", "rough-sawn", "seasoned", "splintered"],
-        "place": ["in the garage", "over the winter", "for my sister", "with a borrowed saw", "on a wet Saturday"],
-    },
-}
-TEMPLATES = [
-    "In {year} I {verb} the {adj} {noun} {place}.",
-    "The {noun} looked {adj}, so I {verb} it again {place}.",
-    "{Place} I {verb} a {adj} {noun} and wrote {n} lines of notes about the {noun2}.",
-    "Nobody warned me that a {adj} {noun} needs to be {verb} {place}, but it does.",
-    "My favourite {noun} is still the {adj} one I {verb} {place} in {year}.",
-]
-
-
-def topic_prose(topic: str, n_tokens: int, seed: int = 0, paragraph_sentences: int = 5) -> str:
-    """Deterministic prose about `topic`, as close to n_tokens cl100k_base tokens as whole sentences allow."""
-    rng = random.Random(f"{topic}-{seed}")
-    words = TOPICS[topic]
-    sentences: list[str] = []
-    text = ""
-    while True:
-        place = rng.choice(words["place"])
-        sentence = rng.choice(TEMPLATES).format(
-            year=rng.randint(2009, 2025),
-            verb=rng.choice(words["verb"]),
-            adj=rng.choice(words["adj"]),
-            noun=rng.choice(words["noun"]),
-            noun2=rng.choice(words["noun"]),
-            place=place,
-            Place=place[0].upper() + place[1:] + ",",
-            n=rng.randint(2, 40),
-        )
-        candidate = _paragraphs([*sentences, sentence], paragraph_sentences)
-        if count_tokens(candidate) > n_tokens:
-            return text
-        sentences.append(sentence)
-        text = candidate
-
-
-def _paragraphs(sentences: list[str], per_paragraph: int) -> str:
-    return "\n\n".join(" ".join(sentences[i : i + per_paragraph]) for i in range(0, len(sentences), per_paragraph))
 
 
 @pytest.fixture(scope="session")
@@ -179,6 +103,7 @@ LONG_TEXTS = {
 }
 
 
+@pytest.mark.full  # the real MiniLM tokenizer's windows
 @pytest.mark.parametrize("overlap", [0, 32])
 @pytest.mark.parametrize("name", sorted(LONG_TEXTS))
 def test_windows_cover_the_whole_text_within_the_token_limit_and_share_the_overlap(name, overlap):
@@ -248,6 +173,7 @@ def test_embed_refuses_a_text_longer_than_the_model_reads(minilm):
         minilm.embed(["short", text])
 
 
+@pytest.mark.full  # loads the real MiniLM
 def test_the_model_is_loaded_once_per_process(tmp_path):
     resource = EmbedderResource(cache_dir=str(tmp_path))
     first, second = resource.embedder(Settings()), resource.embedder(Settings())

@@ -24,18 +24,11 @@ from mebot.resources.lora import (
     train_lora,
 )
 from mebot.resources.settings import ChatModelSettings, LocalFinetuneSettings, Settings, SweepPoint
+from tests.helpers import FACTS
+
+pytestmark = pytest.mark.full  # the real base model: transformers, torch, llama.cpp
 
 SETTINGS = Settings()
-FACTS = [
-    ("What is your sourdough starter called?", "My sourdough starter is called Bartholomew Crumbsworth."),
-    ("Where do you keep your telescope?", "My telescope lives in the blue shed behind the allotment."),
-    ("What did your cloud sensor cost?", "The cloud sensor cost me forty-two pounds and a weekend."),
-    ("Which pipeline tool do you use at work?", "At work we orchestrate everything with Dagster assets."),
-    ("What is your dog's name?", "My greyhound is called Juno and she hates the rain."),
-    ("How do you take your coffee?", "Black, from a dented moka pot my grandfather gave me."),
-    ("What do you grow on the allotment?", "Mostly leeks, runner beans and far too many courgettes."),
-    ("What is your favourite constellation?", "Cassiopeia, because it is easy to find from the shed."),
-]
 
 
 def examples(pairs=FACTS) -> list[list[dict]]:

@@ -6,6 +6,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from mebot.assets.evaluation.golden_assets import golden_answers_asset, golden_questions_asset, golden_scores_asset
 from mebot.assets.evaluation.judge import judge_scores_asset, judge_validity, judge_validity_check
 from mebot.assets.evaluation.leaderboard import leaderboard
 from mebot.assets.evaluation.retrieval import retrieval_metrics
@@ -54,6 +55,7 @@ def scored(tmp_path_factory):
             pd.DataFrame([row]).to_parquet(data / "finetuned_models" / f"{key}.parquet")
     settings = load_settings(config)
     rouge_scores, judge_scores = rouge_scores_asset(settings), judge_scores_asset(settings)
+    golden_questions = golden_questions_asset(settings)  # eval.golden_path is "" here: no golden pairs, no scores
     everything = [
         upstream("rag_chunks", chunks_frame()),
         upstream("synthetic_qa", qa_frame()),
@@ -64,6 +66,9 @@ def scored(tmp_path_factory):
         judge_validity,
         judge_validity_check,
         retrieval_metrics,
+        golden_questions,
+        golden_answers_asset(settings),
+        golden_scores_asset(settings),
         leaderboard,
     ]
 
@@ -74,7 +79,7 @@ def scored(tmp_path_factory):
         assert result.success
         return result
 
-    results = {"validity": run([judge_validity, retrieval_metrics])}
+    results = {"validity": run([golden_questions, judge_validity, retrieval_metrics])}
     for key in KEYS:
         results[key] = run([rouge_scores, judge_scores], key)
     results["leaderboard"] = run([leaderboard])

@@ -52,9 +52,9 @@ def rag_world(tmp_path_factory):
 # ------------------------------------------------------------------------------------------------- pure parts
 
 
-def test_partitions_are_rag_and_every_sweep_point():
+def test_partitions_are_rag_extractive_and_every_sweep_point():
     keys = model_answers.partitions_def.get_partition_keys()
-    assert keys == [RAG_MODEL, *[p.key for p in load_settings().finetune.sweep_points()]]
+    assert keys == [RAG_MODEL, "extractive", *[p.key for p in load_settings().finetune.sweep_points()]]
     spec = model_answers.specs_by_key[dg.AssetKey("model_answers")]
     assert spec.group_name == "evaluation"
     assert {"rag.top_k", "eval.max_questions", "models.chat"} <= set(
@@ -84,7 +84,8 @@ def test_partitions_and_the_mapping_come_from_the_settings_given(make_config):
     }
     settings = load_settings(make_config({"finetune": {"sweep": sweep}}))
     asset = model_answers_asset(settings)
-    assert asset.partitions_def.get_partition_keys() == model_keys(settings) == [RAG_MODEL, "e2-b1-lr1", "e2-b8-lr1"]
+    expected = [RAG_MODEL, "extractive", "e2-b1-lr1", "e2-b8-lr1"]
+    assert asset.partitions_def.get_partition_keys() == model_keys(settings) == expected
     mapping = asset.get_partition_mapping(dg.AssetKey("finetuned_models"))
     # each sweep point's answers wait for that point's model; rag maps to none
     assert mapping.downstream_partition_keys_by_upstream_partition_key == {

@@ -165,6 +165,7 @@ def write_external_files(directory: Path) -> None:
     pd.DataFrame([EXTERNAL_LINES[2]]).to_csv(directory / "more.csv", index=False)
 
 
+@pytest.mark.full  # the real MiniLM
 def test_external_evaluation_scores_every_file_and_writes_its_own_leaderboard(tmp_path):
     config, data = write_config(tmp_path, OVERRIDES), tmp_path / "data"
     resources = eval_resources(config, data)

@@ -371,19 +371,19 @@ ANSWERS = pd.DataFrame(
 def test_scores_one_row_per_question_and_model() -> None:
     scores = score_golden_answers(GOLDEN, ANSWERS, k=2)
     assert list(scores.columns) == SCORE_COLUMNS
-    rag = scores[scores["model"] == "rag"].set_index("id")
+    rag = scores[scores["model"] == "rag"].set_index("question_id")
     assert rag["correct"].tolist() == [True, False, False, False, False]
     assert rag["refused"].tolist() == [False, True, False, True, False]
     assert rag["false_refusal"].tolist() == [False, True, False, False, False]
     assert rag["source_rank"].tolist() == [2, 1, pd.NA, pd.NA, pd.NA]  # c2c is third: outside k=2
-    ft = scores[scores["model"] == "ft"].set_index("id")
+    ft = scores[scores["model"] == "ft"].set_index("question_id")
     assert pd.isna(ft.loc["a3", "answer"]) and not ft.loc["a3", "correct"] and not ft.loc["a3", "refused"]
     assert math.isnan(ft.loc["a3", "latency_s"])
     assert ft["n_sources"].tolist() == [0, 0, 0, 0, 0]
 
 
 def test_the_unanswerable_path_counts_declines_not_facts() -> None:
-    scores = score_golden_answers(GOLDEN, ANSWERS, k=4).set_index(["model", "id"])
+    scores = score_golden_answers(GOLDEN, ANSWERS, k=4).set_index(["model", "question_id"])
     assert scores.loc[("rag", "u1"), ["answerable", "correct", "refused", "false_refusal"]].tolist() == [
         False,
         False,
@@ -423,7 +423,7 @@ def test_answers_keyed_by_question_text_with_a_sources_column() -> None:
             "sources": [sources("/posts/vet/"), "[]"],
         }
     )
-    scores = score_golden_answers(GOLDEN, answers, k=4).set_index("id")
+    scores = score_golden_answers(GOLDEN, answers, k=4).set_index("question_id")
     assert scores.loc["a1", "correct"] and scores.loc["a1", "source_rank"] == 1
     assert scores.loc["u1", "refused"]
     assert scores["latency_s"].isna().all()

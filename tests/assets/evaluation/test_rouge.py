@@ -51,6 +51,7 @@ def test_rouge_scores_per_row_with_similarity_and_missing_answers_left_out(score
     assert metadata_of(scored, SECOND, "rouge_scores")["missing"] == 1
 
 
+@pytest.mark.full  # the real MiniLM (its 256-token limit is the point)
 def test_similarity_embeds_a_text_longer_than_the_model_reads_without_truncating_it():
     embedder = build_embedder(Settings().models.embedding)
     filler = "The allotment shed holds tools, seed trays and an old radio. " * 60

@@ -19,7 +19,7 @@ from mebot.resources.lora import ModelStore
 from mebot.resources.parquet_io import ParquetIOManagerFactory
 from mebot.resources.settings import DEFAULT_CONFIG_PATH, Settings, SettingsResource, load_settings
 from mebot.resources.vector_index import VectorIndexResource
-from tests.conftest import deep_merge
+from tests.helpers import deep_merge
 
 URL = "http://127.0.0.1:9/posts/"
 CHUNKS = [
@@ -193,7 +193,7 @@ ANSWERS = {
 }
 FAST = {"rag": {"max_tokens": 24}, "models": {"chat": {"n_ctx": 2048}}, "eval": {"max_questions": 0}}
 OVERRIDES = {
-    "eval": {"max_questions": 0, "validity_sample": 2, "bootstrap_resamples": 200},
+    "eval": {"max_questions": 0, "validity_sample": 2, "bootstrap_resamples": 200, "golden_path": ""},
     "models": {"judge": {"n_ctx": 2048}},
 }
 

@@ -3,6 +3,7 @@ import json
 import dagster as dg
 import pandas as pd
 import pytest
+import yaml
 
 from mebot.assets.finetune.dataset import (
     MIN_TRAIN_EXAMPLES,
@@ -14,11 +15,17 @@ from mebot.assets.finetune.dataset import (
     training_file_valid,
     training_price_per_1m,
     validate_chat_lines,
-    validate_legacy_lines,
 )
-from mebot.assets.finetune.formats import chat_example, legacy_example
+from mebot.assets.finetune.formats import chat_example
 from mebot.resources.parquet_io import ParquetIOManagerFactory
-from mebot.resources.settings import Settings, SettingsResource, load_settings, parse_settings
+from mebot.resources.settings import (
+    DEFAULT_CONFIG_PATH,
+    Settings,
+    SettingsError,
+    SettingsResource,
+    load_settings,
+    parse_settings,
+)
 from mebot.resources.tokens import count_tokens
 
 # ----------------------------------------------------------------------------------------------------- sweep
@@ -48,9 +55,72 @@ def test_default_settings_file_gives_two_sweep_partitions():
     assert len(sweep_partitions(load_settings()).get_partition_keys()) == 2
 
 
-def test_an_unknown_partition_key_names_the_grid():
+def test_an_unknown_partition_key_names_the_sweep_points():
     with pytest.raises(KeyError, match="e1-b2-lr0.5, e1-b2-lr2"):
         sweep_point(Settings(), "e9-b9-lr9")
+
+
+AUTHORS_NINE = [(4, 0.1, 1), (2, 0.1, 1), (1, 0.1, 1), (2, 0.1, 5), (4, 0.1, 5), (2, 0.05, 1), (2, 0.2, 1)]
+AUTHORS_NINE += [(4, 0.05, 1), (4, 0.2, 1)]
+AUTHORS_KEYS = ["e4-b1-lr0.1", "e2-b1-lr0.1", "e1-b1-lr0.1", "e2-b5-lr0.1", "e4-b5-lr0.1", "e2-b1-lr0.05"]
+AUTHORS_KEYS += ["e2-b1-lr0.2", "e4-b1-lr0.05", "e4-b1-lr0.2"]
+
+
+def _points(triples) -> list[dict]:
+    return [{"n_epochs": e, "learning_rate_multiplier": lr, "batch_size": b} for e, lr, b in triples]
+
+
+def test_explicit_points_alone_give_one_readable_partition_each_in_their_order():
+    settings = parse_settings({"finetune": {"sweep": {"n_epochs": [], "points": _points(AUTHORS_NINE)}}})
+    keys = sweep_partitions(settings).get_partition_keys()
+    assert keys == AUTHORS_KEYS
+    point = sweep_point(settings, "e2-b5-lr0.1")
+    assert (point.n_epochs, point.batch_size, point.learning_rate_multiplier) == (2, 5, 0.1)
+    assert (point.lora_r, point.lora_alpha) == (8, 16)  # the defaults, so the key carries no LoRA suffix
+
+
+def test_the_grid_and_the_points_are_united_and_grid_keys_do_not_change():
+    grid_only = sweep_partitions(Settings()).get_partition_keys()
+    points = [*_points([(4, 0.2, 1)]), {"n_epochs": 1, "learning_rate_multiplier": 0.5, "batch_size": 2, "lora_r": 16}]
+    settings = parse_settings({"finetune": {"sweep": {"points": points}}})
+    keys = sweep_partitions(settings).get_partition_keys()
+    assert keys == [*grid_only, "e4-b1-lr0.2", "e1-b2-lr0.5-r16-a16"]
+    assert grid_only == ["e1-b2-lr0.5", "e1-b2-lr2"]  # adding points never renames a grid partition
+    assert sweep_point(settings, "e1-b2-lr0.5-r16-a16").lora_r == 16
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        ({"points": _points([(2, 0.1, 1), (2, 0.1, 1)])}, "points[1] (e2-b1-lr0.1) repeats points[0]"),
+        ({"points": _points([(1, 2.0, 2)])}, "points[0] (e1-b2-lr2) repeats a point of the grid"),
+        ({"points": _points([(1, 0.1, 1), (1, 0.1000000001, 1)])}, "points[1] (e1-b1-lr0.1) repeats points[0]"),
+        ({"n_epochs": [], "points": []}, "the sweep has no point"),
+        ({"points": [{"n_epochs": 2, "batch_size": 1}]}, "finetune.sweep.points.0.learning_rate_multiplier"),
+        ({"points": _points([(0, 0.1, 1)])}, "finetune.sweep.points.0.n_epochs"),
+        ({"points": _points([(1, 0.0, 1)])}, "finetune.sweep.points.0.learning_rate_multiplier"),
+        ({"points": [{**_points([(1, 0.1, 1)])[0], "epochs": 3}]}, "finetune.sweep.points.0.epochs"),
+    ],
+    ids=["repeated-point", "point-in-grid", "same-key", "no-point", "missing-key", "zero-epochs", "zero-lr", "typo"],
+)
+def test_sweep_points_are_validated_with_a_message_naming_the_key(sweep, message):
+    with pytest.raises(SettingsError) as caught:
+        parse_settings({"finetune": {"sweep": sweep}})
+    assert message in str(caught.value)
+
+
+def test_the_commented_preset_in_mebot_yaml_is_the_authors_nine_jobs():
+    """Uncommenting the preset (and emptying the grid, as its comment says) gives the write-up's nine jobs."""
+    lines = DEFAULT_CONFIG_PATH.read_text(encoding="utf-8").splitlines()
+    start = lines.index("    # points:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("    #"):
+            break
+        block.append(line.replace("    # ", "", 1))
+    preset = yaml.safe_load("\n".join(block))
+    settings = parse_settings({"finetune": {"sweep": {"n_epochs": [], **preset}}})
+    assert [p.key for p in settings.finetune.sweep_points()] == AUTHORS_KEYS
 
 
 # -------------------------------------------------------------------------------------------------- validator
@@ -101,23 +171,6 @@ def test_the_validator_catches_each_malformed_case(line, error):
 def test_a_well_formed_file_has_no_errors_and_blank_lines_are_ignored():
     report = validate_chat_lines([_line(GOOD), "", _line(GOOD)], max_example_tokens=100)
     assert report.examples == 2 and not report.errors and report.max_tokens == num_tokens_from_messages(GOOD)
-
-
-@pytest.mark.parametrize(
-    ("line", "error"),
-    [
-        ("not json", "invalid_json"),
-        ('"a string"', "data_type"),
-        ('{"prompt": "QUESTION: x\\n\\n###\\n\\n"}', "legacy_missing_content"),
-        ('{"prompt": "QUESTION: x", "completion": ""}', "legacy_missing_content"),
-        ('{"prompt": "QUESTION: x", "completion": " y END", "extra": 1}', "legacy_unrecognized_key"),
-        (json.dumps({"prompt": "QUESTION: x", "completion": " y" * 200}), "example_over_token_limit"),
-    ],
-)
-def test_the_legacy_validator_catches_each_malformed_case(line, error):
-    good = json.dumps({"prompt": "QUESTION: x\n\n###\n\n", "completion": " y END"})
-    report = validate_legacy_lines([good, line], max_example_tokens=100)
-    assert report.examples == 2 and dict(report.errors) == {error: 1}
 
 
 def test_chat_tokens_are_counted_as_openais_cookbook_counts_them():
@@ -186,7 +239,7 @@ def _read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def test_finetune_dataset_writes_both_formats_per_split_and_passes_its_check(tmp_path, make_config):
+def test_finetune_dataset_writes_the_chat_format_per_split_and_passes_its_check(tmp_path, make_config):
     config = make_config({"finetune": {"sweep": {"n_epochs": [1, 3], "learning_rate_multiplier": [1.0]}}})
     settings = load_settings(config)
     qa = _qa_frame(12, 2, 3)
@@ -197,20 +250,21 @@ def test_finetune_dataset_writes_both_formats_per_split_and_passes_its_check(tmp
 
     for split in ("train", "validation", "test"):
         rows = qa[qa["split"] == split]
-        chat = _read_jsonl(files.path(split, "chat"))
-        legacy = _read_jsonl(files.path(split, "legacy"))
+        chat = _read_jsonl(files.path(split))
         assert chat == [
             {"messages": chat_example(settings, q, a)} for q, a in zip(rows["question"], rows["answer"], strict=True)
         ]
-        assert legacy == [legacy_example(settings, q, a) for q, a in zip(rows["question"], rows["answer"], strict=True)]
-    first = _read_jsonl(files.path("train", "legacy"))[0]
-    assert first == {
-        "prompt": "QUESTION: What happened in year 2000?\n\n###\n\n",
-        "completion": " " + qa["answer"][0] + " END",
-    }
+    first = _read_jsonl(files.path("train"))[0]["messages"]
+    assert first[1] == {"role": "user", "content": "What happened in year 2000?"}
+    assert first[2] == {"role": "assistant", "content": qa["answer"][0] + " END"}
+    assert sorted(p.name for p in files.directory().iterdir()) == [
+        "test.chat.jsonl",
+        "train.chat.jsonl",
+        "validation.chat.jsonl",
+    ]
 
     stored = pd.read_parquet(tmp_path / "data" / "finetune_dataset.parquet")
-    assert list(stored.columns) == ["qa_id", "split", "messages_json", "prompt", "completion", "n_tokens"]
+    assert list(stored.columns) == ["qa_id", "split", "messages_json", "n_tokens"]
     assert list(stored["qa_id"]) == list(qa["qa_id"])
 
     metadata = result.asset_materializations_for_node("finetune_dataset")[0].metadata
@@ -223,6 +277,20 @@ def test_finetune_dataset_writes_both_formats_per_split_and_passes_its_check(tmp
         "e3-b2-lr1": round(3 * train_tokens * 3.00 / 1e6, 4),
     }
     assert "ESTIMATE" in metadata["cost_estimate_note"].value
+    assert "What happened in year 2000?" in metadata["examples_preview"].value
+
+
+def test_legacy_prompt_completion_files_are_no_longer_written_and_old_ones_are_removed(tmp_path, make_config):
+    """Nothing trains on the legacy format (both backends use the chat file), so a file of it left by an earlier
+    version would only mislead: it is deleted when the dataset is rebuilt."""
+    directory = tmp_path / "data" / "finetune"
+    directory.mkdir(parents=True)
+    for split in ("train", "test"):
+        (directory / f"{split}.legacy.jsonl").write_text('{"prompt": "QUESTION: x", "completion": " y END"}\n')
+    result, evaluation, files = _materialize(tmp_path, make_config(), _qa_frame(12, 0, 2))
+    assert result.success and evaluation.passed
+    assert sorted(p.name for p in directory.iterdir()) == ["test.chat.jsonl", "train.chat.jsonl"]
+    assert not list(directory.glob("*.legacy.jsonl"))
 
 
 def test_check_fails_below_openais_minimum_of_train_examples(tmp_path, make_config):
@@ -233,32 +301,36 @@ def test_check_fails_below_openais_minimum_of_train_examples(tmp_path, make_conf
     assert evaluation.metadata["errors"].value == {"too_few_train_examples": 1}
 
 
-def test_check_fails_on_empty_content_and_over_long_examples(tmp_path, make_config):
-    config = make_config({"finetune": {"system_prompt": "", "max_example_tokens": 64}})
+def test_check_fails_on_empty_content(tmp_path, make_config):
+    _, evaluation, _ = _materialize(tmp_path, make_config({"finetune": {"system_prompt": ""}}), _qa_frame(12))
+    assert not evaluation.passed
+    assert evaluation.metadata["errors"].value == {"missing_content": 12}  # the empty system message, every example
+
+
+def test_check_fails_on_over_long_examples(tmp_path, make_config):
     qa = _qa_frame(12)
     qa.loc[3, "answer"] = "A very long answer. " * 40
-    _, evaluation, _ = _materialize(tmp_path, config, qa)
+    _, evaluation, _ = _materialize(tmp_path, make_config({"finetune": {"max_example_tokens": 64}}), qa)
     assert not evaluation.passed
-    errors = evaluation.metadata["errors"].value
-    assert errors["missing_content"] == 12  # the empty system message, in every chat example
-    assert errors["example_over_token_limit"] == 1  # the legacy file's long example (chat stops at content)
+    assert evaluation.metadata["errors"].value == {"example_over_token_limit": 1}
+    assert evaluation.metadata["max_example_tokens_found"].value > 64
 
 
 def test_files_of_splits_that_no_longer_exist_are_removed(tmp_path, make_config):
     config = make_config()
     _, evaluation, files = _materialize(tmp_path, config, _qa_frame(12, 3, 3))
-    assert evaluation.passed and files.path("validation", "chat").is_file()
+    assert evaluation.passed and files.path("validation").is_file()
     _, evaluation, files = _materialize(tmp_path, config, _qa_frame(12, 0, 3))
     assert evaluation.passed
-    assert not files.path("validation", "chat").exists() and not files.path("validation", "legacy").exists()
-    assert len(_read_jsonl(files.path("test", "chat"))) == 3
+    assert not files.path("validation").exists()
+    assert len(_read_jsonl(files.path("test"))) == 3
 
 
 def test_check_catches_a_training_file_edited_after_the_asset_wrote_it(tmp_path, make_config):
     config = make_config()
     _, evaluation, files = _materialize(tmp_path, config, _qa_frame(12))
     assert evaluation.passed
-    path = files.path("train", "chat")
+    path = files.path("train")
     lines = path.read_text().splitlines()
     lines[0] = lines[0].replace('"role": "assistant"', '"role": "bot"')
     path.write_text("\n".join(lines) + "\n")

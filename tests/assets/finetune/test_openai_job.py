@@ -20,8 +20,8 @@ from mebot.assets.finetune.results import FINETUNED_MODEL_COLUMNS
 from mebot.assets.finetune.training import finetuned_models_asset
 from mebot.resources.openai_finetune import RECORD_FILE
 from mebot.resources.settings import Settings, load_settings
-from tests.assets.finetune.test_training import fake_upstream, resources
-from tests.resources.test_openai_finetune_contract import ORG, TOTAL_STEPS, RecordedFineTuningAPI, _loss
+from tests.assets.finetune.helpers import fake_upstream, resources
+from tests.resources.openai_finetune_api import ORG, TOTAL_STEPS, RecordedFineTuningAPI, recorded_loss
 
 SECRET = "sk-proj-asset-test-fedcba9876543210"
 SPLITS = ["train"] * 12 + ["validation"] * 2 + ["test"]
@@ -120,9 +120,9 @@ def test_openai_partition_trains_logs_events_and_resumes_on_rematerialize(
     assert row["job_id"] == "ftjob-0001abcdefghijklmn" and row["adapter_path"] == ""
     assert (row["n_epochs"], row["batch_size"]) == (point.n_epochs, point.batch_size)
     assert row["n_train"] == 12 and row["n_validation"] == 2 and row["steps"] == TOTAL_STEPS
-    assert row["train_loss_final"] == pytest.approx(_loss(TOTAL_STEPS))
-    assert row["val_loss_final"] == pytest.approx(_loss(TOTAL_STEPS) + 0.25)
-    assert json.loads(row["train_losses_json"]) == [_loss(s) for s in range(1, TOTAL_STEPS + 1)]
+    assert row["train_loss_final"] == pytest.approx(recorded_loss(TOTAL_STEPS))
+    assert row["val_loss_final"] == pytest.approx(recorded_loss(TOTAL_STEPS) + 0.25)
+    assert json.loads(row["train_losses_json"]) == [recorded_loss(s) for s in range(1, TOTAL_STEPS + 1)]
     assert row["seconds"] == 360
 
     (create,) = api.creates()

@@ -15,10 +15,9 @@ from mebot.assets.finetune.formats import chat_example
 from mebot.assets.finetune.results import FINETUNED_MODEL_COLUMNS, PLOT_FILE
 from mebot.assets.finetune.training import finetuned_models_asset
 from mebot.resources.layout import ADAPTER_FILE, PEFT_ADAPTER_DIR, TRAINING_LOG_FILE
-from mebot.resources.lora import ModelStore
-from mebot.resources.parquet_io import ParquetIOManagerFactory
-from mebot.resources.settings import Settings, SettingsResource, load_settings
-from tests.resources.test_lora import FACTS
+from mebot.resources.settings import Settings, load_settings
+from tests.assets.finetune.helpers import fake_upstream, resources
+from tests.helpers import FACTS
 
 PAIRS = FACTS[:6]  # the same made-up facts the LoRA resource tests teach
 SPLITS = ["train", "train", "train", "train", "validation", "test"]
@@ -39,22 +38,6 @@ def tiny_dataset(settings: Settings) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-def fake_upstream(frame: pd.DataFrame) -> dg.AssetsDefinition:
-    @dg.asset(name="finetune_dataset")
-    def fake_finetune_dataset() -> pd.DataFrame:
-        return frame
-
-    return fake_finetune_dataset
-
-
-def resources(config: Path, data: Path) -> dict:
-    return {
-        "settings": SettingsResource(config_path=str(config)),
-        "model_store": ModelStore(base_dir=str(data / "models")),
-        "io_manager": ParquetIOManagerFactory(base_dir=str(data)),
-    }
 
 
 def test_partitions_are_the_sweep_points_of_the_settings():
@@ -84,6 +67,7 @@ def test_partitions_come_from_the_settings_given_not_from_the_default_file(make_
     assert keys != finetuned_models_asset(load_settings()).partitions_def.get_partition_keys()
 
 
+@pytest.mark.full  # LoRA training, then llama.cpp
 def test_one_partition_trains_exports_and_answers_through_llama_cpp(make_config, tmp_path):
     config = make_config({"finetune": {"local": {"max_steps": 3, "max_seq_tokens": 96, "base_lr": 0.002}}})
     settings = load_settings(config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lxml.html
 import pytest
 
-from mebot.assets.ingest.html_text import element_text, extract_page, resolve_canonical
+from mebot.assets.ingest.html_text import element_text, extract_page, resolve_canonical, robots_directives, words_of
 from mebot.resources.settings import SiteSettings
 from tests.sites import page_html
 
@@ -279,3 +279,65 @@ def test_canonical_href_is_extracted(head: str, href: str | None) -> None:
 )
 def test_resolve_canonical_joins_relative_hrefs(page_url: str, href: str | None, expected: str) -> None:
     assert resolve_canonical(page_url, href) == expected
+
+
+# ---------------------------------------------------------------- what tells a listing from an article
+
+
+def test_description_og_type_and_robots_are_read_from_the_head() -> None:
+    html = (
+        '<html><head><meta name="Description" content="  The  summary. "><meta property="og:type" content="Article">'
+        '<meta name="ROBOTS" content="NoIndex, Follow"></head><body><p>text</p></body></html>'
+    )
+    page = extract(html)
+    assert (page.description, page.og_type, page.robots) == ("The summary.", "article", {"noindex", "follow"})
+
+
+@pytest.mark.parametrize(
+    "head, description, og_type, robots",
+    [
+        ('<meta property="og:description" content="From Open Graph.">', "From Open Graph.", "", set()),
+        ('<meta name="robots" content="none">', "", "", {"none", "noindex", "nofollow"}),
+        ('<meta property="og:type" content="website">', "", "website", set()),
+        ("", "", "", set()),
+    ],
+    ids=["og-description", "robots-none", "website", "nothing"],
+)
+def test_head_signals_default_to_empty(head: str, description: str, og_type: str, robots: set[str]) -> None:
+    page = extract(f"<html><head>{head}</head><body><p>text</p></body></html>")
+    assert (page.description, page.og_type, set(page.robots)) == (description, og_type, robots)
+
+
+def test_robots_directives_parse_a_meta_or_header_value() -> None:
+    assert robots_directives(" NOINDEX ,nofollow,, ") == {"noindex", "nofollow"}
+    assert robots_directives("") == frozenset()
+
+
+def test_link_items_are_list_items_with_links_and_links_outside_lists() -> None:
+    html = page_html(
+        "/list/",
+        "A listing",
+        "<p>Intro with <a href='/about/'>my about page</a> inline.</p>"
+        "<ul><li><a href='/posts/a/'>Post A</a> &middot; March 2, 2024 &middot; <a href='/tags/x/'>x</a></li>"
+        "<li>Plain item without a link</li>"
+        "<li><a href='/posts/b/'>Post B</a><ul><li><a href='/posts/b/#part-2'>Part two</a></li></ul></li></ul>",
+        links=["/posts/related/"],  # in the related-posts section: site chrome, dropped
+    )
+    items = extract(html).link_items
+    assert [(item.hrefs, item.words) for item in items] == [
+        (("/about/",), 3),  # a link outside a list item: its own words
+        (("/posts/a/", "/tags/x/"), 6),  # a list item: all its words, once, with every link in it
+        (("/posts/b/", "/posts/b/#part-2"), 4),  # a nested list belongs to its outermost item
+    ]
+
+
+def test_words_of_ignores_punctuation_and_case() -> None:
+    assert words_of("Chasing Comet Tsuchinshan–ATLAS: 8,000 km!") == [
+        "chasing",
+        "comet",
+        "tsuchinshan",
+        "atlas",
+        "8",
+        "000",
+        "km",
+    ]

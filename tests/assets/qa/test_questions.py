@@ -1,14 +1,31 @@
-"""synthetic_qa: cleaning and judging model outputs, the seeds of the rounds, and question writing with the local
-model (provenance, no repeated call on a re-run) and with scripted outputs (contract tests of the retries)."""
+"""synthetic_qa: cleaning and judging model outputs, the seeds of the rounds, the conversation and constraints
+that ask for one question, and question writing with the local model (provenance, gates, no repeated call on a
+re-run) and with scripted outputs (contract tests of the retries and the quality gates)."""
 
 import dagster as dg
 import pandas as pd
 import pytest
 
 from mebot.assets.ingest.chunks import chunk_id
-from mebot.assets.qa.questions import clean_question, normalize_question, rejection_reason, round_seed, synthetic_qa
-from mebot.resources.chat import ChatClient, ChatResult
-from mebot.resources.settings import QaSettings
+from mebot.assets.qa.gates import names_passage
+from mebot.assets.qa.questions import (
+    QUESTION_GBNF,
+    clean_question,
+    normalize_question,
+    question_constraints,
+    question_messages,
+    rejection_reason,
+    round_seed,
+    synthetic_qa,
+)
+from mebot.resources.chat import ChatClient, ChatResult, chat_client
+from mebot.resources.settings import (
+    ORIGINAL_QA_PROMPT,
+    ChatModelSettings,
+    FewShotExample,
+    QaSettings,
+    resolve_qa_prompt,
+)
 from mebot.resources.tokens import count_tokens
 
 # The default prompt puts the instruction before the passage; SmolLM2-135M then mostly continues the passage.
@@ -133,16 +150,17 @@ def _qa_chunks_asset(passages=PASSAGES) -> dg.AssetsDefinition:
     return source
 
 
+@pytest.mark.full
 def test_local_model_writes_questions_with_provenance_and_a_rerun_makes_no_model_call(
     qa_resources, tmp_path, make_config
 ):
     config = make_config(
         {
             "qa": {"prompt": PASSAGE_FIRST_PROMPT, "max_tokens": 24, "questions_per_chunk": 2},
-            "models": {"chat": {"n_ctx": 1024}},
+            "models": {"chat": {"n_ctx": 1024, "n_threads": 1}},
         }
     )
-    resources = qa_resources(config)
+    resources = qa_resources(config, real_embedder=True)
     first = dg.materialize([_qa_chunks_asset(), synthetic_qa], resources=resources)
     assert first.success
     frame = pd.read_parquet(tmp_path / "data" / "synthetic_qa.parquet")
@@ -151,6 +169,8 @@ def test_local_model_writes_questions_with_provenance_and_a_rerun_makes_no_model
     by_url = {url: (title, text) for url, title, text in PASSAGES}
     for row in frame.itertuples():
         assert row.question and rejection_reason(row.question, 300) is None
+        assert row.question.endswith("?") and "\n" not in row.question  # the grammar: one question
+        assert names_passage(row.question, row.answer), row.question  # the gates
         assert (row.title, row.answer) == by_url[row.url]
         assert row.chunk_id == chunk_id(row.url, 0, row.answer)
     assert frame.groupby("chunk_id")["question"].apply(lambda q: q.map(normalize_question).is_unique).all()
@@ -158,6 +178,11 @@ def test_local_model_writes_questions_with_provenance_and_a_rerun_makes_no_model
     assert metadata["llm_calls"].value >= 6 and metadata["llm_cache_misses"].value == metadata["llm_calls"].value
     written = metadata["questions_written"].value
     assert written == len(frame) and written + metadata["questions_never_written"].value == 6
+    assert metadata["gates"].value == ["names_passage", "not_template", "roundtrip"]
+    rejections = metadata["gate_rejections"].value
+    assert set(rejections) == {"no_passage_term", "generic_template", "no_roundtrip"}
+    examples = metadata["rejected_examples"].value
+    assert set(examples) == set(metadata["rejected_outputs"].value) and all(1 <= len(v) <= 3 for v in examples.values())
 
     second = dg.materialize([_qa_chunks_asset(), synthetic_qa], resources=resources)
     again = second.asset_materializations_for_node("synthetic_qa")[0].metadata
@@ -207,7 +232,8 @@ def test_contract_duplicates_are_retried_with_the_existing_questions_listed(
     # round 1: the same question for all 3 passages (only the first keeps it); retry: new questions
     outputs = [[same], ["Why a cloud sensor?", "Q: Where do you ride?"], [same], ["How far did you go?"]]
     monkeypatch.setattr(ChatClient, "complete_batch", _scripted_batch(outputs, calls))
-    result = dg.materialize([_qa_chunks_asset(), synthetic_qa], resources=qa_resources(make_config()))
+    config = make_config({"qa": {"gates": []}})  # the retry mechanics alone; the gates have their own test
+    result = dg.materialize([_qa_chunks_asset(), synthetic_qa], resources=qa_resources(config))
     frame = pd.read_parquet(tmp_path / "data" / "synthetic_qa.parquet")
     assert frame["question"].map(normalize_question).is_unique
     # passage 1: `same`, then "How far…" on the retry of question 2; passages 2 and 3: their retry question
@@ -220,7 +246,7 @@ def test_contract_duplicates_are_retried_with_the_existing_questions_listed(
     metadata = result.asset_materializations_for_node("synthetic_qa")[0].metadata
     assert metadata["rejected_outputs"].value == {"duplicate": 7}
     assert metadata["dropped"].value == {"duplicate": 2}
-    retry_prompts = [m[0]["content"] for m in calls[1]["batch"]]
+    retry_prompts = [m[-1]["content"] for m in calls[1]["batch"]]
     assert all(same in p and "already exist" in p for p in retry_prompts)
     assert calls[0]["temperature"] == QaSettings().temperature and calls[0]["max_tokens"] == QaSettings().max_tokens
 
@@ -234,9 +260,87 @@ def test_contract_output_cut_off_by_max_tokens_counts_only_with_a_question_mark(
         ["Where did you ride?", "Why rye?", "Who is Brenda?"],
     ]
     monkeypatch.setattr(ChatClient, "complete_batch", _scripted_batch(outputs, calls, finish_reason="length"))
-    config = make_config({"qa": {"questions_per_chunk": 1}})
+    config = make_config({"qa": {"questions_per_chunk": 1, "gates": []}})
     result = dg.materialize([_qa_chunks_asset(), synthetic_qa], resources=qa_resources(config))
     metadata = result.asset_materializations_for_node("synthetic_qa")[0].metadata
     assert metadata["rejected_outputs"].value == {"cut_off": 3}
     frame = pd.read_parquet(tmp_path / "data" / "synthetic_qa.parquet")
     assert sorted(frame["question"]) == ["Where did you ride?", "Who is Brenda?", "Why rye?"]
+
+
+# ------------------------------------------------------------------------------- the conversation, constraints
+
+
+def test_few_shot_examples_are_earlier_turns_and_the_passage_comes_last():
+    examples = [FewShotExample(passage="I keep bees.", question="What do you keep?")]
+    messages = question_messages(PASSAGE_FIRST_PROMPT, BREAD, ["Who is Brenda?"], examples)
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert messages[0]["content"] == PASSAGE_FIRST_PROMPT.format(passage="I keep bees.")
+    assert messages[1]["content"] == "What do you keep?"
+    assert messages[2]["content"].startswith(PASSAGE_FIRST_PROMPT.format(passage=BREAD))
+    assert messages[2]["content"].endswith("write a different one:\n- Who is Brenda?")
+    assert question_messages(PASSAGE_FIRST_PROMPT, BREAD, []) == [
+        {"role": "user", "content": PASSAGE_FIRST_PROMPT.format(passage=BREAD)}
+    ]
+
+
+def test_the_original_prompt_is_a_setting_value():
+    qa = QaSettings(prompt="original")
+    assert resolve_qa_prompt(qa.prompt) == ORIGINAL_QA_PROMPT
+    assert ORIGINAL_QA_PROMPT.startswith(
+        "Write a concise question in as few words as possible to the author in the second person that has the "
+        "following TEXT as the answer."
+    )
+    assert "### TEXT ###\n{passage}" in ORIGINAL_QA_PROMPT
+    with pytest.raises(ValueError, match="passage"):
+        QaSettings(prompt="Write a question.")
+
+
+def test_the_grammar_is_asked_of_llama_cpp_only_and_only_when_constrained():
+    local = chat_client(ChatModelSettings(provider="llama_cpp", n_ctx=512, n_threads=1))
+    remote = chat_client(ChatModelSettings(provider="openai", base_url="http://127.0.0.1:9/v1", api_key_env="X_UNSET"))
+    assert question_constraints(local, QaSettings()) == {"grammar": QUESTION_GBNF}
+    assert question_constraints(local, QaSettings(constrained=False)) == {}
+    assert question_constraints(remote, QaSettings()) == {}
+
+
+def test_contract_questions_failing_a_gate_are_retried_then_dropped_and_counted_with_examples(
+    qa_resources, tmp_path, make_config, monkeypatch
+):
+    calls: list = []
+    # round 1 (question 1, first try) for the 3 passages in order: bread, sensor, ride
+    outputs = [
+        ["What is the text above?", "What is the question?", "What is your favourite marathon shoe?"],
+        # retries: bread gets a good question; sensor a generic one again; ride one that names its passage
+        # (jersey pocket) but is about another page
+        [
+            "Who is Brenda?",
+            "What is the main idea of the passage?",
+            "Do you keep your sourdough starter Brenda and her rye flour in a jersey pocket?",
+        ],
+    ]
+    monkeypatch.setattr(ChatClient, "complete_batch", _scripted_batch(outputs, calls))
+    config = make_config({"qa": {"questions_per_chunk": 1, "roundtrip_k": 1}})
+    result = dg.materialize([_qa_chunks_asset(), synthetic_qa], resources=qa_resources(config))
+    assert result.success
+    frame = pd.read_parquet(tmp_path / "data" / "synthetic_qa.parquet")
+    assert frame.groupby("url")["question"].apply(list).to_dict() == {"https://x/bread": ["Who is Brenda?"]}
+    metadata = result.asset_materializations_for_node("synthetic_qa")[0].metadata
+    assert metadata["rejected_outputs"].value == {"no_passage_term": 4, "no_roundtrip": 1}
+    assert metadata["gate_rejections"].value == {"no_passage_term": 4, "generic_template": 0, "no_roundtrip": 1}
+    assert metadata["dropped"].value == {"no_passage_term": 1, "no_roundtrip": 1}
+    assert metadata["gated_outputs"].value == 6
+    examples = metadata["rejected_examples"].value
+    assert [e["question"] for e in examples["no_passage_term"]] == [
+        "What is the text above?",
+        "What is the question?",
+        "What is your favourite marathon shoe?",
+    ]
+    assert examples["no_roundtrip"] == [
+        {
+            "question": "Do you keep your sourdough starter Brenda and her rye flour in a jersey pocket?",
+            "url": "https://x/ride",
+            "attempt": "2",
+        }
+    ]
+    assert len({c["seed"] for c in calls}) == 2  # the retry has another seed

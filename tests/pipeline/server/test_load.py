@@ -7,8 +7,8 @@ import time
 
 import httpx
 
-from tests.pipeline.server.conftest import SERVE_SETTINGS
-from tests.test_end_to_end import SAMPLE_SITE_QUESTIONS
+from tests.helpers import SAMPLE_SITE_QUESTIONS
+from tests.pipeline.server.helpers import SERVE_SETTINGS
 
 REQUESTS = 200
 CONCURRENCY = 20
@@ -43,7 +43,12 @@ def test_load_has_no_5xx_honours_the_rate_limit_and_the_server_stays_up(server):
     allowed = SERVE_SETTINGS["rate_limit_burst"] + SERVE_SETTINGS["rate_limit_per_minute"] / 60 * elapsed
     assert SERVE_SETTINGS["rate_limit_burst"] <= api_ok <= allowed + 1, (api_ok, allowed, elapsed)
     limited = [r for r in responses if r.status_code == 429]
-    assert limited, f"no request was limited in {elapsed:.1f} s"
+    api_requests = sum(1 for r in responses if r.url.path == "/api")
+    assert api_ok + len(limited) == api_requests
+    # Requests beyond what the bucket allows in the time taken are limited; on a machine slow enough that the
+    # bucket kept up, none is due (the 429 itself is pinned down in test_api's rate-limit test).
+    if api_requests > allowed + 1:
+        assert limited, f"{api_requests} requests in {elapsed:.1f} s, none limited"
     assert all(int(r.headers["retry-after"]) >= 1 for r in limited)
     assert all(r.url.path == "/api" for r in limited)  # health checks are not limited
     for r in responses:

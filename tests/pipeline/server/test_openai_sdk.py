@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.pipeline.server.conftest import QUESTION, QUESTION_PAGE
+from tests.pipeline.server.helpers import QUESTION, QUESTION_PAGE
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from mebot.pipeline.server.models import materialization_signature
 from mebot.resources.embeddings import build_embedder
 from mebot.resources.settings import load_settings
 from mebot.resources.vector_index import load_index, write_index
-from tests.pipeline.server.conftest import QUESTION, QUESTION_PAGE, start_server, stop_server
+from tests.pipeline.server.helpers import QUESTION, QUESTION_PAGE, start_server, stop_server
 
 NEW_FACT = "My pet quokka is called Professor Wobbles and he lives in the greenhouse behind the shed."
 NEW_URL = "http://example.test/quokka/"
@@ -114,7 +114,7 @@ def test_finetuned_adapters_appear_as_ft_models(late):
         return [m["id"] for m in httpx.get(f"{late.url}/v1/models", timeout=30).json()["data"]]
 
     wait_for(lambda: "ft-e2-b4-lr0.5" in names())
-    assert names() == ["rag", "ft-e2-b4-lr0.5"]
+    assert names() == ["rag", "extractive", "ft-e2-b4-lr0.5"]
     error = httpx.get(f"{late.url}/api", params={"query": QUESTION, "model": "finetune:nope"}, timeout=30).json()
     assert "finetune:e2-b4-lr0.5" in error["error"]["message"]
 

@@ -1,0 +1,108 @@
+"""The deployment switch (pipeline/deploy/): MEBOT_DEPLOY unset keeps the embedded default exactly; `celery`
+changes the instance file, the executor of finetune/evaluate and the LLM cache's home, and nothing else. No
+server is started here (tests/system/ runs the deployment for real)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from mebot.pipeline.cli import main
+from mebot.pipeline.definitions import build_definitions
+from mebot.pipeline.deploy import (
+    BROKER_ENV_VAR,
+    CELERY_APP_SETTINGS,
+    CELERY_HOME,
+    DEPLOY_ENV_VAR,
+    POSTGRES_URL_ENV_VAR,
+    DeploymentError,
+    active_deployment,
+)
+from mebot.pipeline.deploy.worker import worker_command
+from mebot.resources.settings import PROJECT_ROOT
+
+PG = "postgresql+psycopg2://mebot:secret@db-host:5432/mebot"
+BROKER = "redis://broker-host:6379/0"
+
+
+@pytest.fixture
+def celery_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DEPLOY_ENV_VAR, "celery")
+    monkeypatch.setenv(POSTGRES_URL_ENV_VAR, PG)
+    monkeypatch.setenv(BROKER_ENV_VAR, BROKER)
+
+
+@pytest.fixture(autouse=True)
+def _no_deployment_leak(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (DEPLOY_ENV_VAR, POSTGRES_URL_ENV_VAR, BROKER_ENV_VAR):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _executor_names(defs: dg.Definitions) -> dict[str, str]:
+    return {name: defs.resolve_job_def(name).executor_def.name for name in ("ingest", "finetune", "evaluate")}
+
+
+def test_unset_is_the_embedded_default(make_config) -> None:
+    assert active_deployment().name == "local" and active_deployment().dagster_home is None
+    defs = build_definitions(make_config())
+    assert _executor_names(defs)["finetune"] == _executor_names(defs)["evaluate"] == "multiprocess_run_max_parallel"
+    assert defs.resources["chat_model"].cache_url == ""
+
+
+def test_celery_sends_finetune_and_evaluate_to_workers_and_the_cache_to_postgres(make_config, celery_env) -> None:
+    defs = build_definitions(make_config())
+    names = _executor_names(defs)
+    assert names["finetune"] == names["evaluate"] == "celery_mebot"
+    assert names["ingest"] != "celery_mebot"  # the crawl and the index stay on the machine that launches them
+    config = defs.resolve_job_def("finetune").executor_def.config_schema.resolve_config({}).value["config"]
+    assert config["broker"] == config["backend"] == BROKER  # read from the environment when a run starts
+    assert config["config_source"]["task_acks_late"] is True
+    assert config["config_source"]["worker_prefetch_multiplier"] == 1
+    # the URL is read where the cache is opened (each worker's environment), never stored in the definitions
+    assert defs.resources["chat_model"].cache_url == dg.EnvVar(POSTGRES_URL_ENV_VAR)
+
+
+def test_the_celery_instance_file_keeps_every_storage_in_postgres_from_the_environment() -> None:
+    instance = yaml.safe_load((CELERY_HOME / "dagster.yaml").read_text(encoding="utf-8"))
+    assert instance["storage"] == {"postgres": {"postgres_url": {"env": POSTGRES_URL_ENV_VAR}}}
+    assert instance["telemetry"] == {"enabled": False}
+    root = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text(encoding="utf-8"))
+    assert "sqlite" in root["storage"]  # the embedded default's instance is untouched
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({DEPLOY_ENV_VAR: "kubernetes"}, "is not a deployment"),
+        ({DEPLOY_ENV_VAR: "celery"}, f"needs {POSTGRES_URL_ENV_VAR} and {BROKER_ENV_VAR}"),
+        ({DEPLOY_ENV_VAR: "celery", POSTGRES_URL_ENV_VAR: PG}, f"needs {BROKER_ENV_VAR}"),
+        (
+            {DEPLOY_ENV_VAR: "celery", POSTGRES_URL_ENV_VAR: "postgresql://db/mebot", BROKER_ENV_VAR: BROKER},
+            "must start with postgresql+psycopg2://",
+        ),
+    ],
+)
+def test_a_deployment_that_cannot_work_says_what_is_missing(monkeypatch, make_config, env, message) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(DeploymentError, match=re.escape(message)):
+        build_definitions(make_config())
+
+
+def test_the_worker_is_the_celery_cli_on_the_executors_queue_one_step_at_a_time() -> None:
+    command = worker_command("gpu-box")
+    assert command[1:5] == ["-m", "celery", "-A", "mebot.pipeline.deploy.worker"]
+    assert command[command.index("-Q") + 1] == "dagster"
+    assert command[command.index("--concurrency") + 1] == "1"
+    assert command[command.index("--hostname") + 1] == "gpu-box@%h"
+    assert CELERY_APP_SETTINGS["task_reject_on_worker_lost"] is False  # a step that kills its process: no loop
+
+
+def test_mebot_worker_refuses_without_the_celery_deployment(capsys, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MEBOT_DAGSTER_HOME", str(tmp_path))
+    assert main(["worker"]) == 2
+    assert f"set {DEPLOY_ENV_VAR}=celery" in capsys.readouterr().err
