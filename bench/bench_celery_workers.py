@@ -24,8 +24,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import psycopg2  # noqa: E402
-
 from tests.helpers import write_settings  # noqa: E402
 from tests.system.deployment import (  # noqa: E402
     PREPARE_SELECTION,
@@ -88,13 +86,7 @@ def main() -> int:
 
 
 def timed_sweep(work: Path, prepared_data: Path, config: Path, postgres, redis, count: int) -> dict:
-    database = f"sweep_{work.name.replace('-', '_')}"
-    conn = psycopg2.connect(postgres.url)
-    conn.autocommit = True  # CREATE DATABASE runs outside a transaction
-    with conn.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE {database}")
-    conn.close()
-    url = postgres.sqlalchemy_url.rsplit("/", 1)[0] + f"/{database}"
+    url = postgres.new_database(f"sweep_{work.name.replace('-', '_')}").sqlalchemy_url
     work.mkdir(parents=True)
     shutil.copytree(prepared_data, work / "data")
     env = deployment_env(work, config, work / "data", url, redis.url)

@@ -564,17 +564,18 @@ class FinetuneSettings(_Section):
     answer_temperature: float = Field(0.2, ge=0, le=2, description="Sampling temperature of fine-tuned answers.")
     answer_max_tokens: int = Field(256, ge=1, le=8192, description="Longest fine-tuned answer, in tokens.")
     answer_repeat_penalty: float = Field(
-        1.3,
+        1.1,
         ge=1,
         le=3,
-        description="llama_cpp: penalty on tokens of the last 64 (1.0: none); stops a fine-tuned model repeating a "
-        "sentence until max_tokens.",
+        description="llama_cpp: penalty on the tokens of the last 64 (1.0: none); keeps a fine-tuned model from "
+        "repeating a sentence until max_tokens. Measured on the default sweep's adapters (44 answers): 1.0 looped in "
+        "75%, 1.1 in 5%, 1.3 in 20% (it repeats whole sentences once they leave the 64-token window).",
     )
     answer_frequency_penalty: float = Field(
-        0.5,
+        0.3,
         ge=-2,
         le=2,
-        description="Penalty per earlier occurrence of a token (OpenAI-compatible servers; llama.cpp too).",
+        description="OpenAI-compatible servers: penalty per earlier occurrence of a token (0: none).",
     )
     system_prompt: str = Field(
         "You are {persona_name}. Answer questions about yourself and your writing in your own voice.",

@@ -1,4 +1,4 @@
-"""The two tiers (tests/conftest.py): the check tier leaves out tests marked `full` or using a heavy fixture, and a
+"""The two tiers (tests/tiers.py): the check tier leaves out tests marked `full` or using a heavy fixture, and a
 test that loads a real model without the mark fails there with a message saying what to do, in the test process
 and in any Python process it starts."""
 
@@ -9,8 +9,8 @@ import textwrap
 
 from mebot.resources.chat import bundled_gguf_path
 from mebot.resources.settings import PROJECT_ROOT
-from tests.conftest import FULL_FIXTURES
 from tests.model_guard.sitecustomize import CHECK_TIER, TIER_ENV
+from tests.tiers import FULL_FIXTURES
 
 GUARD_DIR = PROJECT_ROOT / "tests" / "model_guard"
 

@@ -1,9 +1,11 @@
 """Stage 8: every model answers the held-out questions (`model_answers`), one partition per model.
 
 Partitions: `rag` (retrieval + the chat model, `assets/index/rag.py` RagBot, exactly what `mebot ask` and the
-server do) and one per point of `finetune.sweep` (the fine-tuned model of the same `finetuned_models` partition,
-asked in its training format by `assets/finetune/formats.py` ask_finetuned). The `rag` partition maps to no
-`finetuned_models` partition (a StaticPartitionMapping that leaves it out), so it never waits for fine-tuning.
+server do), `extractive` (no LLM: the best sentences of the same retrieval quoted with their page,
+`assets/index/extractive.py`; the floor every LLM mode must beat) and one per point of `finetune.sweep` (the
+fine-tuned model of the same `finetuned_models` partition, asked in its training format by
+`assets/finetune/formats.py` ask_finetuned). `rag` and `extractive` map to no `finetuned_models` partition (a
+StaticPartitionMapping that leaves them out), so they never wait for fine-tuning.
 The partitions come from the settings the graph is built from (`model_answers_asset(settings)`). Every asset that
 asks the models (model_answers, golden_answers) asks them through `answer_with_model`: one answerer per model key
 (`model_answerer`), reading the settings in ANSWERER_SETTINGS.

@@ -18,7 +18,8 @@ from mebot.resources.settings import Settings
 
 # OpenAI returns at most 20 alternatives per position. llama.cpp computes every token's logprob anyway, so asking
 # for more costs nothing and keeps all 11 score tokens in the list even when the unconstrained model puts most of
-# its mass elsewhere ("The", "\n").
+# its mass elsewhere ("The", "\n"): with the top 20 the bundled judge's expected scores on the sample site
+# averaged 2.9 (score digits missing from the list counted as 0 probability), with the top 100 4.3.
 OPENAI_TOP_LOGPROBS = 20
 LLAMA_CPP_TOP_LOGPROBS = 100
 UNCONSTRAINED_MAX_TOKENS = 6  # enough for "10", "8/10", "Score: 7"

@@ -203,8 +203,8 @@ class RoundTrip:
             return []
         scores = self.embed(questions) @ self._vectors.T  # (questions, windows)
         best = np.full((len(questions), len(self.passages)), -np.inf, dtype=np.float32)
-        for column, owner in enumerate(self._owners):
-            best[:, owner] = np.maximum(best[:, owner], scores[:, column])
+        rows = np.arange(len(questions))[:, None]
+        np.maximum.at(best, (rows, self._owners[None, :]), scores)  # each passage: its best window
         order = np.argsort(-best, axis=1, kind="stable")[:, : self.k]
         return [[self.passages[i].url for i in row] for row in order]
 

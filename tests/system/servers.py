@@ -17,8 +17,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import psycopg2
 
 PG_USER = "postgres"  # created by Debian's postgresql package
 PG_DATABASE = "mebot"
@@ -64,14 +66,25 @@ class Postgres:
     port: int
     bin_dir: Path
 
+    database: str = PG_DATABASE
+
     @property
     def url(self) -> str:
-        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{PG_DATABASE}"
+        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{self.database}"
 
     @property
     def sqlalchemy_url(self) -> str:
         """The same database as SQLAlchemy names it with the psycopg2 driver (what dagster-postgres needs)."""
         return self.url.replace("postgresql://", "postgresql+psycopg2://", 1)
+
+    def new_database(self, name: str) -> Postgres:
+        """An empty database `name` on this server, as a Postgres whose URLs name it."""
+        conn = psycopg2.connect(self.url)
+        conn.autocommit = True  # CREATE DATABASE runs outside a transaction
+        with conn.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        conn.close()
+        return replace(self, database=name)
 
     @property
     def data_dir(self) -> Path:

@@ -131,6 +131,7 @@ def _record_pools(scenario: Scenario) -> None:
 @pytest.fixture(scope="module")
 def scenario(postgres, redis_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     root = tmp_path_factory.mktemp("celery_sweep")
+    postgres = postgres.new_database("celery_sweep")  # its own: Dagster's tables and the LLM cache
     config = write_settings(root / "mebot.yaml", SWEEP_SETTINGS)
     data, local_data = root / "data", root / "data_local"
     env = deployment_env(root, config, data, postgres.sqlalchemy_url, redis_server.url)
