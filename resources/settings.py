@@ -208,7 +208,8 @@ class RagSettings(_Section):
 # that has the following TEXT as the answer." before the text. The bundled 135M model then wrote a question
 # for 1 passage in 24 (it continues the passage); with the instruction after the text, for 2 in 3. Asking for
 # "a name, place, number or thing the TEXT mentions" (with the few-shot examples below and the question grammar)
-# took the questions kept past the quality gates on the sample site from 18 to 23 of 32 (assets/qa/questions.py).
+# took the questions kept past the quality gates on 16 sample-site passages from 18 to 23 of 32
+# (assets/qa/questions.py).
 DEFAULT_QA_PROMPT = (
     '### TEXT ###\n{passage}\n\nWrite one short question, addressed to the author as "you", that the TEXT above '
     "answers. Ask about a name, place, number or thing the TEXT mentions. Reply with the question only."

@@ -226,7 +226,7 @@ def test_golden_answers_are_partitioned_and_asked_like_model_answers(golden_worl
     settings = load_settings(golden_world["config"])
     answers_def = golden_world["assets"]["golden_answers"]
     assert answers_def.partitions_def == model_answers_asset(settings).partitions_def
-    assert [k for k in answers_def.partitions_def.get_partition_keys() if k != "extractive"] == KEYS
+    assert answers_def.partitions_def.get_partition_keys() == KEYS
     spec = answers_def.specs_by_key[dg.AssetKey("golden_answers")]
     assert spec.group_name == "evaluation"
     assert {"rag.top_k", "rag.prompt", "models.chat", "finetune.system_prompt"} <= set(
@@ -271,7 +271,7 @@ def test_golden_scores_count_right_answers_and_a_refusal_of_the_unanswerable_as_
 
 def test_golden_summary_has_every_model_with_intervals_and_per_model_metadata(golden_world):
     summary = output(golden_world, "summary", "golden_summary")
-    assert list(summary.columns) == GOLDEN_SUMMARY_COLUMNS and [m for m in summary["model"] if m != "extractive"] == KEYS
+    assert list(summary.columns) == GOLDEN_SUMMARY_COLUMNS and summary["model"].tolist() == KEYS
     rows = summary.set_index("model")
     assert rows.loc[RAG, "golden_fact_accuracy"] == pytest.approx(2 / 3)
     assert rows.loc[RAG, "golden_fact_accuracy_ci_low"] <= 2 / 3 <= rows.loc[RAG, "golden_fact_accuracy_ci_high"]
