@@ -281,9 +281,14 @@ class WorkerSlot:
     def death(self) -> str:
         # The pool keeps its dead process object until shutdown (stdlib's `_processes`, stable since 3.2); its
         # exit code is the only record of the signal.
+        # The pool's own thread reaps the dead process too: a join that loses that race returns before the exit
+        # code is stored, so wait for the code itself.
         processes = list((getattr(self.pool, "_processes", None) or {}).values())
+        deadline = time.monotonic() + 5
         for process in processes:
             process.join(timeout=5)
+            while process.exitcode is None and time.monotonic() < deadline:
+                time.sleep(0.05)
         codes = [process.exitcode for process in processes if process.exitcode]
         reason = death_message(codes[0] if codes else None, self.oom_kills_at_start, oom_kill_count())
         return reason or "died (exit code unknown)"

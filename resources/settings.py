@@ -568,9 +568,15 @@ class FinetuneSettings(_Section):
         1.1,
         ge=1,
         le=3,
-        description="llama_cpp: penalty on the tokens of the last 64 (1.0: none); keeps a fine-tuned model from "
-        "repeating a sentence until max_tokens. Measured on the default sweep's adapters (44 answers): 1.0 looped in "
-        "75%, 1.1 in 5%, 1.3 in 20% (it repeats whole sentences once they leave the 64-token window).",
+        description="llama_cpp: penalty on the tokens of the last `answer_repeat_last_n` (1.0: none); keeps a "
+        "fine-tuned model from repeating itself until max_tokens (measured: README, Evaluation).",
+    )
+    answer_repeat_last_n: int = Field(
+        256,
+        ge=0,
+        le=8192,
+        description="llama_cpp: how many recent tokens answer_repeat_penalty looks back over (llama.cpp's default "
+        "64 let a model repeat a paragraph once it had left the window).",
     )
     answer_frequency_penalty: float = Field(
         0.3,

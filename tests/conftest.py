@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import E2E_MAX_PASSAGES, deep_merge, write_settings
+from tests.helpers import E2E_MAX_PASSAGES, deep_merge, e2e_golden_file, write_settings
 from tests.sites import write_small_site
 from tests.tiers import (  # noqa: F401 - the tiers' hooks, found here by name
     pytest_collection_modifyitems,
@@ -23,6 +23,19 @@ from tests.tiers import (  # noqa: F401 - the tiers' hooks, found here by name
 )
 
 # ------------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_state():
+    """Every test leaves the working directory and environment as it found them: the CLI, run in-process by some
+    tests, points Dagster at its home with os.chdir and environment variables, and later tests that spawn worker
+    processes would import `tests` from the wrong directory."""
+    cwd, environ = os.getcwd(), dict(os.environ)
+    yield
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(environ)
+
 
 
 @pytest.fixture
@@ -49,22 +62,6 @@ def site_config(make_config: Callable[..., Path], small_site: Path) -> Callable[
         return make_config(deep_merge(local, overrides or {}), name=name)
 
     return make
-
-
-E2E_GOLDEN_IDS = ("favourite-film", "distance-2022", "football-team")  # a name, a number with its unit, unanswerable
-
-
-def e2e_golden_file(root: Path) -> Path:
-    """Three of the sample site's golden questions (every model answers every golden question: a RAG answer with
-    the bundled model takes ~20-40 s, so the whole file would add half an hour)."""
-    import yaml
-
-    sample_file = Path(__file__).resolve().parents[1] / "data" / "golden" / "sample_site.yaml"
-    sample = yaml.safe_load(sample_file.read_text(encoding="utf-8"))
-    questions = [q for q in sample["questions"] if q["id"] in E2E_GOLDEN_IDS]
-    path = root / "golden.yaml"
-    path.write_text(yaml.safe_dump({"questions": questions}, allow_unicode=True), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,6 @@ import numpy as np
 
 from mebot.resources.chat import ChatClient, ChatModelResource, ChatResult, TokenLogprob
 from mebot.resources.embeddings import Embedder, EmbedderResource, boundary_rank
-from mebot.resources.llm_cache import LlmCache
 from mebot.resources.settings import ChatModelSettings, EmbeddingModelSettings, Settings
 
 TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -177,7 +176,7 @@ class FakeChatModelResource(ChatModelResource):
     def client(
         self, settings: Settings, *, lora_path: str | None = None, chat: ChatModelSettings | None = None
     ) -> ChatClient:
-        cache = LlmCache(self.cache_path(settings)) if settings.models.use_cache else None
+        cache = self.open_cache(settings) if settings.models.use_cache else None
         return FakeChat(
             chat or settings.models.chat,
             prices=settings.models.prices,
@@ -241,7 +240,8 @@ def with_fake_models(resources: Mapping[str, Any]) -> dict[str, Any]:
     keeping the cache folder it had."""
     faked = dict(resources)
     if "chat_model" in faked:
-        faked["chat_model"] = FakeChatModelResource(cache_dir=faked["chat_model"].cache_dir)
+        real = faked["chat_model"]
+        faked["chat_model"] = FakeChatModelResource(cache_dir=real.cache_dir, cache_url=real.cache_url)
     if "embedder" in faked:
         faked["embedder"] = FakeEmbedderResource(cache_dir=faked["embedder"].cache_dir)
     return faked

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from mebot.resources.settings import DEFAULT_CONFIG_PATH
+from mebot.resources.settings import DEFAULT_CONFIG_PATH, PROJECT_ROOT
 from mebot.resources.tokens import count_tokens
 
 # Facts that each live on one page of the sample site (see data/sample_site/).
@@ -37,6 +37,20 @@ CHROMIUM_ARGS = [
 
 # Enough passages for OpenAI's minimum of 10 training examples, which training_file_valid checks (blocking).
 E2E_MAX_PASSAGES = 14
+
+
+E2E_GOLDEN_IDS = ("favourite-film", "distance-2022", "football-team")  # a name, a number with its unit, unanswerable
+
+
+def e2e_golden_file(root: Path) -> Path:
+    """Three of the sample site's golden questions (every model answers every golden question: a RAG answer with
+    the bundled model takes ~20-40 s, so the whole file would add half an hour)."""
+    sample_file = PROJECT_ROOT / "data" / "golden" / "sample_site.yaml"
+    sample = yaml.safe_load(sample_file.read_text(encoding="utf-8"))
+    questions = [q for q in sample["questions"] if q["id"] in E2E_GOLDEN_IDS]
+    path = root / "golden.yaml"
+    path.write_text(yaml.safe_dump({"questions": questions}, allow_unicode=True), encoding="utf-8")
+    return path
 
 
 def deep_merge(base: dict, overrides: dict) -> dict:

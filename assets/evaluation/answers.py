@@ -77,6 +77,7 @@ ANSWERER_SETTINGS = (
     "finetune.answer_temperature",
     "finetune.answer_max_tokens",
     "finetune.answer_repeat_penalty",
+    "finetune.answer_repeat_last_n",
     "finetune.answer_frequency_penalty",
 )
 

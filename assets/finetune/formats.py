@@ -54,6 +54,7 @@ def answer_params(chat: ChatClient, settings: Settings) -> dict:
     }
     if chat.provider == "llama_cpp":
         params["repeat_penalty"] = finetune.answer_repeat_penalty
+        params["repeat_last_n"] = finetune.answer_repeat_last_n
     else:
         params["frequency_penalty"] = finetune.answer_frequency_penalty
     return params

@@ -111,6 +111,7 @@ class ChatClient(ABC):
         grammar: str | None = None,
         response_format: dict | None = None,
         repeat_penalty: float | None = None,
+        repeat_last_n: int | None = None,
         frequency_penalty: float | None = None,
         logit_bias: dict[str | int, float] | None = None,
         on_token: Callable[[str], None] | None = None,
@@ -121,7 +122,8 @@ class ChatClient(ABC):
         use them stay what they were: `grammar` (GBNF text the output must match: llama.cpp, and llama.cpp's
         server through the request body), `response_format` (OpenAI's `{"type": "json_schema", ...}` or
         `{"type": "json_object"}`; llama.cpp turns a JSON schema into a grammar), `repeat_penalty` (llama.cpp's
-        multiplicative penalty on recent tokens; 1.0 = off), `frequency_penalty` (OpenAI's and llama.cpp's
+        multiplicative penalty on recent tokens; 1.0 = off), `repeat_last_n` (how many recent tokens llama.cpp
+        penalises; 64 when not set), `frequency_penalty` (OpenAI's and llama.cpp's
         additive penalty per earlier occurrence), `logit_bias` ({token id: bias}, the provider's token ids).
 
         `on_token` streams the answer: it is called with each piece of text as the model generates it (llama.cpp
@@ -148,6 +150,8 @@ class ChatClient(ABC):
             params["response_format"] = response_format
         if repeat_penalty is not None:
             params["repeat_penalty"] = float(repeat_penalty)
+        if repeat_last_n is not None:
+            params["repeat_last_n"] = int(repeat_last_n)
         if frequency_penalty is not None:
             params["frequency_penalty"] = float(frequency_penalty)
         if logit_bias:

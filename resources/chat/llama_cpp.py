@@ -123,6 +123,9 @@ def load_llama(
 # ------------------------------------------------------------------------------------ output controls
 
 
+DEFAULT_REPEAT_LAST_N = 64  # llama-cpp-python's last_n_tokens_size: the tokens repeat_penalty looks back over
+
+
 @functools.lru_cache(maxsize=64)
 def compiled_grammar(gbnf: str) -> Any:
     """A llama_cpp.LlamaGrammar for GBNF text (parsed by llama.cpp when a call uses it; a bad one raises there)."""
@@ -227,6 +230,8 @@ class LlamaCppChat(ChatClient):
             kwargs.update(logprobs=True, top_logprobs=params["top_logprobs"])
         kwargs.update(generation_controls(params))
         with model.lock:
+            # The Llama object is shared: set the penalty window of this call (its default unless asked).
+            model.llm.last_n_tokens_size = params.get("repeat_last_n") or DEFAULT_REPEAT_LAST_N
             threads = resolve_threads(self.chat.n_threads)
             model.llm._ctx.set_n_threads(threads, threads)  # Llama fixes them at load; its context can change
             # Forget the previous call's tokens: llama-cpp-python would otherwise reuse the common prefix of the

@@ -55,9 +55,9 @@ def content_text(content: Any) -> str:
 def openai_controls(params: dict) -> dict[str, Any]:
     """chat.completions.create arguments for the optional controls in `params` (only those that are set).
 
-    `response_format`, `frequency_penalty` and `logit_bias` are OpenAI's own; `grammar` and `repeat_penalty` are
-    not in OpenAI's API: they go in the request body for servers that read them (llama.cpp's server does; OpenAI
-    itself refuses unknown fields with a 400)."""
+    `response_format`, `frequency_penalty` and `logit_bias` are OpenAI's own; `grammar`, `repeat_penalty` and
+    `repeat_last_n` are not in OpenAI's API: they go in the request body for servers that read them (llama.cpp's
+    server does; OpenAI itself refuses unknown fields with a 400)."""
     kwargs: dict[str, Any] = {}
     if params.get("response_format") is not None:
         kwargs["response_format"] = params["response_format"]
@@ -65,7 +65,9 @@ def openai_controls(params: dict) -> dict[str, Any]:
         kwargs["frequency_penalty"] = params["frequency_penalty"]
     if params.get("logit_bias"):
         kwargs["logit_bias"] = params["logit_bias"]
-    extra = {name: params[name] for name in ("grammar", "repeat_penalty") if params.get(name) is not None}
+    extra = {
+        name: params[name] for name in ("grammar", "repeat_penalty", "repeat_last_n") if params.get(name) is not None
+    }
     if extra:
         kwargs["extra_body"] = extra
     return kwargs

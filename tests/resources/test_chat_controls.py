@@ -84,13 +84,19 @@ def test_llama_cpp_arguments_for_each_control() -> None:
 def test_openai_arguments_for_each_control() -> None:
     response_format = {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}}
     kwargs = openai_controls(
-        {"response_format": response_format, "frequency_penalty": 0.5, "logit_bias": {"15": 3.0}, "grammar": "g"}
+        {
+            "response_format": response_format,
+            "frequency_penalty": 0.5,
+            "logit_bias": {"15": 3.0},
+            "grammar": "g",
+            "repeat_last_n": 128,
+        }
     )
     assert kwargs == {
         "response_format": response_format,
         "frequency_penalty": 0.5,
         "logit_bias": {"15": 3.0},
-        "extra_body": {"grammar": "g"},  # not OpenAI's own: for servers that read it (llama.cpp's)
+        "extra_body": {"grammar": "g", "repeat_last_n": 128},  # not OpenAI's own: for servers that read them
     }
     assert openai_controls({"temperature": 0.0}) == {}
 
@@ -153,6 +159,9 @@ def test_llama_cpp_repeat_penalty_changes_a_repetitive_greedy_answer() -> None:
     messages = [{"role": "user", "content": "Write the word hello twenty times."}]
     client = chat_client(LOCAL)
     plain = client.complete(messages, max_tokens=40)
-    penalised = client.complete(messages, max_tokens=40, repeat_penalty=1.8)
+    penalised = client.complete(messages, max_tokens=40, repeat_penalty=1.8, repeat_last_n=256)
+    assert client.loaded().llm.last_n_tokens_size == 256  # the window of that call
     assert penalised.text != plain.text
     assert penalised.text.lower().count("hello") < plain.text.lower().count("hello")
+    client.complete(messages, max_tokens=4)
+    assert client.loaded().llm.last_n_tokens_size == 64  # the shared model is back to its default

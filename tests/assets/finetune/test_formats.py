@@ -19,10 +19,11 @@ def test_answer_params_are_the_finetune_settings_not_rag():
         "max_tokens": 99,
         "stop": [" END", CHAT_TEMPLATE_END],
         "repeat_penalty": 1.2,
+        "repeat_last_n": 256,
     }
     remote = FakeChat(ChatModelSettings(provider="openai", model="ft:gpt-4o-mini:me"))
     params = answer_params(remote, settings_with(answer_frequency_penalty=0.4))
-    assert params["frequency_penalty"] == 0.4 and "repeat_penalty" not in params
+    assert params["frequency_penalty"] == 0.4 and "repeat_penalty" not in params and "repeat_last_n" not in params
     assert settings.rag.temperature != 0.7 and settings.rag.max_tokens != 99  # nothing borrowed from rag.*
 
 
