@@ -37,7 +37,6 @@ def _restore_process_state():
     os.environ.update(environ)
 
 
-
 @pytest.fixture
 def small_site(tmp_path: Path) -> Path:
     return write_small_site(tmp_path / "site")

@@ -151,9 +151,7 @@ def retrieval_columns(summary: dict[str, float], k: int) -> dict[str, float]:
     kinds={"faiss", "parquet"},
     code_version="1",
     deps=["vector_index"],
-    metadata=reads_settings(
-        "eval.splits", "rag.top_k", "rag.retrieval", "rag.max_question_chars", "models.embedding"
-    ),
+    metadata=reads_settings("eval.splits", "rag.top_k", "rag.retrieval", "rag.max_question_chars", "models.embedding"),
 )
 def retrieval_metrics(
     context: dg.AssetExecutionContext,
