@@ -677,6 +677,14 @@ class ServeSettings(_Section):
     max_queued_generations: int = Field(8, ge=1, description="Waiting answers beyond this get HTTP 503.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API from a browser.")
     reload_check_s: float = Field(5.0, ge=0, description="How often to look for a newer materialized index.")
+    finetune_metric: Literal[
+        "golden_fact_accuracy", "rougeL_f1", "rouge1_f1", "rouge2_f1", "similarity", "judge_expected", "judge_direct"
+    ] = Field(
+        "golden_fact_accuracy",
+        description="The leaderboard column (higher is better) that picks the fine-tuned model `finetune` names in "
+        "/api and /v1 (the original author picked by ROUGE; golden fact accuracy is checked against facts the "
+        "person wrote).",
+    )
 
 
 class BudgetSettings(_Section):

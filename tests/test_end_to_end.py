@@ -138,7 +138,7 @@ def test_mebot_ask_json_answers_with_the_right_page_among_its_sources(default_ru
         (["   "], "the question is empty"),
         (
             ["--model", "ft-nope", "Who are you?"],
-            "unknown model 'ft-nope'; the valid models are: rag, extractive, ft-e1-b2-lr0.5",
+            "unknown model 'ft-nope'; the valid models are: rag, extractive, finetune, ft-e1-b2-lr0.5",
         ),
     ],
 )

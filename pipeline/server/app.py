@@ -46,6 +46,7 @@ from starlette.staticfiles import StaticFiles
 
 from mebot.assets.index.rag import ModelOutputError, QuestionError, Source
 from mebot.pipeline.server.models import (
+    BEST_FINETUNE,
     EXTRACTIVE_MODEL,
     FT_PREFIX,
     RAG_MODEL,
@@ -271,10 +272,15 @@ class Server:
         created = int(self.registry.loaded_at or self.started_at)
         names = self.registry.names() if self.registry.ready else []
         data = [{"id": name, "object": "model", "created": created, "owned_by": "mebot"} for name in names]
+        best = self.registry.best
+        for entry in data:
+            if entry["id"] == BEST_FINETUNE and best is not None:  # which model `finetune` is, and why
+                entry.update(resolves_to=best.model, chosen_by=best.reason)
         return JSONResponse({"object": "list", "data": data})
 
     def api_model(self, value: str) -> str:
-        """`qa` -> rag, `finetune` -> the first ft model, `finetune:<key>` -> ft-<key>; rag/ft-<key> as they are."""
+        """`qa` -> rag, `finetune` -> the best fine-tuned model (serve.finetune_metric), `finetune:<key>` ->
+        ft-<key>; rag/ft-<key> as they are."""
         names = self.registry.names()
         value = value.strip() or "qa"
         if value in ("qa", RAG_MODEL):
@@ -282,10 +288,10 @@ class Server:
         if value == EXTRACTIVE_MODEL:  # the best sentences quoted, no LLM
             return value
         finetuned = [n for n in names if n.startswith(FT_PREFIX)]
-        if value == "finetune":
-            if not finetuned:
+        if value == BEST_FINETUNE:
+            if self.registry.best is None:
                 raise ApiError(400, "no fine-tuned model is available; the valid models are: qa (rag)", "unknown_model")
-            return finetuned[0]
+            return self.registry.best.model
         if value.startswith("finetune:"):
             value = "ft-" + value.split(":", 1)[1]
         if value in finetuned:
@@ -342,7 +348,7 @@ class Server:
             raise ApiError(400, "'stream' must be true or false", "bad_request")
         self.check_ready()
         try:
-            self.registry.check(model)
+            model = self.registry.check(model)  # `finetune`: the best fine-tuned model, named in the reply
         except UnknownModelError as exc:
             raise ApiError(400, str(exc), "model_not_found") from None
         self.queue.reserve()

@@ -1,17 +1,20 @@
 """The models the bot answers with, by name: `rag`, `extractive` (quotes, no LLM), and `ft-<key>` for every
-fine-tuned LoRA adapter on disk.
+fine-tuned model of the sweep (a LoRA adapter on disk, or an OpenAI fine-tune's model id from `finetuned_models`);
+`finetune` names the best of those by `serve.finetune_metric` on the leaderboard.
 
 One small registry that the server and the evaluation share, so both answer a question the same way:
 
     registry = ModelRegistry(settings, resources, data_dir)    # resources: build_definitions(...).resources
-    registry.names()                       # ['rag', 'extractive', 'ft-e1-b2-lr0.5', ...]
+    registry.names()                       # ['rag', 'extractive', 'finetune', 'ft-e1-b2-lr0.5', ...]
     registry.answer("rag", "What is your sourdough starter called?")   # -> Reply(text, sources, ...)
 
 The RAG bot is loaded by `mebot.assets.index.rag.load_rag_bot` (latest chunks and CURRENT index version); a
-fine-tuned model is `<data_dir>/models/<key>/adapter.gguf` run on the base chat model through llama.cpp and asked
-in its training format (`mebot.assets.finetune.formats.ask_finetuned`). `refresh()` picks up a newer materialization: it
-reloads the RAG bot when the index's CURRENT version or the chunks file changed, and rescans the adapters;
-the new bot replaces the old one in one assignment, so a question in flight finishes on the bot it started with.
+fine-tuned model is `<data_dir>/models/<key>/adapter.gguf` run on the base chat model through llama.cpp, or an
+OpenAI fine-tune's model id on models.chat's endpoint (`mebot.assets.evaluation.answers.finetuned_chat_settings`,
+as the evaluation asks it), asked in its training format (`mebot.assets.finetune.formats.ask_finetuned`).
+`refresh()` picks up a newer materialization: it reloads the RAG bot when the index's CURRENT version or the chunks
+file changed, and rescans the fine-tuned models and the leaderboard; the new bot replaces the old one in one
+assignment, so a question in flight finishes on the bot it started with.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
+from mebot.assets.evaluation.answers import finetuned_chat_settings
 from mebot.assets.finetune.formats import ask_finetuned
 from mebot.assets.index.extractive import EXTRACTIVE_MODEL, ExtractiveBot
 from mebot.assets.index.rag import RagBot, Source, load_rag_bot
@@ -35,6 +41,7 @@ log = logging.getLogger(__name__)
 
 RAG_MODEL = "rag"
 FT_PREFIX = "ft-"
+BEST_FINETUNE = "finetune"  # the original API's name: the best fine-tuned model (serve.finetune_metric)
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -72,6 +79,53 @@ def adapter_models(data_dir: Path) -> dict[str, Path]:
     return found
 
 
+def finetuned_models_rows(data_dir: Path) -> dict[str, pd.Series]:
+    """`ft-<key>` -> the `finetuned_models` row of every sweep point that can answer: a local adapter on disk
+    (`<data_dir>/models/<key>/adapter.gguf`, wherever the data folder has moved), or an OpenAI fine-tune's model id
+    (from its materialized partition)."""
+    found: dict[str, pd.Series] = {}
+    partitions = DataLayout(Path(data_dir)).root / "finetuned_models"
+    for path in sorted(partitions.glob("*.parquet")) if partitions.is_dir() else []:
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError) as exc:  # a half-written or foreign file: serve the others
+            log.warning("mebot serve: skipped %s: %s", path.name, exc)
+            continue
+        if not frame.empty and frame.iloc[0].get("backend") == "openai" and frame.iloc[0].get("model_id"):
+            found[FT_PREFIX + path.stem] = frame.iloc[0]
+    for name, adapter in adapter_models(data_dir).items():
+        found[name] = pd.Series(
+            {"partition_key": name[len(FT_PREFIX) :], "backend": "local_lora", "adapter_path": str(adapter)}
+        )
+    return dict(sorted(found.items()))
+
+
+@dataclass(frozen=True)
+class BestFinetune:
+    """Which fine-tuned model `finetune` names, and why (shown by /v1/models)."""
+
+    model: str
+    reason: str
+
+
+def best_finetune(board: pd.DataFrame | None, served: list[str], metric: str) -> BestFinetune | None:
+    """The served fine-tuned model with the highest `metric` on the leaderboard (ties: the first by name); the
+    first by name, saying so, while no served model has that metric yet; None when none is served."""
+    if not served:
+        return None
+    if board is not None and metric in board.columns and "model" in board.columns:
+        keys = [name[len(FT_PREFIX) :] for name in served]
+        measured = board[board["model"].isin(keys)].dropna(subset=[metric])
+        if not measured.empty:
+            top = measured.sort_values([metric, "model"], ascending=[False, True], kind="stable").iloc[0]
+            return BestFinetune(
+                FT_PREFIX + str(top["model"]),
+                f"the highest {metric} on the leaderboard ({float(top[metric]):.3f}; "
+                f"{len(measured)} of {len(served)} fine-tuned models measured)",
+            )
+    return BestFinetune(served[0], f"no fine-tuned model has a leaderboard {metric} yet: the first by name")
+
+
 def materialization_signature(data_dir: Path, index_dir: Path) -> tuple:
     """What changes when the chunks or the index are re-materialized: CURRENT's content and the chunks' stat."""
     try:
@@ -97,7 +151,8 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._bot: RagBot | None = None
         self._signature: tuple | None = None
-        self._adapters: dict[str, Path] = {}
+        self._finetuned: dict[str, pd.Series] = {}
+        self._best: BestFinetune | None = None
         self._ft_clients: dict[str, ChatClient] = {}
         self.not_ready_reason = "not loaded yet"
         self.loaded_at: float | None = None
@@ -107,8 +162,10 @@ class ModelRegistry:
 
     def refresh(self) -> bool:
         """Load the RAG bot if the materialization changed since the last load (or none is loaded); rescan the
-        fine-tuned adapters. Returns True when a new bot was swapped in. A failed load keeps the old bot."""
-        self._adapters = adapter_models(self.data_dir)
+        fine-tuned models and the best of them. Returns True when a new bot was swapped in. A failed load keeps
+        the old bot."""
+        self._finetuned = finetuned_models_rows(self.data_dir)
+        self._best = best_finetune(self._leaderboard(), list(self._finetuned), self.settings.serve.finetune_metric)
         signature = materialization_signature(self.data_dir, self.index_dir)
         if signature == self._signature and self._bot is not None:
             return False
@@ -134,6 +191,14 @@ class ModelRegistry:
             log.info("mebot serve: loaded index %s (%d chunks)", bot.index.path.name, len(bot.chunks))
             return True
 
+    def _leaderboard(self) -> pd.DataFrame | None:
+        path = DataLayout(self.data_dir).asset("leaderboard")
+        try:
+            return pd.read_parquet(path) if path.is_file() else None
+        except (OSError, ValueError) as exc:
+            log.warning("mebot serve: could not read the leaderboard: %s", exc)
+            return None
+
     @property
     def bot(self) -> RagBot:
         bot = self._bot
@@ -152,22 +217,33 @@ class ModelRegistry:
     # ------------------------------------------------------------------------------------------- models
 
     def names(self) -> list[str]:
-        """`rag`, `extractive` (the best sentences quoted, no LLM) and the fine-tuned adapters."""
-        return [RAG_MODEL, EXTRACTIVE_MODEL, *self._adapters]
+        """`rag`, `extractive` (the best sentences quoted, no LLM), `finetune` (the best fine-tuned model, when there
+        is one) and every fine-tuned model."""
+        return [RAG_MODEL, EXTRACTIVE_MODEL, *([BEST_FINETUNE] if self._best else []), *self._finetuned]
+
+    @property
+    def best(self) -> BestFinetune | None:
+        """The model `finetune` names and why; None while no fine-tuned model is served."""
+        return self._best
 
     def check(self, model: str) -> str:
+        """The served model `model` names (`finetune` -> the best fine-tuned one); UnknownModelError otherwise."""
+        if model == BEST_FINETUNE and self._best is not None:
+            return self._best.model
         if model not in self.names():
             raise UnknownModelError(f"unknown model {model!r}; the valid models are: {', '.join(self.names())}")
         return model
 
     def finetuned_client(self, model: str) -> ChatClient:
-        adapter = self._adapters[model]
+        chat, lora_path = finetuned_chat_settings(self.settings, self._finetuned[model])
+        identity = (chat.model, lora_path and str(Path(lora_path).resolve()))
         with self._lock:
-            client = self._ft_clients.get(model)
-            if client is None or client.lora_path != str(adapter.resolve()):
-                client = self.resources["chat_model"].client(self.settings, lora_path=str(adapter))
-                self._ft_clients[model] = client
-        return client
+            known = self._ft_clients.get(model)
+            if known is None or (known.chat.model, known.lora_path) != identity:
+                self._ft_clients[model] = self.resources["chat_model"].client(
+                    self.settings, lora_path=lora_path, chat=chat
+                )
+        return self._ft_clients[model]
 
     # ---------------------------------------------------------------------------------------- answering
 
@@ -176,8 +252,9 @@ class ModelRegistry:
 
     def answer(self, model: str, question: str, on_token: Callable[[str], None] | None = None) -> Reply:
         """The answer of `model` to `question` (raises UnknownModelError, NotReadyError, QuestionError, ...);
-        `on_token` gets the answer's pieces as the model generates them (the server streams them)."""
-        self.check(model)
+        `on_token` gets the answer's pieces as the model generates them (the server streams them). `finetune` is
+        answered by the best fine-tuned model, whose name the reply carries."""
+        model = self.check(model)
         if model in (RAG_MODEL, EXTRACTIVE_MODEL):
             bot = self.bot if model == RAG_MODEL else ExtractiveBot(self.bot)
             rag = bot.ask(question, on_token=on_token)
@@ -214,6 +291,7 @@ def _public_reason(exc: Exception) -> str:
 
 
 __all__ = [
+    "BEST_FINETUNE",
     "EXTRACTIVE_MODEL",
     "FT_PREFIX",
     "RAG_MODEL",
@@ -221,6 +299,9 @@ __all__ = [
     "NotReadyError",
     "Reply",
     "UnknownModelError",
+    "BestFinetune",
     "adapter_models",
+    "best_finetune",
+    "finetuned_models_rows",
     "materialization_signature",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import pandas as pd
 import pytest
 
 from tests.pipeline.server.helpers import QUESTION, QUESTION_PAGE, SECRET, SERVE_SETTINGS, client_from
@@ -88,6 +89,17 @@ def test_api_unknown_model_is_400_naming_the_valid_ones(http, server):
     # the session's `mebot run` trained the default sweep: its models are named, an untrained one is not served
     error = assert_clean_error(http.get("/api", params={"query": QUESTION, "model": "finetune:e9-b1-lr1"}), 400, server)
     assert "finetune:e1-b2-lr0.5" in error["message"] and "finetune:e1-b2-lr2" in error["message"]
+
+
+def test_api_finetune_is_the_best_sweep_point_on_the_leaderboard_and_models_says_why(http, server):
+    board = pd.read_parquet(server.data / "leaderboard.parquet")
+    tuned = board[board["backend"] == "local_lora"].dropna(subset=["golden_fact_accuracy"])
+    best = tuned.sort_values(["golden_fact_accuracy", "model"], ascending=[False, True]).iloc[0]["model"]
+    listed = {m["id"]: m for m in http.get("/v1/models").raise_for_status().json()["data"]}
+    assert listed["finetune"]["resolves_to"] == f"ft-{best}"
+    assert "golden_fact_accuracy" in listed["finetune"]["chosen_by"]  # serve.finetune_metric's default
+    body = http.get("/api", params={"query": QUESTION, "model": "finetune"}).raise_for_status().json()
+    assert body["model"] == f"ft-{best}" and body["text"].strip() and body["sourceDocuments"] == []
 
 
 def chat(http, body, **kwargs):

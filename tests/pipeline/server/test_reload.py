@@ -114,7 +114,7 @@ def test_finetuned_adapters_appear_as_ft_models(late):
         return [m["id"] for m in httpx.get(f"{late.url}/v1/models", timeout=30).json()["data"]]
 
     wait_for(lambda: "ft-e2-b4-lr0.5" in names())
-    assert names() == ["rag", "extractive", "ft-e2-b4-lr0.5"]
+    assert names() == ["rag", "extractive", "finetune", "ft-e2-b4-lr0.5"]
     error = httpx.get(f"{late.url}/api", params={"query": QUESTION, "model": "finetune:nope"}, timeout=30).json()
     assert "finetune:e2-b4-lr0.5" in error["error"]["message"]
 
