@@ -268,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         # the work happens in a child, so that a death by signal (SIGILL, SIGKILL) is explained
         return run_supervised([sys.executable, "-m", "mebot.pipeline.cli", *raw_argv], f"{args.command}: the process")
     _prepare_environment(config)
+    if args.command in ("run", "serve", "sweep"):
+        from mebot.resources.chat.base import BUDGET_SCOPE_ENV_VAR, new_budget_scope
+
+        # One budget.max_usd for the whole command: its worker processes inherit the scope and share its ledger.
+        os.environ.setdefault(BUDGET_SCOPE_ENV_VAR, new_budget_scope(args.command))
     deployed = run_deploy_command(args, config, settings)
     if deployed is not None:
         return deployed

@@ -32,6 +32,16 @@ CREATE TABLE IF NOT EXISTS llm_calls (
     created_at REAL NOT NULL
 )
 """
+# What each paid call cost, by budget scope (one `mebot run` with all its worker processes, one `mebot serve`):
+# the ledger every process of a scope reads before a call, so budget.max_usd bounds the whole run.
+_SPEND_SCHEMA = """
+CREATE TABLE IF NOT EXISTS budget_spend (
+    scope TEXT NOT NULL,
+    cost_usd REAL NOT NULL,
+    created_at REAL NOT NULL
+)
+"""
+_SPEND_INDEX = "CREATE INDEX IF NOT EXISTS budget_spend_scope ON budget_spend (scope)"
 
 
 def canonical_json(value: Any) -> str:
@@ -53,6 +63,8 @@ class LlmCache:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA busy_timeout=60000")
             self._conn.execute(_SCHEMA)
+            self._conn.execute(_SPEND_SCHEMA)
+            self._conn.execute(_SPEND_INDEX)
 
     @staticmethod
     def key(provider: str, model_identity: str, params: dict, messages: list[dict]) -> str:
@@ -74,6 +86,20 @@ class LlmCache:
                 (key, text, time.time()),
             )
 
+    def record_spend(self, scope: str, cost_usd: float) -> None:
+        """Add one paid call's cost to `scope`'s ledger; committed before this returns."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO budget_spend (scope, cost_usd, created_at) VALUES (?, ?, ?)",
+                (scope, cost_usd, time.time()),
+            )
+
+    def spent(self, scope: str) -> float:
+        """What every process of `scope` has spent so far (USD)."""
+        with self._lock:
+            row = self._conn.execute("SELECT SUM(cost_usd) FROM budget_spend WHERE scope = ?", (scope,)).fetchone()
+        return float(row[0] or 0.0)
+
     def __len__(self) -> int:
         with self._lock:
             return self._conn.execute("SELECT COUNT(*) FROM llm_calls").fetchone()[0]
@@ -92,6 +118,7 @@ class LlmCache:
 # ------------------------------------------------------------------------------------------------ PostgreSQL
 
 POSTGRES_TABLE = "mebot_llm_calls"
+POSTGRES_SPEND_TABLE = "mebot_budget_spend"
 _POSTGRES_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {POSTGRES_TABLE} (
     key TEXT PRIMARY KEY,
@@ -100,6 +127,15 @@ CREATE TABLE IF NOT EXISTS {POSTGRES_TABLE} (
     writes INTEGER NOT NULL DEFAULT 1,
     written_by TEXT NOT NULL DEFAULT ''
 )
+"""
+_POSTGRES_SPEND_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {POSTGRES_SPEND_TABLE} (
+    scope TEXT NOT NULL,
+    cost_usd DOUBLE PRECISION NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    written_by TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS {POSTGRES_SPEND_TABLE}_scope ON {POSTGRES_SPEND_TABLE} (scope)
 """
 # Serialises the CREATE TABLE of processes that open the cache at the same moment (PostgreSQL's IF NOT EXISTS is
 # not safe against a concurrent create); any constant works, this one is "mebot" in ASCII.
@@ -138,6 +174,7 @@ class PostgresLlmCache(LlmCache):
             with self._conn.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_ID,))
                 cursor.execute(_POSTGRES_SCHEMA)
+                cursor.execute(_POSTGRES_SPEND_SCHEMA)
         self._conn.autocommit = True  # from here on every statement is its own committed transaction
 
     def _one(self, sql: str, args: tuple = ()) -> tuple | None:
@@ -157,6 +194,16 @@ class PostgresLlmCache(LlmCache):
             f"writes = {POSTGRES_TABLE}.writes + 1, written_by = EXCLUDED.written_by",
             (key, canonical_json(value), time.time(), self._writer),
         )
+
+    def record_spend(self, scope: str, cost_usd: float) -> None:
+        self._one(
+            f"INSERT INTO {POSTGRES_SPEND_TABLE} (scope, cost_usd, created_at, written_by) VALUES (%s, %s, %s, %s)",
+            (scope, cost_usd, time.time(), self._writer),
+        )
+
+    def spent(self, scope: str) -> float:
+        row = self._one(f"SELECT SUM(cost_usd) FROM {POSTGRES_SPEND_TABLE} WHERE scope = %s", (scope,))
+        return float(row[0] or 0.0) if row else 0.0
 
     def __len__(self) -> int:
         row = self._one(f"SELECT COUNT(*) FROM {POSTGRES_TABLE}")

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from mebot.resources.chat import ChatClient, ChatModelResource, ChatResult, TokenLogprob
+from mebot.resources.chat import ChatClient, ChatModelResource, ChatResult, TokenLogprob, budget_scope_from_env
 from mebot.resources.embeddings import Embedder, EmbedderResource, boundary_rank
 from mebot.resources.settings import ChatModelSettings, EmbeddingModelSettings, Settings
 
@@ -182,6 +182,7 @@ class FakeChatModelResource(ChatModelResource):
             prices=settings.models.prices,
             cache=cache,
             budget_usd=settings.budget.max_usd,
+            budget_scope=budget_scope_from_env(),
             lora_path=lora_path,
         )
 

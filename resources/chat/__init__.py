@@ -5,14 +5,22 @@ What every client adds on top of a bare call (base.py):
 - a persistent cache (`LlmCache`) keyed by provider, model identity, every generation parameter and the full
   messages, so a re-run (also of a run killed halfway) repeats no finished call;
 - a budget: before each uncached call its cost is estimated and the call refused (`BudgetExceeded`) when it
-  would take the run past `budget.max_usd`; the actual cost comes from the usage the provider reports;
+  would take the run past `budget.max_usd`; the actual cost comes from the usage the provider reports. A run's
+  processes share one budget: `mebot run`/`serve`/`sweep` set $MEBOT_BUDGET_SCOPE and every paid call is
+  recorded under it in the call cache's ledger (SQLite or PostgreSQL), which each call reads first;
 - `Usage` counters that assets put in their materialization metadata.
 
 Per provider: llama_cpp.py (`LlamaCppChat`: GGUF loading, LoRA adapters, threads, logprobs) and
 openai_compatible.py (`OpenAIChat`: API key, retries on 429/5xx/timeouts with Retry-After, pacing, prices).
 """
 
-from mebot.resources.chat.base import ChatClient, RetryableError
+from mebot.resources.chat.base import (
+    BUDGET_SCOPE_ENV_VAR,
+    ChatClient,
+    RetryableError,
+    budget_scope_from_env,
+    new_budget_scope,
+)
 from mebot.resources.chat.factory import PROVIDERS, ChatModelResource, chat_client
 from mebot.resources.chat.llama_cpp import BUNDLED_GGUF_NAME, BUNDLED_GGUF_PACKAGE, LlamaCppChat, bundled_gguf_path
 from mebot.resources.chat.openai_compatible import OPENAI_CONTEXT_WINDOW, OpenAIChat, openai_context_window
@@ -30,6 +38,7 @@ from mebot.resources.layout import LLM_CACHE_FILE as CACHE_FILE_NAME
 from mebot.resources.settings import Price
 
 __all__ = [
+    "BUDGET_SCOPE_ENV_VAR",
     "BUNDLED_GGUF_NAME",
     "BUNDLED_GGUF_PACKAGE",
     "CACHE_FILE_NAME",
@@ -49,8 +58,10 @@ __all__ = [
     "TokenLogprob",
     "Usage",
     "backoff_delay_s",
+    "budget_scope_from_env",
     "bundled_gguf_path",
     "chat_client",
     "cost_usd",
+    "new_budget_scope",
     "openai_context_window",
 ]

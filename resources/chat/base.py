@@ -10,8 +10,10 @@ apply) in its constructor and implements `count_tokens` and `_generate`; a paid 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -42,6 +44,19 @@ class RetryableError(Exception):
         self.retry_after_s = retry_after_s  # what the server asked for; None: exponential backoff
 
 
+BUDGET_SCOPE_ENV_VAR = "MEBOT_BUDGET_SCOPE"  # set by `mebot run`/`serve`/`sweep`, inherited by their processes
+
+
+def budget_scope_from_env() -> str | None:
+    """The budget scope this process spends in ($MEBOT_BUDGET_SCOPE; None: each client its own budget)."""
+    return os.environ.get(BUDGET_SCOPE_ENV_VAR) or None
+
+
+def new_budget_scope(command: str) -> str:
+    """A fresh scope for one command (`run-<hex>`): every process it starts shares its budget."""
+    return f"{command}-{uuid.uuid4().hex[:12]}"
+
+
 class ChatClient(ABC):
     """One chat model with its cache, budget, retries and usage counters; safe to use from several threads."""
 
@@ -54,6 +69,7 @@ class ChatClient(ABC):
         prices: dict[str, Price] | None = None,
         cache: LlmCache | None = None,
         budget_usd: float | None = None,
+        budget_scope: str | None = None,
         usage: Usage | None = None,
     ):
         if chat.provider != self.provider:
@@ -62,6 +78,9 @@ class ChatClient(ABC):
         self.prices = prices if prices is not None else {}
         self.cache = cache
         self.budget_usd = budget_usd
+        # With a scope and a cache, the budget is the scope's (every client of a `mebot run`, in all its processes,
+        # reads and adds to one ledger in the cache); without, this client's own spend.
+        self.budget_scope = budget_scope if cache is not None else None
         self.usage = usage if usage is not None else Usage()
         self._budget_lock = threading.Lock()
         self._reserved_usd = 0.0  # estimates of calls in flight
@@ -200,6 +219,8 @@ class ChatClient(ABC):
             )
         if self.cache is not None and key is not None:
             self.cache.put(key, result_to_cache(result, cost))
+        if self.budget_scope is not None and self.cache is not None and cost > 0:
+            self.cache.record_spend(self.budget_scope, cost)
         return result
 
     def complete_batch(
@@ -256,13 +277,20 @@ class ChatClient(ABC):
 
     # ------------------------------------------------------------------------------------------- budget
 
+    def _spent(self) -> float:
+        if self.budget_scope is not None and self.cache is not None:
+            return self.cache.spent(self.budget_scope)
+        return self.usage.cost_usd
+
     def _reserve(self, estimate_usd: float) -> None:
         with self._budget_lock:
-            spent = self.usage.cost_usd
-            if self.budget_usd is not None and spent + self._reserved_usd + estimate_usd > self.budget_usd:
+            capped = self.budget_usd is not None and estimate_usd > 0  # a free call (local model) reads no ledger
+            spent = self._spent() if capped else 0.0
+            if capped and spent + self._reserved_usd + estimate_usd > self.budget_usd:
+                whose = "by this run (all its processes)" if self.budget_scope else "by this client"
                 raise BudgetExceeded(
-                    f"budget reached: {self.usage.calls} calls done ({self.usage.cache_hits} from the cache), "
-                    f"${spent:.4f} spent"
+                    f"budget reached: {self.usage.calls} calls done here ({self.usage.cache_hits} from the cache), "
+                    f"${spent:.4f} spent {whose}"
                     + (f" and ${self._reserved_usd:.4f} in flight" if self._reserved_usd else "")
                     + f"; the next call to {self.identity} is estimated at ${estimate_usd:.4f}, which would pass "
                     f"the cap of ${self.budget_usd:.2f} (budget.max_usd). Every finished call stays cached: raise "

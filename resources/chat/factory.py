@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from mebot.resources.chat.base import ChatClient
+from mebot.resources.chat.base import ChatClient, budget_scope_from_env
 from mebot.resources.chat.llama_cpp import LlamaCppChat
 from mebot.resources.chat.openai_compatible import OpenAIChat
 from mebot.resources.chat.results import Usage
@@ -24,6 +24,7 @@ def chat_client(
     prices: dict[str, Price] | None = None,
     cache: LlmCache | None = None,
     budget_usd: float | None = None,
+    budget_scope: str | None = None,
     lora_path: str | None = None,
     usage: Usage | None = None,
 ) -> ChatClient:
@@ -31,7 +32,15 @@ def chat_client(
     provider = PROVIDERS.get(chat.provider)
     if provider is None:  # pragma: no cover - settings validation allows only the providers above
         raise ValueError(f"unknown chat provider {chat.provider!r}; known: {', '.join(PROVIDERS)}")
-    return provider(chat, prices=prices or {}, cache=cache, budget_usd=budget_usd, lora_path=lora_path, usage=usage)
+    return provider(
+        chat,
+        prices=prices or {},
+        cache=cache,
+        budget_usd=budget_usd,
+        budget_scope=budget_scope,
+        lora_path=lora_path,
+        usage=usage,
+    )
 
 
 class ChatModelResource(dg.ConfigurableResource):
@@ -59,5 +68,6 @@ class ChatModelResource(dg.ConfigurableResource):
             prices=settings.models.prices,
             cache=cache,
             budget_usd=settings.budget.max_usd,
+            budget_scope=budget_scope_from_env(),
             lora_path=lora_path,
         )

@@ -4,6 +4,7 @@ server is started here (tests/system/ runs the deployment for real)."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -106,3 +107,19 @@ def test_mebot_worker_refuses_without_the_celery_deployment(capsys, tmp_path: Pa
     monkeypatch.setenv("MEBOT_DAGSTER_HOME", str(tmp_path))
     assert main(["worker"]) == 2
     assert f"set {DEPLOY_ENV_VAR}=celery" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_a_run_command_opens_one_budget_scope_for_all_its_processes(command, tmp_path: Path, monkeypatch) -> None:
+    from mebot.pipeline.supervise import SUPERVISED_ENV
+    from mebot.resources.chat import BUDGET_SCOPE_ENV_VAR
+
+    monkeypatch.setenv("MEBOT_DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setenv(SUPERVISED_ENV, "1")  # this process is the one that would start the workers
+    monkeypatch.delenv(BUDGET_SCOPE_ENV_VAR, raising=False)
+    main([command, "--select", "key:no_such_asset"])  # refused after the environment is prepared
+    scope = os.environ[BUDGET_SCOPE_ENV_VAR]  # what every worker process it starts inherits
+    assert scope.startswith(f"{command}-")
+    monkeypatch.setenv(BUDGET_SCOPE_ENV_VAR, "shared-by-hand")  # set by the user: several commands share it
+    main([command, "--select", "key:no_such_asset"])
+    assert os.environ[BUDGET_SCOPE_ENV_VAR] == "shared-by-hand"

@@ -12,7 +12,7 @@ import psycopg2
 import pytest
 
 from mebot.resources.chat import ChatModelResource
-from mebot.resources.llm_cache import POSTGRES_TABLE, LlmCache, PostgresLlmCache, open_llm_cache
+from mebot.resources.llm_cache import POSTGRES_SPEND_TABLE, POSTGRES_TABLE, LlmCache, PostgresLlmCache, open_llm_cache
 from mebot.resources.settings import PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.full
@@ -26,6 +26,7 @@ VALUE = {"text": "Ich bin Toby ✓", "prompt_tokens": 12, "completion_tokens": 4
 def pg_url(postgres) -> str:
     with psycopg2.connect(postgres.url) as conn, conn.cursor() as cursor:
         cursor.execute(f"DROP TABLE IF EXISTS {POSTGRES_TABLE}")
+        cursor.execute(f"DROP TABLE IF EXISTS {POSTGRES_SPEND_TABLE}")
     return postgres.url
 
 
@@ -87,3 +88,13 @@ def test_the_chat_resource_opens_postgres_when_given_a_url_and_sqlite_otherwise(
     assert PostgresLlmCache(pg_url).get("k") == VALUE
     sqlite = ChatModelResource(cache_dir=str(tmp_path)).open_cache(settings)
     assert type(sqlite) is LlmCache and sqlite.path == tmp_path / "llm_calls.sqlite"
+
+
+def test_both_backends_keep_one_budget_ledger_per_scope_across_connections(pg_url: str, tmp_path: Path) -> None:
+    for location in (tmp_path / "llm_calls.sqlite", pg_url):
+        with open_llm_cache(location) as worker_a, open_llm_cache(location) as worker_b:
+            worker_a.record_spend("run-1", 0.25)
+            worker_b.record_spend("run-1", 0.5)
+            worker_b.record_spend("run-2", 4.0)
+            assert worker_a.spent("run-1") == worker_b.spent("run-1") == pytest.approx(0.75)
+            assert worker_a.spent("run-2") == 4.0 and worker_a.spent("run-3") == 0.0
