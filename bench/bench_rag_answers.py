@@ -1,6 +1,7 @@
 """RAG answers on the sample site's golden questions: per answer mode, fact accuracy, refusals, latency, retrieval.
 
-    .venv/bin/python bench/bench_rag_answers.py [--chunk-questions N] [--answers OUT] [--quick] [--json OUT]
+    .venv/bin/python bench/bench_rag_answers.py [--chunk-questions N] [--first-person] [--answers OUT] [--quick]
+        [--json OUT]
 
 The sample site's content pages (bench/_corpus.py, as the crawl keeps them) are chunked and embedded as
 `make run` does (900/100-token chunks, MiniLM windows, a flat FAISS index), and the golden questions
@@ -159,7 +160,9 @@ def mode_results(label: str, summary: dict, targets: tuple[float, float] | None,
     ]
 
 
-def run(quick: bool, chunk_questions: int, answers_path: Path | None = None) -> list[Result]:
+def run(
+    quick: bool, chunk_questions: int, answers_path: Path | None = None, first_person: bool = False
+) -> list[Result]:
     settings = _with_rag(load_settings(ROOT / "mebot.yaml"), temperature=0.0)
     golden = load_golden(GOLDEN)
     questions = list(golden.questions)
@@ -180,6 +183,10 @@ def run(quick: bool, chunk_questions: int, answers_path: Path | None = None) -> 
         started = time.monotonic()
         frames.append(answer_all("rag", bot.ask, questions))
         rag_seconds = time.monotonic() - started
+        if first_person:  # the same, told to answer in the first person as the persona (rag.first_person)
+            bot.settings = _with_rag(settings, first_person=not settings.rag.first_person)
+            frames.append(answer_all("rag-persona", bot.ask, questions))
+            bot.settings = settings
         if chunk_questions:
             bot.settings = _with_rag(settings, context="chunks")
             frames.append(answer_all("rag-chunks", bot.ask, questions[:chunk_questions]))
@@ -202,6 +209,10 @@ def run(quick: bool, chunk_questions: int, answers_path: Path | None = None) -> 
     out += mode_results(
         "rag, SmolLM2-135M, sentences (default)", summary["rag"], (0.40, 3.0), f"{context}; {rag_seconds:.0f} s in all"
     )
+    if first_person:
+        out += mode_results(
+            f"rag, SmolLM2-135M, sentences, rag.first_person {not rag.first_person}", summary["rag-persona"], None
+        )
     if chunk_questions:
         out += mode_results(
             f"rag, SmolLM2-135M, whole chunks (first {chunk_questions} questions)", summary["rag-chunks"], None
@@ -213,8 +224,11 @@ def main() -> int:
     parser = standalone_parser(__doc__)
     parser.add_argument("--chunk-questions", type=int, default=0, help="also ask the first N in chunks mode (slow)")
     parser.add_argument("--answers", type=Path, default=None, help="also write every answer to this JSON file")
+    parser.add_argument(
+        "--first-person", action="store_true", help="also ask with rag.first_person the other way (the persona setting)"
+    )
     args = parser.parse_args()
-    return finish(run(args.quick, args.chunk_questions, args.answers), args.json)
+    return finish(run(args.quick, args.chunk_questions, args.answers, args.first_person), args.json)
 
 
 if __name__ == "__main__":

@@ -121,7 +121,11 @@ class SiteSettings(_Section):
 
 class PersonaSettings(_Section):
     name: str = Field("Tobias Renwick", min_length=1, description="Whose site this is; the bot speaks as them.")
-    description: str = Field("", description="One line about the person, used in prompts.")
+    description: str = Field(
+        "",
+        description="One line about the person, added to the system message of RAG answers and of fine-tuning "
+        "(training examples and the questions asked of a fine-tuned model); empty: no line.",
+    )
 
 
 DEFAULT_RAG_PROMPT = """Use the following pieces of context to answer the question at the end. If you don't know \
@@ -172,6 +176,11 @@ class RagSettings(_Section):
         "with the question (0.35: 5 of 6 unanswerable sample-site questions declined, no answerable one).",
     )
     prompt: str = Field(DEFAULT_RAG_PROMPT, description="Template with {persona_name}, {context} and {question}.")
+    first_person: bool = Field(
+        False,
+        description="Tell the chat model, in a system message, to answer in the first person as persona.name (the "
+        "original author's deployed bot did, in its prompt). Measured on the golden questions: README.",
+    )
     temperature: float = Field(0.0, ge=0, le=2, description="0: greedy, the same answer every time.")
     max_tokens: int = Field(128, ge=1, le=8192, description="Longest answer, in tokens (the prompt asks < 100 words).")
     max_question_chars: int = Field(2000, ge=10, le=100_000)

@@ -66,6 +66,7 @@ ANSWERER_SETTINGS = (
     "rag.extractive_neighbours",
     "rag.extractive_min_score",
     "rag.prompt",
+    "rag.first_person",
     "rag.temperature",
     "rag.max_tokens",
     "rag.max_question_chars",

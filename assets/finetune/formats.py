@@ -13,7 +13,10 @@ from mebot.resources.settings import ChatModelSettings, Settings
 
 
 def system_message(settings: Settings) -> str:
-    return settings.finetune.system_prompt.format(persona_name=settings.persona.name)
+    """finetune.system_prompt for the persona, with persona.description after it when there is one."""
+    persona = settings.persona
+    prompt = settings.finetune.system_prompt.format(persona_name=persona.name)
+    return f"{prompt} {persona.description.strip()}" if persona.description.strip() else prompt
 
 
 def chat_example(settings: Settings, question: str, answer: str | None = None) -> list[dict[str, str]]:

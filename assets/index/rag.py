@@ -98,6 +98,20 @@ def build_prompt(template: str, persona_name: str, question: str, context: str) 
     return template.format(persona_name=persona_name, context=context, question=question)
 
 
+FIRST_PERSON_INSTRUCTION = "Answer in the first person as {persona_name}."  # the original author's deployed bot
+
+
+def rag_messages(settings: Settings, prompt: str) -> list[dict[str, str]]:
+    """The RAG call's messages: the filled prompt, after a system message with persona.description and, with
+    rag.first_person, the first-person instruction (none when neither is set: the original's single message)."""
+    persona = settings.persona
+    lines = [persona.description.strip()] if persona.description.strip() else []
+    if settings.rag.first_person:
+        lines.append(FIRST_PERSON_INSTRUCTION.format(persona_name=persona.name))
+    system = [{"role": "system", "content": " ".join(lines)}] if lines else []
+    return [*system, {"role": "user", "content": prompt}]
+
+
 def clean_answer(text: str, model: str) -> str:
     answer = (text or "").strip()
     if not answer:
@@ -269,7 +283,7 @@ class RagBot:
             sources = retrieved[: len(retrieved) - dropped] if dropped else retrieved
             context = format_context([s.text for s in sources])
         result = self.chat.complete(
-            [{"role": "user", "content": prompt}],
+            rag_messages(self.settings, prompt),
             temperature=self.settings.rag.temperature,
             max_tokens=self.settings.rag.max_tokens,
             on_token=on_token,

@@ -37,3 +37,23 @@ def test_ask_finetuned_sends_the_training_format_and_strips_the_stop():
     assert params["stop"] == [" END", CHAT_TEMPLATE_END] and params["repeat_penalty"] == 1.1
     assert params["temperature"] == settings.finetune.answer_temperature
     assert params["max_tokens"] == settings.finetune.answer_max_tokens
+
+
+def test_the_persona_description_follows_the_system_prompt_in_training_and_asking():
+    settings = Settings().model_copy(
+        update={
+            "persona": Settings().persona.model_copy(update={"name": "Ada", "description": "Writes about engines."})
+        }
+    )
+    trained, asked = chat_example(settings, "Q?", "A."), chat_example(settings, "Q?")
+    assert (
+        trained[0]
+        == asked[0]
+        == {
+            "role": "system",
+            "content": settings.finetune.system_prompt.format(persona_name="Ada") + " Writes about engines.",
+        }
+    )
+    assert chat_example(Settings(), "Q?")[0]["content"] == Settings().finetune.system_prompt.format(
+        persona_name=Settings().persona.name
+    )  # no description: the system prompt alone

@@ -10,6 +10,7 @@ from mebot.assets.index.rag import (
     clean_answer,
     format_context,
     load_rag_bot,
+    rag_messages,
     validate_question,
 )
 from mebot.resources.chat import chat_client
@@ -80,3 +81,24 @@ def test_loading_the_bot_without_outputs_says_to_run_make_run_first(tmp_path):
     resources = build_definitions(DEFAULT_CONFIG_PATH, data_dir=tmp_path).resources
     with pytest.raises(IndexNotFoundError, match="run `make run` first"):
         load_rag_bot(Settings(), resources, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("persona", "first_person", "system"),
+    [
+        ({}, False, None),  # the original: the filled prompt alone
+        ({"description": "A baker and trail runner in Leeds."}, False, "A baker and trail runner in Leeds."),
+        ({"name": "Ada Byron"}, True, "Answer in the first person as Ada Byron."),
+        (
+            {"name": "Ada Byron", "description": " Writes about engines. "},
+            True,
+            "Writes about engines. Answer in the first person as Ada Byron.",
+        ),
+    ],
+)
+def test_rag_messages_carry_the_persona_only_when_set(persona, first_person, system):
+    settings = parse_settings({"persona": persona, "rag": {"first_person": first_person}})
+    messages = rag_messages(settings, "PROMPT")
+    assert messages[-1] == {"role": "user", "content": "PROMPT"}
+    assert (messages[0]["content"] if len(messages) == 2 else None) == system
+    assert len(messages) == (2 if system else 1) and (system is None or messages[0]["role"] == "system")
