@@ -77,10 +77,10 @@ def _llm_calls(path) -> dict[str, float]:
 def test_mebot_run_killed_halfway_repeats_no_finished_llm_call_and_a_third_run_skips_fresh_assets(
     site_config, tmp_path
 ):
-    # one port: URLs (and data versions) stay the same; one short question per passage keeps the LLM work small
-    config = site_config(
-        {"site": {"local_port": free_port()}, "qa": {"questions_per_chunk": 1, "split": "none", "max_tokens": 32}}
-    )
+    # one port: URLs (and data versions) stay the same; one short question for each of 6 passages, no quality
+    # gates (their retries and embeddings are tested in tests/assets/qa), keeps the LLM work small
+    qa = {"questions_per_chunk": 1, "split": "none", "max_tokens": 32, "max_passages": 6, "gates": []}
+    config = site_config({"site": {"local_port": free_port()}, "qa": qa})
     command = [sys.executable, "-m", "mebot.pipeline.cli", "--config", str(config), "run", "--select", "*synthetic_qa"]
     cache = tmp_path / "data" / "cache" / "llm_calls.sqlite"
     process = subprocess.Popen(
