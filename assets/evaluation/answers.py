@@ -372,10 +372,14 @@ def _model_answers(
     )
 
 
-def model_answers_asset(graph_settings: Settings) -> dg.AssetsDefinition:
-    """`model_answers`, one partition per model of `graph_settings`: `rag` and every sweep point."""
+def per_model_answers_asset(
+    name: str, compute: Callable[..., dg.Output], graph_settings: Settings, *settings_read: str
+) -> dg.AssetsDefinition:
+    """An asset of answers with one partition per model of `graph_settings` (`rag`, `extractive`, every sweep
+    point), reading its partition's fine-tuned model (none for rag and extractive) and the vector index, and the
+    answerers' settings after `settings_read`."""
     return dg.asset(
-        name="model_answers",
+        name=name,
         group_name="evaluation",
         kinds={"llm", "parquet"},
         code_version="1",
@@ -387,5 +391,10 @@ def model_answers_asset(graph_settings: Settings) -> dg.AssetsDefinition:
                 metadata={"allow_missing_partitions": True},
             )
         },
-        metadata=reads_settings("eval.splits", "eval.max_questions", *ANSWERER_SETTINGS),
-    )(_model_answers)
+        metadata=reads_settings(*settings_read, *ANSWERER_SETTINGS),
+    )(compute)
+
+
+def model_answers_asset(graph_settings: Settings) -> dg.AssetsDefinition:
+    """`model_answers`, one partition per model of `graph_settings`: `rag` and every sweep point."""
+    return per_model_answers_asset("model_answers", _model_answers, graph_settings, "eval.splits", "eval.max_questions")

@@ -21,12 +21,11 @@ import dagster as dg
 import pandas as pd
 
 from mebot.assets.evaluation.answers import (
-    ANSWERER_SETTINGS,
     ModelInputs,
     answer_with_model,
-    finetuned_partition_mapping,
     model_keys,
     model_partitions,
+    per_model_answers_asset,
 )
 from mebot.assets.evaluation.external import EXTERNAL_FORMATS, ExternalAnswersError, _records
 from mebot.assets.evaluation.golden import (
@@ -184,21 +183,7 @@ def _golden_answers(
 
 def golden_answers_asset(graph_settings: Settings) -> dg.AssetsDefinition:
     """`golden_answers`, partitioned like model_answers: `rag` and every sweep point of `graph_settings`."""
-    return dg.asset(
-        name="golden_answers",
-        group_name="evaluation",
-        kinds={"llm", "parquet"},
-        code_version="1",
-        partitions_def=model_partitions(graph_settings),
-        deps=["vector_index"],
-        ins={
-            "finetuned_models": dg.AssetIn(
-                partition_mapping=finetuned_partition_mapping(graph_settings),
-                metadata={"allow_missing_partitions": True},
-            )
-        },
-        metadata=reads_settings(*ANSWERER_SETTINGS),
-    )(_golden_answers)
+    return per_model_answers_asset("golden_answers", _golden_answers, graph_settings)
 
 
 # ---------------------------------------------------------------------------------------------- golden_scores
