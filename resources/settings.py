@@ -185,7 +185,8 @@ class RagSettings(_Section):
     first_person: bool = Field(
         False,
         description="Tell the chat model, in a system message, to answer in the first person as persona.name (the "
-        "original author's deployed bot did, in its prompt). Measured on the golden questions: README.",
+        "original author's deployed bot did, in its prompt). Measured on the golden questions with the bundled model: "
+        "fact accuracy 0.447 off, 0.395 on; unanswerable ones declined 0.50 off, 0.33 on.",
     )
     temperature: float = Field(0.0, ge=0, le=2, description="0: greedy, the same answer every time.")
     max_tokens: int = Field(128, ge=1, le=8192, description="Longest answer, in tokens (the prompt asks < 100 words).")

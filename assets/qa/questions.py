@@ -65,7 +65,7 @@ _QUOTED_QUESTION = re.compile(r"[\"“«]([^\"”»]*\?)[\"”»]")
 _WORD = re.compile(r"[A-Za-z']+")
 _LETTER = re.compile(r"[^\W\d_]")  # a letter in any script
 _TERM = re.compile(r"[^\W_]+")  # letters and digits in any script
-MAX_REJECT_EXAMPLES = 3  # rejected outputs shown per reason in the metadata
+MAX_REJECT_EXAMPLES = 5  # rejected outputs shown per reason in the metadata
 # One sentence that starts like a question (an opener, then a space) and ends at its "?" (the grammar then allows
 # nothing more, so generation stops there): no line break, no "." or "!" ending a sentence inside it (a decimal
 # point between digits is fine), at most QUESTION_MAX_CHARS characters. What llama.cpp may write when
