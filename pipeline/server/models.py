@@ -108,20 +108,30 @@ class BestFinetune:
     reason: str
 
 
+TIE_BREAK_METRIC = "rougeL_f1"  # the original author's choice, when the chosen metric ties (e.g. all 0)
+
+
 def best_finetune(board: pd.DataFrame | None, served: list[str], metric: str) -> BestFinetune | None:
-    """The served fine-tuned model with the highest `metric` on the leaderboard (ties: the first by name); the
-    first by name, saying so, while no served model has that metric yet; None when none is served."""
+    """The served fine-tuned model with the highest `metric` on the leaderboard (ties: the higher ROUGE-L F1, then
+    the first by name); the first by name, saying so, while no served model has that metric yet; None when none
+    is served."""
     if not served:
         return None
     if board is not None and metric in board.columns and "model" in board.columns:
         keys = [name[len(FT_PREFIX) :] for name in served]
         measured = board[board["model"].isin(keys)].dropna(subset=[metric])
         if not measured.empty:
-            top = measured.sort_values([metric, "model"], ascending=[False, True], kind="stable").iloc[0]
+            order = [metric, *([TIE_BREAK_METRIC] if TIE_BREAK_METRIC in board.columns else []), "model"]
+            ranked = measured.sort_values(
+                order, ascending=[False] * (len(order) - 1) + [True], kind="stable", na_position="last"
+            )
+            top = ranked.iloc[0]
+            tied = int((measured[metric] == top[metric]).sum())
+            tie_note = f"; {tied} tied, the higher {TIE_BREAK_METRIC} first" if tied > 1 else ""
             return BestFinetune(
                 FT_PREFIX + str(top["model"]),
                 f"the highest {metric} on the leaderboard ({float(top[metric]):.3f}; "
-                f"{len(measured)} of {len(served)} fine-tuned models measured)",
+                f"{len(measured)} of {len(served)} fine-tuned models measured{tie_note})",
             )
     return BestFinetune(served[0], f"no fine-tuned model has a leaderboard {metric} yet: the first by name")
 

@@ -36,8 +36,13 @@ def board(**metric_by_key: float | None) -> pd.DataFrame:
     ("leaderboard", "served", "expected", "reason_has"),
     [
         (board(**{"e1_b2_lr0.5": 0.2, "e1_b2_lr2": 0.6, "e2_b2_lr1": 0.4}), SERVED, "ft-e1-b2-lr2", "0.600; 3 of 3"),
-        # a tie goes to the first by name; an unmeasured model is passed over
-        (board(**{"e1_b2_lr0.5": 0.5, "e1_b2_lr2": 0.5, "e2_b2_lr1": None}), SERVED, "ft-e1-b2-lr0.5", "2 of 3"),
+        # a tie goes to the first by name (equal ROUGE-L too); an unmeasured model is passed over
+        (
+            board(**{"e1_b2_lr0.5": 0.5, "e1_b2_lr2": 0.5, "e2_b2_lr1": None}),
+            SERVED,
+            "ft-e1-b2-lr0.5",
+            "2 of 3; 2 tied",
+        ),
         # the best on the board is not served (its adapter was removed): the best of the served ones
         (board(**{"e1_b2_lr2": 0.6, "e9_b1_lr1": 0.9}), ["ft-e1-b2-lr2"], "ft-e1-b2-lr2", "1 of 1"),
         (None, SERVED, "ft-e1-b2-lr0.5", "no fine-tuned model has a leaderboard golden_fact_accuracy yet"),
@@ -48,6 +53,13 @@ def test_best_finetune_is_the_served_model_with_the_highest_metric(leaderboard, 
     best = best_finetune(leaderboard, served, "golden_fact_accuracy")
     assert best is not None and best.model == expected
     assert reason_has in best.reason
+
+
+def test_a_tie_on_the_metric_goes_to_the_higher_rouge_l():
+    leaderboard = board(**{"e1_b2_lr0.5": 0.0, "e1_b2_lr2": 0.0})
+    leaderboard.loc[leaderboard["model"] == "e1-b2-lr2", "rougeL_f1"] = 0.3
+    best = best_finetune(leaderboard, SERVED, "golden_fact_accuracy")
+    assert best.model == "ft-e1-b2-lr2" and "2 tied, the higher rougeL_f1 first" in best.reason
 
 
 def test_best_finetune_by_another_metric_and_none_without_models():
