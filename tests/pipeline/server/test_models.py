@@ -41,7 +41,7 @@ def board(**metric_by_key: float | None) -> pd.DataFrame:
             board(**{"e1_b2_lr0.5": 0.5, "e1_b2_lr2": 0.5, "e2_b2_lr1": None}),
             SERVED,
             "ft-e1-b2-lr0.5",
-            "2 of 3; 2 tied",
+            "measured; 2 tied",
         ),
         # the best on the board is not served (its adapter was removed): the best of the served ones
         (board(**{"e1_b2_lr2": 0.6, "e9_b1_lr1": 0.9}), ["ft-e1-b2-lr2"], "ft-e1-b2-lr2", "1 of 1"),
