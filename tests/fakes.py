@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from mebot.resources.chat import ChatClient, ChatModelResource, ChatResult, TokenLogprob, budget_scope_from_env
+from mebot.resources.chat import ChatClient, ChatModelResource, ChatResult, TokenLogprob
 from mebot.resources.embeddings import Embedder, EmbedderResource, boundary_rank
 from mebot.resources.settings import ChatModelSettings, EmbeddingModelSettings, Settings
 
@@ -92,7 +92,8 @@ def rag_reply(content: str) -> str:
     sentences = [
         s.strip()
         for s in re.split(r"(?<=[.!?])\s+|\n+", context)
-        if s.strip() and not s.strip().startswith("Your name is")
+        # not the persona line, nor a page's label (`From "<title>":`, assets/index/context.py): only page text
+        if s.strip() and not s.strip().startswith("Your name is") and not re.fullmatch(r'From ".*":', s.strip())
     ]
     if not sentences:
         return "I am not programmed to answer that."
@@ -182,7 +183,7 @@ class FakeChatModelResource(ChatModelResource):
             prices=settings.models.prices,
             cache=cache,
             budget_usd=settings.budget.max_usd,
-            budget_scope=budget_scope_from_env(),
+            budget_scope=self.budget_scope(),
             lora_path=lora_path,
         )
 

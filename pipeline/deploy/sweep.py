@@ -35,6 +35,14 @@ PARTITION_TAG = "dagster/partition"
 COMMAND_TAGS = {"mebot/command": "sweep"}
 
 
+def budget_scope_tags() -> dict[str, str]:
+    """The command's budget scope as a run tag: the steps of its runs (on Celery workers too) spend in it."""
+    from mebot.resources.chat.base import BUDGET_SCOPE_TAG, budget_scope_from_env
+
+    scope = budget_scope_from_env()
+    return {BUDGET_SCOPE_TAG: scope} if scope else {}
+
+
 @dataclass
 class SweepRun:
     """One launched run: its partition, id, outcome and wall time (seconds, launch to end)."""
@@ -69,9 +77,8 @@ def run_partition(
     job = reconstructable_job(job_name, config, data_dir, local)
     selection = [dg.AssetKey.from_user_string(key) for key in select] or None
     with dg.DagsterInstance.get() as instance:
-        with dg.execute_job(
-            job, instance, tags={PARTITION_TAG: partition, **COMMAND_TAGS}, asset_selection=selection
-        ) as result:
+        tags = {PARTITION_TAG: partition, **COMMAND_TAGS, **budget_scope_tags()}
+        with dg.execute_job(job, instance, tags=tags, asset_selection=selection) as result:
             return SweepRun(partition, result.run_id, result.success, round(time.monotonic() - started, 1))
 
 

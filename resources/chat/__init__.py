@@ -16,6 +16,7 @@ openai_compatible.py (`OpenAIChat`: API key, retries on 429/5xx/timeouts with Re
 
 from mebot.resources.chat.base import (
     BUDGET_SCOPE_ENV_VAR,
+    BUDGET_SCOPE_TAG,
     ChatClient,
     RetryableError,
     budget_scope_from_env,
@@ -39,6 +40,7 @@ from mebot.resources.settings import Price
 
 __all__ = [
     "BUDGET_SCOPE_ENV_VAR",
+    "BUDGET_SCOPE_TAG",
     "BUNDLED_GGUF_NAME",
     "BUNDLED_GGUF_PACKAGE",
     "CACHE_FILE_NAME",

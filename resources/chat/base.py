@@ -45,6 +45,7 @@ class RetryableError(Exception):
 
 
 BUDGET_SCOPE_ENV_VAR = "MEBOT_BUDGET_SCOPE"  # set by `mebot run`/`serve`/`sweep`, inherited by their processes
+BUDGET_SCOPE_TAG = "mebot/budget_scope"  # the same scope as a Dagster run tag, for steps in other processes
 
 
 def budget_scope_from_env() -> str | None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+from pydantic import PrivateAttr
 
-from mebot.resources.chat.base import ChatClient, budget_scope_from_env
+from mebot.resources.chat.base import BUDGET_SCOPE_TAG, ChatClient, budget_scope_from_env
 from mebot.resources.chat.llama_cpp import LlamaCppChat
 from mebot.resources.chat.openai_compatible import OpenAIChat
 from mebot.resources.chat.results import Usage
@@ -50,6 +51,18 @@ class ChatModelResource(dg.ConfigurableResource):
     # A postgresql:// URL: the call cache lives in that PostgreSQL (workers on several machines share it; see
     # pipeline/deploy/). Empty: SQLite under cache_dir.
     cache_url: str = ""
+    _run_budget_scope: str | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # A run tagged with a budget scope (`mebot sweep` tags its runs: their steps may run on Celery workers that
+        # share no environment with the command) spends in that scope.
+        run = context.dagster_run
+        self._run_budget_scope = (run.tags.get(BUDGET_SCOPE_TAG) if run is not None else None) or None
+
+    def budget_scope(self) -> str | None:
+        """Where this resource's clients count their spend: the run's scope tag, else $MEBOT_BUDGET_SCOPE (set by
+        `mebot run`/`serve`/`sweep` for their processes), else none (each client its own budget)."""
+        return self._run_budget_scope or budget_scope_from_env()
 
     def cache_path(self, settings: Settings) -> Path:
         return settings.resolve_path(self.cache_dir) / LLM_CACHE_FILE
@@ -68,6 +81,6 @@ class ChatModelResource(dg.ConfigurableResource):
             prices=settings.models.prices,
             cache=cache,
             budget_usd=settings.budget.max_usd,
-            budget_scope=budget_scope_from_env(),
+            budget_scope=self.budget_scope(),
             lora_path=lora_path,
         )

@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 
 from mebot.assets.index.rag import Source
 from mebot.pipeline.server.app import StreamedText, create_app
-from mebot.pipeline.server.models import RAG_MODEL, Reply, UnknownModelError
+from mebot.pipeline.server.models import RAG_MODEL, BestFinetune, Reply, UnknownModelError
 from mebot.resources.settings import parse_settings
 from tests.helpers import CHROMIUM, CHROMIUM_ARGS
 from tests.sites import free_port
@@ -66,6 +66,7 @@ class StreamingRegistry:
     ready: bool = True
     not_ready_reason: str = ""
     loaded_at: float | None = None
+    best: BestFinetune | None = None  # no `finetune` alias: the picker lists the models by name
 
     def refresh(self) -> bool:
         return False
