@@ -300,3 +300,32 @@ def test_a_judge_passes_validity_only_with_a_high_auc_over_enough_pairs():
     assert good["direct"]["auc"] is None and good["direct"]["passed"] is False  # no direct scores at all
     assert validity_reports(frame([9, 8], [1, 2]), ["logprob"])["logprob"]["passed"] is False  # too few pairs
     assert validity_reports(frame([3, 2, 5], [4, 3, 5]), ["logprob"])["logprob"]["passed"] is False  # AUC < 0.8
+
+
+def test_the_judge_is_sent_the_question_reference_and_answer_in_their_places():
+    from mebot.resources.settings import ChatModelSettings
+    from tests.fakes import FakeChat
+
+    judge = FakeChat(ChatModelSettings())
+    answers = pd.DataFrame(
+        [
+            {
+                "qa_id": "q1",
+                "model": "rag",
+                "question": "What is your starter called?",
+                "reference": "My starter is called Brenda.",
+                "answer": "Brenda, a rye starter.",
+                "error": None,
+            }
+        ]
+    )
+    judge_answers(judge, answers, EvalSettings().judge_prompt, ["direct"])
+    ((messages, _params),) = judge.calls
+    assert messages == [
+        {
+            "role": "user",
+            "content": "QUESTION: What is your starter called?\n\nANSWER: My starter is called Brenda.\n\n"
+            "PROPOSED ANSWER: Brenda, a rye starter.\n\nCan you rate the PROPOSED ANSWER to the above QUESTION from "
+            "0 (not even close) to 10 (exact meaning) on whether or not it matches ANSWER?  Only output the number.",
+        }
+    ]
