@@ -75,7 +75,8 @@ def default_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     overrides = {
         "site": {"download_delay": 0, "local_port": 0},
         "qa": {"max_passages": E2E_MAX_PASSAGES},
-        "finetune": {"local": {"max_steps": 2, "max_seq_tokens": 256}},
+        # greedy fine-tuned answers: the same question gives the same answer, with or without the adapter
+        "finetune": {"local": {"max_steps": 2, "max_seq_tokens": 256}, "answer_temperature": 0.0},
         "eval": {"max_questions": 2, "validity_sample": 2, "golden_path": str(e2e_golden_file(root))},
     }
     write_settings(config, overrides)

@@ -64,6 +64,16 @@ def test_mebot_ask_answers_with_a_finetuned_adapter_through_llama_cpp(default_ru
     assert asked.returncode == 0, asked.stderr[-3000:]
     reply = json.loads(asked.stdout)
     assert reply["answer"].strip() and reply["sources"] == []  # a fine-tuned model answers from its weights
+    # the adapter is loaded: the base model, asked the same way (greedy, the same format), answers otherwise
+    from mebot.assets.finetune.formats import adapter_chat_settings, ask_finetuned
+    from mebot.resources.chat import chat_client
+    from mebot.resources.settings import load_settings
+
+    settings = load_settings(data.parent / "mebot.yaml")
+    without_adapter, _ = ask_finetuned(
+        chat_client(adapter_chat_settings(settings)), settings, "What is your sourdough starter called?"
+    )
+    assert reply["answer"] != without_adapter
 
 
 def test_sample_site_pages_are_kept_without_private_pages_or_chrome(default_run):

@@ -255,6 +255,11 @@ def test_finetune_dataset_writes_the_chat_format_per_split_and_passes_its_check(
             {"messages": chat_example(settings, q, a)} for q, a in zip(rows["question"], rows["answer"], strict=True)
         ]
     first = _read_jsonl(files.path("train"))[0]["messages"]
+    # written out, not computed by the code under test: the persona's system message, the question, the passage
+    assert first[0] == {
+        "role": "system",
+        "content": "You are Tobias Renwick. Answer questions about yourself and your writing in your own voice.",
+    }
     assert first[1] == {"role": "user", "content": "What happened in year 2000?"}
     assert first[2] == {"role": "assistant", "content": qa["answer"][0] + " END"}
     assert sorted(p.name for p in files.directory().iterdir()) == [

@@ -92,3 +92,22 @@ def test_rag_chunks_materializes_with_its_check_and_metadata(tmp_path, make_conf
     assert metadata["tokens_max"].value <= 300
     (evaluation,) = result.get_asset_check_evaluations()
     assert evaluation.passed and evaluation.metadata["over_limit"].value == 0
+
+
+@pytest.mark.parametrize(
+    ("texts", "tokens", "passed", "figure"),
+    [
+        (["fine", "fine too"], [120, 300], True, None),
+        (["fine", "too long"], [120, 301], False, ("over_limit", 1)),
+        (["fine", "   "], [120, 0], False, ("empty", 1)),
+        ([], [], False, ("chunks", 0)),
+    ],
+)
+def test_the_chunk_check_fails_on_an_oversized_or_empty_chunk_or_none(make_config, texts, tokens, passed, figure):
+    settings = SettingsResource(config_path=str(make_config({"rag": {"chunk_tokens": 300, "overlap_tokens": 30}})))
+    chunks = pd.DataFrame({"text": texts, "n_tokens": tokens}, dtype=object).astype({"n_tokens": "int64"})
+    result = rag_chunks_within_token_limit(settings=settings, rag_chunks=chunks)
+    assert result.passed is passed
+    if figure is not None:
+        name, value = figure
+        assert result.metadata[name].value == value

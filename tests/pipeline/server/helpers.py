@@ -34,6 +34,7 @@ def write_config(path: Path) -> Path:
         "site": {"download_delay": 0, "local_port": 0},
         # Short prompts and answers keep generation quick on 2 cores; retrieval still ranks the right page first.
         "rag": {"top_k": 2, "max_tokens": 64},
+        "finetune": {"answer_temperature": 0.0},  # greedy: an answer can be compared with the base model's
         "serve": SERVE_SETTINGS,
     }
     return write_settings(path, overrides)

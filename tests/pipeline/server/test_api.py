@@ -8,6 +8,9 @@ import httpx
 import pandas as pd
 import pytest
 
+from mebot.assets.finetune.formats import adapter_chat_settings, ask_finetuned
+from mebot.resources.chat import chat_client
+from mebot.resources.settings import load_settings
 from tests.pipeline.server.helpers import QUESTION, QUESTION_PAGE, SECRET, SERVE_SETTINGS, client_from
 
 TIMEOUT = httpx.Timeout(300, connect=10)
@@ -102,6 +105,10 @@ def test_api_finetune_is_the_best_sweep_point_on_the_leaderboard_and_models_says
     assert "golden_fact_accuracy" in listed["finetune"]["chosen_by"]  # serve.finetune_metric's default
     body = http.get("/api", params={"query": QUESTION, "model": "finetune"}).raise_for_status().json()
     assert body["model"] == f"ft-{best}" and body["text"].strip() and body["sourceDocuments"] == []
+    # the server answers through the adapter: the base model, asked the same way (greedy), answers otherwise
+    settings = load_settings(server.data.parent / "serve.yaml")  # the server's own settings
+    without_adapter, _ = ask_finetuned(chat_client(adapter_chat_settings(settings)), settings, QUESTION)
+    assert body["text"] != without_adapter
 
 
 def chat(http, body, **kwargs):
