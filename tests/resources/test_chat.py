@@ -30,6 +30,7 @@ from mebot.resources.chat import (
     backoff_delay_s,
     bundled_gguf_path,
     chat_client,
+    openai_compatible,
 )
 from mebot.resources.chat.openai_compatible import openai_context_window
 from mebot.resources.llm_cache import LlmCache
@@ -362,7 +363,7 @@ def test_cache_keys_are_the_ones_existing_caches_hold(tmp_path: Path, monkeypatc
 
 
 @pytest.mark.timeout(60)
-def test_retries_429_then_500_honouring_retry_after(scripted: Callable[[list], ScriptedServer]) -> None:
+def test_contract_retries_429_then_500_honouring_retry_after(scripted: Callable[[list], ScriptedServer]) -> None:
     server = scripted(
         [
             (429, {"Retry-After": "1"}, error_json("slow down")),
@@ -385,7 +386,7 @@ def test_retries_429_then_500_honouring_retry_after(scripted: Callable[[list], S
 
 
 @pytest.mark.timeout(30)
-def test_400_fails_at_once(scripted: Callable[[list], ScriptedServer]) -> None:
+def test_contract_400_fails_at_once(scripted: Callable[[list], ScriptedServer]) -> None:
     server = scripted([(400, {}, error_json("bad request: unknown parameter"))])
     client = openai_client(server.base_url, max_retries=5)
     with pytest.raises(ChatProviderError, match="refused") as info:
@@ -396,7 +397,7 @@ def test_400_fails_at_once(scripted: Callable[[list], ScriptedServer]) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_retries_give_up_after_max_retries(scripted: Callable[[list], ScriptedServer]) -> None:
+def test_contract_retries_give_up_after_max_retries(scripted: Callable[[list], ScriptedServer]) -> None:
     server = scripted([(503, {"Retry-After": "0"}, error_json("overloaded"))])
     with pytest.raises(ChatProviderError, match="after 3 attempt") as info:
         openai_client(server.base_url, max_retries=2).complete(QUESTION, max_tokens=8)
@@ -404,20 +405,25 @@ def test_retries_give_up_after_max_retries(scripted: Callable[[list], ScriptedSe
     assert "503" in str(info.value) and server.base_url in str(info.value)
 
 
-@pytest.mark.timeout(30)
-def test_requests_per_minute_spaces_calls(scripted: Callable[[list], ScriptedServer]) -> None:
-    server = scripted([(200, {}, completion_json())])
-    client = openai_client(server.base_url, requests_per_minute=120)
-    started = time.monotonic()
-    for _ in range(3):
-        client.complete(QUESTION, max_tokens=8)
-    assert time.monotonic() - started >= 0.95
-    gaps = [b["time"] - a["time"] for a, b in zip(server.requests, server.requests[1:], strict=False)]
-    assert len(gaps) == 2 and all(gap >= 0.45 for gap in gaps)
+@pytest.mark.timeout(120)
+def test_requests_per_minute_spaces_calls(llama_server: LlamaServer) -> None:
+    client = openai_client(llama_server.base_url, model=llama_server.model, requests_per_minute=120)
+    starts: list[float] = []
+    original = client._openai.chat.completions.create
+
+    def timed(*args: Any, **kwargs: Any) -> Any:  # when each request really leaves for the server
+        starts.append(time.monotonic())
+        return original(*args, **kwargs)
+
+    client._openai.chat.completions.create = timed
+    for number in range(3):
+        client.complete([{"role": "user", "content": f"Say the number {number}."}], max_tokens=2)
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert len(gaps) == 2 and all(gap >= 0.45 for gap in gaps)  # 120 a minute: one every 0.5 s, at least
 
 
 @pytest.mark.timeout(30)
-def test_api_key_never_appears_in_errors_or_logs(
+def test_contract_api_key_never_appears_in_errors_or_logs(
     scripted: Callable[[list], ScriptedServer], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     secret = "sk-test-0123456789abcdefSECRET"
@@ -462,62 +468,67 @@ def test_loopback_endpoint_without_key_gets_a_placeholder(base_url: str, monkeyp
     assert client._openai.api_key == "not-needed"
 
 
-def test_budget_stops_before_the_call_that_would_pass_it(scripted: Callable[[list], ScriptedServer]) -> None:
-    server = scripted([(200, {}, completion_json(prompt_tokens=5, completion_tokens=1))])
-    dollar_a_token = {"priced": Price(prompt_per_1m=1_000_000, completion_per_1m=1_000_000)}
-    # "What is the capital of France?" is 7 cl100k_base tokens; max_tokens 3: each call is estimated at $10.
-    client = openai_client(server.base_url, model="priced", prices=dollar_a_token, budget_usd=15.0)
-    client.complete(QUESTION, max_tokens=3)
-    assert client.usage.cost_usd == pytest.approx(6.0)  # recorded from the reported usage, not the estimate
+def priced_server_client(llama_server: LlamaServer, budget_usd: float, **overrides: Any) -> ChatClient:
+    """The real server's model at $1 a token: "What is the capital of France?" (7 cl100k_base tokens) with max_tokens
+    3 is estimated at $10 before the call; the server then reports the prompt with its chat template."""
+    dollar_a_token = {llama_server.model: Price(prompt_per_1m=1_000_000, completion_per_1m=1_000_000)}
+    return openai_client(
+        llama_server.base_url, model=llama_server.model, prices=dollar_a_token, budget_usd=budget_usd, **overrides
+    )
+
+
+@pytest.mark.timeout(120)
+def test_budget_stops_before_the_call_that_would_pass_it(llama_server: LlamaServer) -> None:
+    client = priced_server_client(llama_server, budget_usd=15.0)
+    first = client.complete(QUESTION, max_tokens=3)
+    spent = first.prompt_tokens + first.completion_tokens  # at $1 a token, from the reported usage
+    assert client.usage.cost_usd == pytest.approx(spent) and spent > 5  # not the estimate
     with pytest.raises(BudgetExceeded) as info:
-        client.complete(QUESTION, max_tokens=3)
-    assert len(server.requests) == 1  # refused before calling
+        client.complete([{"role": "user", "content": "What is the capital of Spain?"}], max_tokens=3)
+    assert client.usage.calls == 1  # refused before calling
     message = str(info.value)
-    for part in ("1 calls done", "$6.0000 spent", "$10.0000", "$15.00", "budget.max_usd", "cached"):
+    for part in ("1 calls done", f"${spent:.4f} spent", "$10.0000", "$15.00", "budget.max_usd", "cached"):
         assert part in message, (part, message)
 
-    fresh = openai_client(server.base_url, model="priced", prices=dollar_a_token, budget_usd=9.99)
+    fresh = priced_server_client(llama_server, budget_usd=9.99)  # the first estimate alone is over the cap
     with pytest.raises(BudgetExceeded):
         fresh.complete(QUESTION, max_tokens=3)
-    assert len(server.requests) == 1
+    assert fresh.usage.calls == 0
 
 
-@pytest.mark.timeout(30)
-def test_budget_counts_calls_in_flight(scripted: Callable[[list], ScriptedServer]) -> None:
-    def slow(request: dict) -> Reply:
-        time.sleep(0.5)
-        return 200, {}, completion_json(prompt_tokens=5, completion_tokens=1)
-
-    server = scripted([slow])
-    dollar_a_token = {"priced": Price(prompt_per_1m=1_000_000, completion_per_1m=1_000_000)}
-    # $10 estimated per call, $25 allowed: two calls may be in flight at once, not four.
-    client = openai_client(server.base_url, model="priced", prices=dollar_a_token, budget_usd=25.0, max_concurrency=4)
+@pytest.mark.timeout(120)
+def test_budget_counts_calls_in_flight(llama_server: LlamaServer) -> None:
+    questions = [[{"role": "user", "content": f"What is the capital of country number {n}?"}] for n in range(4)]
+    estimate = priced_server_client(llama_server, 0.0).count_tokens(questions[0][0]["content"]) + 3  # USD, each
+    # 2.5 estimates allowed: two calls may be in flight at once, not four.
+    client = priced_server_client(llama_server, budget_usd=2.5 * estimate, max_concurrency=4)
     with pytest.raises(BudgetExceeded, match="in flight"):
-        client.complete_batch([QUESTION] * 4, max_tokens=3)
-    assert len(server.requests) == 2
-    assert client.usage.cost_usd == pytest.approx(12.0)  # the two that ran finished and were counted
+        client.complete_batch(questions, max_tokens=3)
+    assert client.usage.calls == 2  # the two that ran finished and were counted
+    assert client.usage.cost_usd > 2 * 5
 
 
-def test_budget_with_a_default_openai_price(scripted: Callable[[list], ScriptedServer]) -> None:
-    server = scripted([(200, {}, completion_json())])
-    settings = Settings()
-    client = openai_client(server.base_url, model="gpt-4o-mini", prices=settings.models.prices, budget_usd=1e-7)
+def test_budget_with_a_default_openai_price(llama_server: LlamaServer) -> None:
+    settings = Settings()  # gpt-4o-mini's price from the default models.prices, for the server's model
+    prices = {llama_server.model: settings.models.prices["gpt-4o-mini"]}
+    client = openai_client(llama_server.base_url, model=llama_server.model, prices=prices, budget_usd=1e-7)
     with pytest.raises(BudgetExceeded):
         client.complete(QUESTION, max_tokens=256)
-    assert server.requests == []
+    assert client.usage.calls == 0
 
 
+@pytest.mark.timeout(120)
 def test_unpriced_openai_model_costs_nothing_and_warns_once(
-    scripted: Callable[[list], ScriptedServer], caplog: pytest.LogCaptureFixture
+    llama_server: LlamaServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = scripted([(200, {}, completion_json())])
-    client = openai_client(server.base_url, model="unpriced-model-for-this-test", budget_usd=0.0)
+    monkeypatch.setattr(openai_compatible, "_warned_unpriced", set())  # as in a fresh process
+    client = openai_client(llama_server.base_url, model=llama_server.model, budget_usd=0.0)  # no price for it
     with caplog.at_level(logging.WARNING, logger="mebot.resources.chat"):
-        for _ in range(2):
-            client.complete(QUESTION, max_tokens=8)
-    warnings = [r for r in caplog.records if "unpriced-model-for-this-test" in r.getMessage()]
-    assert len(warnings) == 1
-    assert client.usage.cost_usd == 0.0 and len(server.requests) == 2
+        for number in range(2):
+            client.complete([{"role": "user", "content": f"Count to {number}."}], max_tokens=4)
+    warnings = [r for r in caplog.records if llama_server.model in r.getMessage() and "no price" in r.getMessage()]
+    assert len(warnings) == 1  # once per process, not per call
+    assert client.usage.cost_usd == 0.0 and client.usage.calls == 2
 
 
 def test_usage_as_metadata() -> None:
