@@ -5,7 +5,7 @@
 
 The sample site's content pages (bench/_corpus.py, as the crawl keeps them) are chunked and embedded as
 `make run` does (900/100-token chunks, MiniLM windows, a flat FAISS index), and the golden questions
-(data/golden/sample_site.yaml: 38 answerable, 6 unanswerable) are asked, one at a time, of each answer mode:
+(golden/sample_site.yaml: 38 answerable, 6 unanswerable) are asked, one at a time, of each answer mode:
 
 - extractive: no LLM; the best sentences of the retrieved chunks quoted with title and link, declining below
   rag.extractive_min_score (assets/index/extractive.py);
@@ -54,7 +54,7 @@ from mebot.resources.settings import Settings, load_settings  # noqa: E402
 from mebot.resources.vector_index import load_index, write_index  # noqa: E402
 
 SECTION = "10. RAG answers (golden questions)"
-GOLDEN = ROOT / "data" / "golden" / "sample_site.yaml"
+GOLDEN = ROOT / "golden" / "sample_site.yaml"
 K = 4
 
 

@@ -404,7 +404,7 @@ class EvalSettings(_Section):
     bootstrap_resamples: int = Field(1000, ge=10, le=100_000, description="Resamples for the 95% intervals.")
     seed: int = Field(0, description="Seed of the bootstrap and the validity pairing.")
     golden_path: str = Field(
-        "data/golden/sample_site.yaml",
+        "golden/sample_site.yaml",
         description="The site's golden questions (YAML a person writes: question, accepted facts, source page); "
         "relative to the project root; empty: none.",
     )

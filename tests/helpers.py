@@ -39,14 +39,14 @@ CHROMIUM_ARGS = [
 E2E_MAX_PASSAGES = 14
 
 
+SAMPLE_GOLDEN = PROJECT_ROOT / "golden" / "sample_site.yaml"  # the sample site's golden questions
 E2E_GOLDEN_IDS = ("favourite-film", "distance-2022", "football-team")  # a name, a number with its unit, unanswerable
 
 
 def e2e_golden_file(root: Path) -> Path:
     """Three of the sample site's golden questions (every model answers every golden question: a RAG answer with
     the bundled model takes ~20-40 s, so the whole file would add half an hour)."""
-    sample_file = PROJECT_ROOT / "data" / "golden" / "sample_site.yaml"
-    sample = yaml.safe_load(sample_file.read_text(encoding="utf-8"))
+    sample = yaml.safe_load(SAMPLE_GOLDEN.read_text(encoding="utf-8"))
     questions = [q for q in sample["questions"] if q["id"] in E2E_GOLDEN_IDS]
     path = root / "golden.yaml"
     path.write_text(yaml.safe_dump({"questions": questions}, allow_unicode=True), encoding="utf-8")

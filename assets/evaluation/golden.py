@@ -1,7 +1,7 @@
 """Golden questions: a person's own questions about their site, and the facts a right answer must state.
 
 Synthetic questions and a tiny LLM judge can both be noise; the person a bot imitates knows their own facts. They
-write the exam (format and examples: data/golden/sample_site.yaml) and it is scored without a judge: an answer is
+write the exam (format and examples: golden/sample_site.yaml) and it is scored without a judge: an answer is
 right when it states an accepted fact (`golden_match.py`: tolerant of case, separators, currency, units and number
 words, never of a different number), an unanswerable question must be declined, and the source page should be
 among those retrieved. Pure functions (no Dagster, no models): the assets in `golden_assets.py` wrap them.

@@ -1,4 +1,4 @@
-"""The sample site's golden questions (data/golden/sample_site.yaml) hold up against the site itself.
+"""The sample site's golden questions (golden/sample_site.yaml) hold up against the site itself.
 
 Page text comes straight from the HTML with lxml, independent of the crawler: a page's main content (`<main>`, else
 `<article>`, else `<body>`) is where its facts must be; any other page's whole body (sidebars, listings and all)
@@ -24,7 +24,7 @@ from mebot.assets.evaluation.golden import (
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE = ROOT / "data" / "sample_site"
-GOLDEN = ROOT / "data" / "golden" / "sample_site.yaml"
+GOLDEN = ROOT / "golden" / "sample_site.yaml"
 _BLOCKS = {
     "p",
     "div",

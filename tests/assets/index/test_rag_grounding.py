@@ -24,6 +24,7 @@ from mebot.resources.chat import chat_client
 from mebot.resources.embeddings import build_embedder
 from mebot.resources.settings import PROJECT_ROOT, load_settings
 from mebot.resources.vector_index import load_index, write_index
+from tests.helpers import SAMPLE_GOLDEN
 
 pytestmark = pytest.mark.full
 
@@ -106,7 +107,7 @@ def test_the_prompt_sent_to_the_chat_model_holds_the_selected_sentences(sample_b
 @pytest.mark.parametrize("question_id", GROUNDED_QUESTIONS)
 def test_the_bundled_model_states_the_fact_from_its_context(sample_bot, question_id):
     bot, chat = sample_bot
-    question = load_golden(PROJECT_ROOT / "data" / "golden" / "sample_site.yaml").by_id()[question_id]
+    question = load_golden(SAMPLE_GOLDEN).by_id()[question_id]
     answer = bot.ask(question.question)
     assert answer_states_facts(answer.context, question.facts), "the context lost the fact: retrieval changed"
     assert answer_states_facts(answer.answer, question.facts), f"{question.question} -> {answer.answer!r}"
@@ -114,7 +115,7 @@ def test_the_bundled_model_states_the_fact_from_its_context(sample_bot, question
 
 def test_extractive_answers_a_golden_question_with_the_source_sentence(sample_bot):
     bot, _ = sample_bot
-    question = load_golden(PROJECT_ROOT / "data" / "golden" / "sample_site.yaml").by_id()["kepler-dental-cost"]
+    question = load_golden(SAMPLE_GOLDEN).by_id()["kepler-dental-cost"]
     answer = ExtractiveBot(bot).ask(question.question)
     assert answer_states_facts(answer.answer, question.facts)
     assert f"— 2024: A Year in Review ({BASE}/posts/2024-year-in-review/)" in answer.answer
