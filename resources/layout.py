@@ -55,7 +55,11 @@ class DataLayout:
 
     def asset(self, name: str, partition: str | None = None) -> Path:
         """The Parquet file of an asset (or one of its partitions), as the IO manager writes it."""
-        return self.root / name / f"{partition}.parquet" if partition else self.root / f"{name}.parquet"
+        return self.partitions_dir(name) / f"{partition}.parquet" if partition else self.root / f"{name}.parquet"
+
+    def partitions_dir(self, name: str) -> Path:
+        """The folder of a partitioned asset's files (one `<partition>.parquet` each)."""
+        return self.root / name
 
     @property
     def cache_dir(self) -> Path:

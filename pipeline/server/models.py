@@ -79,13 +79,32 @@ def adapter_models(data_dir: Path) -> dict[str, Path]:
     return found
 
 
+def _finetuned_partition_files(data_dir: Path) -> list[Path]:
+    partitions = DataLayout(Path(data_dir)).partitions_dir("finetuned_models")
+    return sorted(partitions.glob("*.parquet")) if partitions.is_dir() else []
+
+
+def models_signature(data_dir: Path) -> tuple:
+    """What changes when a fine-tuned model or the leaderboard is (re)written: the files' names, sizes and times
+    (stat calls only, so `refresh()` reads Parquet only after a change)."""
+    layout = DataLayout(Path(data_dir))
+    files = [*_finetuned_partition_files(data_dir), *adapter_models(data_dir).values(), layout.asset("leaderboard")]
+    stats = []
+    for path in files:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        stats.append((str(path), stat.st_mtime_ns, stat.st_size))
+    return tuple(stats)
+
+
 def finetuned_models_rows(data_dir: Path) -> dict[str, pd.Series]:
     """`ft-<key>` -> the `finetuned_models` row of every sweep point that can answer: a local adapter on disk
     (`<data_dir>/models/<key>/adapter.gguf`, wherever the data folder has moved), or an OpenAI fine-tune's model id
     (from its materialized partition)."""
     found: dict[str, pd.Series] = {}
-    partitions = DataLayout(Path(data_dir)).root / "finetuned_models"
-    for path in sorted(partitions.glob("*.parquet")) if partitions.is_dir() else []:
+    for path in _finetuned_partition_files(data_dir):
         try:
             frame = pd.read_parquet(path)
         except (OSError, ValueError) as exc:  # a half-written or foreign file: serve the others
@@ -151,7 +170,7 @@ def materialization_signature(data_dir: Path, index_dir: Path) -> tuple:
 
 
 class ModelRegistry:
-    """The served models; thread-safe. `refresh()` is cheap when nothing changed (two stat calls and a listing)."""
+    """The served models; thread-safe. `refresh()` is cheap when nothing changed (stat calls and two listings)."""
 
     def __init__(self, settings: Settings, resources: dict, data_dir: Path):
         self.settings = settings
@@ -163,6 +182,7 @@ class ModelRegistry:
         self._signature: tuple | None = None
         self._finetuned: dict[str, pd.Series] = {}
         self._best: BestFinetune | None = None
+        self._models_signature: tuple | None = None
         self._ft_clients: dict[str, ChatClient] = {}
         self.not_ready_reason = "not loaded yet"
         self.loaded_at: float | None = None
@@ -174,8 +194,11 @@ class ModelRegistry:
         """Load the RAG bot if the materialization changed since the last load (or none is loaded); rescan the
         fine-tuned models and the best of them. Returns True when a new bot was swapped in. A failed load keeps
         the old bot."""
-        self._finetuned = finetuned_models_rows(self.data_dir)
-        self._best = best_finetune(self._leaderboard(), list(self._finetuned), self.settings.serve.finetune_metric)
+        models = models_signature(self.data_dir)
+        if models != self._models_signature:  # Parquet is read only after a fine-tuned model or the board changed
+            self._finetuned = finetuned_models_rows(self.data_dir)
+            self._best = best_finetune(self._leaderboard(), list(self._finetuned), self.settings.serve.finetune_metric)
+            self._models_signature = models
         signature = materialization_signature(self.data_dir, self.index_dir)
         if signature == self._signature and self._bot is not None:
             return False

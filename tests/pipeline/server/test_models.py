@@ -127,3 +127,19 @@ def test_the_best_follows_a_new_leaderboard_and_an_unknown_model_names_the_valid
     assert registry.check(BEST_FINETUNE) == "ft-e1-b2-lr0.5"
     with pytest.raises(UnknownModelError, match="the valid models are: rag, extractive, finetune, ft-e1-b2-lr0.5"):
         registry.check("ft-nope")
+
+
+def test_refresh_reads_no_parquet_until_a_model_or_the_leaderboard_changes(registry: ModelRegistry, monkeypatch):
+    reads: list[str] = []
+    read_parquet = pd.read_parquet
+
+    def counted(path, *args, **kwargs):
+        reads.append(Path(path).name)
+        return read_parquet(path, *args, **kwargs)
+
+    monkeypatch.setattr("mebot.pipeline.server.models.pd.read_parquet", counted)
+    registry.refresh()
+    assert reads == []  # nothing changed since the fixture's refresh: stat calls only
+    board(**{"e1_b2_lr0.5": 0.9, "e4_b1_lr0.1": 0.7}).to_parquet(DataLayout(registry.data_dir).asset("leaderboard"))
+    registry.refresh()
+    assert "leaderboard.parquet" in reads and registry.check(BEST_FINETUNE) == "ft-e1-b2-lr0.5"
