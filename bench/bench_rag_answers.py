@@ -11,6 +11,8 @@ The sample site's content pages (bench/_corpus.py, as the crawl keeps them) are 
   rag.extractive_min_score (assets/index/extractive.py);
 - rag (sentences): the project's defaults (mebot.yaml: hybrid retrieval, the best sentences with neighbours,
   the original prompt), the bundled SmolLM2-135M through llama.cpp, greedy decoding;
+- rag without prompt-prefix reuse: the same with models.chat.reuse_prompt_prefix off (the whole prompt evaluated
+  each time), asked in alternating blocks with the default, for the latency ratio;
 - rag (chunks): the original context, four whole chunks (~3,600 prompt tokens): ~75 s an answer on 2 cores, so
   only with --chunk-questions N (the first N golden questions), not in `make bench`.
 
@@ -31,7 +33,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -131,6 +132,41 @@ def answer_all(name: str, ask, questions) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["question_id", "model", "answer", "sources_json", "latency_s"])
 
 
+def prefix_reuse_passes(bot: RagBot, settings: Settings, questions, block: int = 11) -> tuple[pd.DataFrame, ...]:
+    """The rag answers with models.chat.reuse_prompt_prefix on (the default) and off, in blocks of `block`
+    questions, each block asked both ways in alternating order, so that load drift hits both alike (per question
+    would defeat the reuse: the two clients share one model, and the off one evaluates from the start)."""
+    clients = {
+        "rag": bot.chat,
+        "rag-no-reuse": chat_client(settings.models.chat.model_copy(update={"reuse_prompt_prefix": False})),
+    }
+    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in clients}
+    for n, start in enumerate(range(0, len(questions), block)):
+        names = list(clients) if n % 2 == 0 else list(reversed(clients))
+        for name in names:
+            bot.chat = clients[name]
+            frames[name].append(answer_all(name, bot.ask, questions[start : start + block]))
+    bot.chat = clients["rag"]
+    return tuple(pd.concat(frames[name], ignore_index=True) for name in clients)
+
+
+def prefix_reuse_results(answers: pd.DataFrame, summary: dict) -> list[Result]:
+    on, off = (answers[answers["model"] == name].set_index("question_id") for name in ("rag", "rag-no-reuse"))
+    same = int((on["answer"] == off.loc[on.index, "answer"]).sum())
+    p50_on, p50_off = statistics.median(on["latency_s"]), statistics.median(off["latency_s"])
+    return [
+        result(
+            SECTION,
+            "rag: latency p50 with prompt-prefix reuse / without",
+            [p50_on / p50_off],
+            "ratio",
+            target=("<=", 1.0),
+            note=f"{p50_on:.2f} s vs {p50_off:.2f} s; the same answer for {same} of {len(on)} questions; "
+            f"fact accuracy without reuse {summary['rag-no-reuse']['fact_accuracy']:.3f}",
+        )
+    ]
+
+
 def mode_results(label: str, summary: dict, targets: tuple[float, float] | None, note: str = "") -> list[Result]:
     accuracy_target = (">=", targets[0]) if targets else None
     latency_target = ("<=", targets[1]) if targets else None
@@ -180,9 +216,9 @@ def run(
         cold = answer_all("extractive", lambda q: extractive_answer(bot, q), questions)  # embeds the sentences
         cold_p50 = statistics.median(cold["latency_s"])
         frames.append(answer_all("extractive", lambda q: extractive_answer(bot, q), questions))
-        started = time.monotonic()
-        frames.append(answer_all("rag", bot.ask, questions))
-        rag_seconds = time.monotonic() - started
+        with_reuse, without_reuse = prefix_reuse_passes(bot, settings, questions)
+        frames += [with_reuse, without_reuse]
+        rag_seconds = float(with_reuse["latency_s"].sum())
         if first_person:  # the same, told to answer in the first person as the persona (rag.first_person)
             bot.settings = _with_rag(settings, first_person=not settings.rag.first_person)
             frames.append(answer_all("rag-persona", bot.ask, questions))
@@ -209,6 +245,7 @@ def run(
     out += mode_results(
         "rag, SmolLM2-135M, sentences (default)", summary["rag"], (0.40, 3.0), f"{context}; {rag_seconds:.0f} s in all"
     )
+    out += prefix_reuse_results(answers, summary)
     if first_person:
         out += mode_results(
             f"rag, SmolLM2-135M, sentences, rag.first_person {not rag.first_person}", summary["rag-persona"], None

@@ -26,6 +26,12 @@ class ChatModelSettings(_Section):
         description="openai: tokens the served model reads (0: the model's known window); set it for a "
         "local server started with a smaller context",
     )
+    reuse_prompt_prefix: bool = Field(
+        True,
+        description="llama_cpp: keep the model's state after the fixed head of a prompt (a template's text before "
+        "its first per-call field, e.g. the RAG instructions) and evaluate only the rest on the next call with the "
+        "same head; the head is always evaluated on its own, so an answer does not depend on the call before it.",
+    )
     n_threads: int = Field(
         0,
         ge=0,

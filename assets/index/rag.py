@@ -12,6 +12,7 @@ reports are the chunks whose text reached the prompt, in the order the prompt sh
 from __future__ import annotations
 
 import re
+import string
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -96,6 +97,19 @@ def format_context(texts: list[str]) -> str:
 
 def build_prompt(template: str, persona_name: str, question: str, context: str) -> str:
     return template.format(persona_name=persona_name, context=context, question=question)
+
+
+def prompt_head(template: str, persona_name: str) -> str:
+    """What every prompt of `template` starts with: its text before the first field that changes per question
+    ({context} or {question}), {persona_name} filled in. The chat model may keep its state after it."""
+    head = []
+    for literal, field_name, spec, conversion in string.Formatter().parse(template):
+        head.append(literal)
+        if field_name != "persona_name":
+            break
+        field = "{persona_name" + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        head.append(field.format(persona_name=persona_name))
+    return "".join(head)
 
 
 FIRST_PERSON_INSTRUCTION = "Answer in the first person as {persona_name}."  # the original author's deployed bot
@@ -284,6 +298,7 @@ class RagBot:
             context = format_context([s.text for s in sources])
         result = self.chat.complete(
             rag_messages(self.settings, prompt),
+            prompt_prefix=prompt_head(self.settings.rag.prompt, self.settings.persona.name),
             temperature=self.settings.rag.temperature,
             max_tokens=self.settings.rag.max_tokens,
             on_token=on_token,

@@ -90,6 +90,7 @@ class ChatClient(ABC):
         self.context_window = 0
         self.base_url = ""  # remote providers only
         self.lora_path: str | None = None  # llama.cpp only
+        self.reuses_prompt_prefix = False  # whether `prompt_prefix` changes how the call is made
 
     # ----------------------------------------------------------------------------------- provider hooks
 
@@ -134,6 +135,7 @@ class ChatClient(ABC):
         repeat_last_n: int | None = None,
         frequency_penalty: float | None = None,
         logit_bias: dict[str | int, float] | None = None,
+        prompt_prefix: str | None = None,
         on_token: Callable[[str], None] | None = None,
     ) -> ChatResult:
         """One chat call (from the cache when an identical one was made before).
@@ -144,7 +146,10 @@ class ChatClient(ABC):
         `{"type": "json_object"}`; llama.cpp turns a JSON schema into a grammar), `repeat_penalty` (llama.cpp's
         multiplicative penalty on recent tokens; 1.0 = off), `repeat_last_n` (how many recent tokens llama.cpp
         penalises; 64 when not set), `frequency_penalty` (OpenAI's and llama.cpp's
-        additive penalty per earlier occurrence), `logit_bias` ({token id: bias}, the provider's token ids).
+        additive penalty per earlier occurrence), `logit_bias` ({token id: bias}, the provider's token ids),
+        `prompt_prefix` (text the last message starts with that many calls share, a template's fixed head: a
+        provider with `reuses_prompt_prefix` evaluates it once and keeps its state for the next call; others,
+        OpenAI's automatic prompt caching among them, ignore it and leave it out of the key).
 
         `on_token` streams the answer: it is called with each piece of text as the model generates it (llama.cpp
         and OpenAI-compatible providers stream; any other provider, and a cached answer, gives the whole text as
@@ -176,6 +181,11 @@ class ChatClient(ABC):
             params["frequency_penalty"] = float(frequency_penalty)
         if logit_bias:
             params["logit_bias"] = {str(token): float(bias) for token, bias in logit_bias.items()}
+        if prompt_prefix and self.reuses_prompt_prefix:
+            last = messages[-1].get("content")
+            if not isinstance(last, str) or not last.startswith(prompt_prefix):
+                raise ValueError(f"prompt_prefix {prompt_prefix[:40]!r}… is not how the last message starts")
+            params["prompt_prefix"] = prompt_prefix  # evaluated in two pieces: another answer, another key
         key = None
         if self.cache is not None:
             # The key's inputs are a contract with every existing cache file: change none of them.

@@ -77,6 +77,60 @@ def quick_fingerprint(path: Path, sample: int = 1 << 20) -> str:
 class LoadedModel:
     llm: Any  # llama_cpp.Llama
     lock: threading.Lock  # a Llama object is not thread-safe
+    # The prompt head whose state the context holds at its start, evaluated on its own (see `start_from`).
+    head: tuple[int, ...] | None = None
+    _formatter: Any = None
+
+    def start_from(self, head: tuple[int, ...]) -> None:
+        """Leave the context holding exactly `head`, evaluated alone: kept from an earlier call when that one
+        started from the same head, else evaluated now. llama-cpp-python then evaluates only the rest of the
+        prompt. Because the head is always its own piece, a greedy answer is the same whichever call came before
+        (evaluating a prompt in other pieces changes the numerics enough to change it)."""
+        if self.head == head:
+            self.llm.n_tokens = len(head)  # what came after the head is dropped by the next evaluation
+            return
+        self.start_empty()
+        self.llm.eval(list(head))
+        self.head = head
+
+    def start_empty(self) -> None:
+        """Forget the previous call's tokens: the whole prompt is evaluated from the start."""
+        self.llm.reset()
+        self.head = None
+
+    def prompt_tokens(self, messages: list[dict]) -> list[int] | None:
+        """The tokens create_chat_completion evaluates for `messages`, rendered the way llama-cpp-python renders
+        the GGUF's own chat template; None for a model that uses one of llama-cpp-python's built-in formats."""
+        if self.llm.chat_format != "chat_template.default":
+            return None
+        if self._formatter is None:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            eos, bos = self.llm.token_eos(), self.llm.token_bos()
+            self._formatter = Jinja2ChatFormatter(
+                template=self.llm.metadata["tokenizer.chat_template"],
+                eos_token=self.llm._model.token_get_text(eos) if eos != -1 else "",
+                bos_token=self.llm._model.token_get_text(bos) if bos != -1 else "",
+                stop_token_ids=[eos],
+            )
+        rendered = self._formatter(messages=messages)
+        return self.llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+
+    def prompt_head(self, messages: list[dict], prefix: str) -> tuple[int, ...] | None:
+        """The tokens the prompt of `messages` starts with, up to the end of `prefix` (how the last message
+        starts): where the prompt with the last message cut to `prefix` tokenizes the same, less the last token
+        when nothing would follow it (the call's logits come from evaluating at least one more)."""
+        whole = self.prompt_tokens(messages)
+        if whole is None:
+            return None
+        cut = self.prompt_tokens([*messages[:-1], {**messages[-1], "content": prefix}]) or []
+        shared = 0
+        for a, b in zip(whole, cut, strict=False):
+            if a != b:
+                break
+            shared += 1
+        shared = min(shared, len(whole) - 1)
+        return tuple(whole[:shared]) if shared > 0 else None
 
 
 _MODELS: dict[tuple, LoadedModel] = {}
@@ -196,6 +250,7 @@ class LlamaCppChat(ChatClient):
         # The threads the model is loaded with; automatic (n_threads 0) calls re-read their share per call
         # (resources/cpu_share.py): llama.cpp threads spin-wait for each other, so one busy core stalls them all.
         self.n_threads = chat.n_threads or default_threads()
+        self.reuses_prompt_prefix = chat.reuse_prompt_prefix
 
     def loaded(self, *, logits_all: bool = False) -> LoadedModel:
         """The process's Llama this client calls (loaded now if need be); with logits_all for logprobs."""
@@ -234,10 +289,14 @@ class LlamaCppChat(ChatClient):
             model.llm.last_n_tokens_size = params.get("repeat_last_n") or DEFAULT_REPEAT_LAST_N
             threads = resolve_threads(self.chat.n_threads)
             model.llm._ctx.set_n_threads(threads, threads)  # Llama fixes them at load; its context can change
-            # Forget the previous call's tokens: llama-cpp-python would otherwise reuse the common prefix of the
-            # KV cache, and evaluating a prompt in different pieces changes the numerics enough that a greedy
-            # answer depends on which call came before. Same messages and parameters, same answer.
-            model.llm.reset()
+            # llama-cpp-python would otherwise reuse whatever prefix the last call shares with this one, and
+            # evaluating a prompt in different pieces changes the numerics enough that a greedy answer depends on
+            # which call came before: only a declared head is reused, and it is always evaluated alone.
+            head = model.prompt_head(messages, params["prompt_prefix"]) if params.get("prompt_prefix") else None
+            if head:
+                model.start_from(head)
+            else:
+                model.start_empty()
             on_token = params.get("on_token")
             if on_token is not None and not params["logprobs"]:
                 return self._stream(model, kwargs, on_token)

@@ -10,6 +10,7 @@ from mebot.assets.index.rag import (
     clean_answer,
     format_context,
     load_rag_bot,
+    prompt_head,
     rag_messages,
     validate_question,
 )
@@ -102,3 +103,24 @@ def test_rag_messages_carry_the_persona_only_when_set(persona, first_person, sys
     assert messages[-1] == {"role": "user", "content": "PROMPT"}
     assert (messages[0]["content"] if len(messages) == 2 else None) == system
     assert len(messages) == (2 if system else 1) and (system is None or messages[0]["role"] == "system")
+
+
+@pytest.mark.parametrize(
+    ("template", "head"),
+    [
+        ("Intro for {persona_name}.\n{context}\nQ: {question}", "Intro for Ada.\n"),
+        ("{question} about {persona_name}: {context}", ""),
+        ("A {persona_name!r} and {persona_name:>5} then {context}", "A 'Ada' and   Ada then "),
+        ("No field at all", "No field at all"),
+        ("Context first: {context} as {persona_name}", "Context first: "),
+    ],
+)
+def test_prompt_head_is_the_template_before_its_first_per_question_field(template: str, head: str) -> None:
+    assert prompt_head(template, "Ada") == head
+    filled = template.format(persona_name="Ada", context="C", question="Q?")
+    assert filled.startswith(head)
+
+
+def test_the_default_prompt_head_holds_the_instructions_and_the_name() -> None:
+    head = prompt_head(DEFAULT_RAG_PROMPT, "Tobias Renwick")
+    assert head.startswith("Use the following pieces of context") and head.endswith("Your name is Tobias Renwick.\n\n")
