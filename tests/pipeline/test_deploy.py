@@ -1,6 +1,7 @@
 """The deployment switch (pipeline/deploy/): MEBOT_DEPLOY unset keeps the embedded default exactly; `celery`
-changes the instance file, the executor of finetune/evaluate and the LLM cache's home, and nothing else. No
-server is started here (tests/system/ runs the deployment for real)."""
+changes the instance file, the executor of finetune/evaluate and the LLM cache's home, and nothing else; a
+command's budget scope reaches its runs (`mebot sweep --from-failure` too). No server is started here
+(tests/system/ runs the deployment for real)."""
 
 from __future__ import annotations
 
@@ -23,11 +24,14 @@ from mebot.pipeline.deploy import (
     DeploymentError,
     active_deployment,
 )
+from mebot.pipeline.deploy.sweep import COMMAND_TAGS, budget_scope_tags, reexecute_from_failure
 from mebot.pipeline.deploy.worker import worker_command
+from mebot.resources.chat import BUDGET_SCOPE_ENV_VAR, BUDGET_SCOPE_TAG
 from mebot.resources.settings import PROJECT_ROOT
 
 PG = "postgresql+psycopg2://mebot:secret@db-host:5432/mebot"
 BROKER = "redis://broker-host:6379/0"
+FIXED_ENV = "MEBOT_TEST_SWEEP_STEP_FIXED"  # a file: the flaky step fails until it exists
 
 
 @pytest.fixture
@@ -123,3 +127,46 @@ def test_a_run_command_opens_one_budget_scope_for_all_its_processes(command, tmp
     monkeypatch.setenv(BUDGET_SCOPE_ENV_VAR, "shared-by-hand")  # set by the user: several commands share it
     main([command, "--select", "key:no_such_asset"])
     assert os.environ[BUDGET_SCOPE_ENV_VAR] == "shared-by-hand"
+
+
+@dg.op
+def first_step() -> int:
+    return 1
+
+
+@dg.op
+def flaky_step(value: int) -> int:
+    if not Path(os.environ[FIXED_ENV]).exists():
+        raise RuntimeError("the flaky step failed")
+    return value
+
+
+@dg.job(executor_def=dg.in_process_executor)
+def flaky_job() -> None:
+    flaky_step(first_step())
+
+
+def test_from_failure_reexecution_keeps_the_failed_runs_budget_scope(tmp_path: Path, monkeypatch) -> None:
+    """`mebot sweep --from-failure RUN_ID` is a command of its own, with a budget scope of its own, but the run it
+    starts spends in the failed run's scope: the steps (on any worker) read it from the run's tag."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv(FIXED_ENV, str(tmp_path / "fixed"))
+    monkeypatch.setenv(BUDGET_SCOPE_ENV_VAR, "sweep-of-the-failed-run")
+    tags = {**COMMAND_TAGS, **budget_scope_tags()}  # as run_partition tags each run of a sweep
+    with dg.DagsterInstance.get() as instance:
+        with dg.execute_job(dg.reconstructable(flaky_job), instance, tags=tags) as failed:
+            assert not failed.success
+    (tmp_path / "fixed").touch()
+
+    monkeypatch.setenv(BUDGET_SCOPE_ENV_VAR, "sweep-from-failure")  # the re-executing command's own scope
+    outcome = reexecute_from_failure(failed.run_id)
+    assert outcome.success
+    with dg.DagsterInstance.get() as instance:
+        rerun = instance.get_run_by_id(outcome.run_id)
+        steps = {e.step_key for e in instance.all_logs(outcome.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)}
+    assert rerun.parent_run_id == failed.run_id and steps == {"flaky_step"}  # from the failure, not the start
+    assert rerun.tags[BUDGET_SCOPE_TAG] == "sweep-of-the-failed-run"
+    assert rerun.tags["mebot/command"] == "sweep"

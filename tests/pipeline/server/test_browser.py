@@ -19,8 +19,9 @@ import uvicorn
 from starlette.testclient import TestClient
 
 from mebot.assets.index.rag import Source
-from mebot.pipeline.server.app import StreamedText, create_app
+from mebot.pipeline.server.app import create_app
 from mebot.pipeline.server.models import RAG_MODEL, BestFinetune, Reply, UnknownModelError
+from mebot.pipeline.server.protocol import StreamedText
 from mebot.resources.settings import parse_settings
 from tests.helpers import CHROMIUM, CHROMIUM_ARGS
 from tests.sites import free_port
