@@ -33,9 +33,6 @@ from mebot.resources.llm_cache import LlmCache
 from mebot.resources.settings import PROJECT_ROOT, ChatModelSettings, Settings, load_settings
 from tests.resources.chat_clients import QUESTION, UNSET_KEY_ENV, openai_client, openai_settings
 
-# test_chat_controls.py and tests/assets/evaluation/test_judge_constrained.py import these from here
-from tests.resources.scripted_server import ScriptedServer, completion_json  # noqa: F401
-
 # One thread: on a 2-core machine where anything else is busy, llama.cpp with 2 threads slows down ~100x
 # (its threads spin at barriers while one of them is descheduled); one thread is steady at ~0.1 s per call.
 LOCAL = ChatModelSettings(provider="llama_cpp", n_ctx=2048, n_threads=1)

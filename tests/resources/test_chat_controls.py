@@ -16,7 +16,7 @@ from mebot.resources.chat.llama_cpp import generation_controls, response_format_
 from mebot.resources.chat.openai_compatible import openai_controls
 from mebot.resources.llm_cache import LlmCache
 from mebot.resources.settings import ChatModelSettings
-from tests.resources.test_chat import ScriptedServer, completion_json
+from tests.resources.scripted_server import ScriptedServer, completion_json
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 LOCAL = ChatModelSettings(provider="llama_cpp", n_ctx=2048, n_threads=1)

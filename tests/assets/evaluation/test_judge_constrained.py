@@ -31,7 +31,7 @@ from mebot.assets.evaluation.judge_reply import (
 from mebot.resources.chat import chat_client
 from mebot.resources.settings import DEFAULT_JUDGE_PROMPT, ChatModelSettings, Settings
 from tests.fakes import FakeChat, FakeChatModelResource
-from tests.resources.test_chat import ScriptedServer
+from tests.resources.scripted_server import ScriptedServer
 
 LOCAL = ChatModelSettings(provider="llama_cpp", n_ctx=2048, n_threads=1)
 UNSET_KEY_ENV = "MEBOT_TEST_KEY_THAT_IS_NOT_SET"
