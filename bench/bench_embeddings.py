@@ -1,4 +1,4 @@
-"""Embedding throughput: chunk_embeddings' code path vs raw SentenceTransformer.encode, and the cache.
+"""Embedding throughput: chunk_embeddings' code path vs raw SentenceTransformer.encode, the ONNX backends, the cache.
 
     .venv/bin/python bench/bench_embeddings.py [--reps 3] [--windows 96] [--batch-size 32] [--quick] [--json OUT]
 
@@ -14,7 +14,11 @@ per-round ratios:
 - embed, warm cache: the same with every window cached (no model call): the re-run of chunk_embeddings
 - chunk path:        mebot.assets.index.embeddings.embed_chunks(chunks, embedder, None): what chunk_embeddings
                      runs (windowing of each chunk + embedding), per window
-Target: the model paths ≥ 0.9 × raw encode.
+- onnx, onnx_int8:   embed_with_cache(embedder, None, windows) with models.embedding.backend onnx (the model
+                     exported to ONNX Runtime) and onnx_int8 (its weights int8 per channel; the default), and the
+                     cosine of each of their vectors with PyTorch's
+Targets: the torch model paths ≥ 0.9 × raw encode; the default backend's chunk path ≥ 2 × raw encode (issue "RAG
+that answers right on 2 cores"; what retrieval does with its vectors: bench_rag_answers.py).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from _corpus import sample_site_pages  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from mebot.assets.index.embeddings import embed_chunks  # noqa: E402
@@ -53,7 +58,12 @@ def run(quick: bool = False, reps: int = 3, windows_wanted: int = 96, batch_size
     if quick:
         reps, windows_wanted = 2, 64
     settings = Settings()
-    embedder = build_embedder(EmbeddingModelSettings(batch_size=batch_size))
+    embedder = build_embedder(EmbeddingModelSettings(batch_size=batch_size, backend="torch"))
+    default_backend = EmbeddingModelSettings().backend
+    backends = {
+        name: build_embedder(EmbeddingModelSettings(batch_size=batch_size, backend=name))
+        for name in ("onnx", "onnx_int8")
+    }
     all_chunks = sample_site_chunks(settings)
     keep, windows = [], []
     for position, text in enumerate(all_chunks["text"]):
@@ -65,7 +75,11 @@ def run(quick: bool = False, reps: int = 3, windows_wanted: int = 96, batch_size
     pieces = embedder.count_tokens(windows)
     model = embedder.model
     warm_dir = Path(tempfile.mkdtemp(prefix="bench-warm-"))
-    embed_with_cache(embedder, EmbeddingCache(warm_dir), windows)  # fills the warm cache; warms the model up
+    reference, _, _ = embed_with_cache(embedder, EmbeddingCache(warm_dir), windows)  # fills the warm cache
+    cosines = {}
+    for name, other in backends.items():  # exports the ONNX files on first use (not timed), warms them up
+        vectors, _, _ = embed_with_cache(other, None, windows)
+        cosines[name] = (np.asarray(vectors) * np.asarray(reference)).sum(axis=1)
 
     def raw() -> None:
         model.encode(
@@ -88,12 +102,25 @@ def run(quick: bool = False, reps: int = 3, windows_wanted: int = 96, batch_size
         frame, _ = embed_chunks(chunks, embedder, None)
         assert len(frame) == len(windows)
 
+    def onnx() -> None:
+        embed_with_cache(backends["onnx"], None, windows)
+
+    def onnx_int8() -> None:
+        embed_with_cache(backends["onnx_int8"], None, windows)
+
+    def default_chunk_path() -> None:
+        frame, _ = embed_chunks(chunks, backends[default_backend], None)
+        assert len(frame) == len(windows)
+
     variants: dict[str, Callable[[], None]] = {
         "raw": raw,
         "no_cache": no_cache,
         "cold": cold_cache,
         "warm": warm_cache,
         "chunks": chunk_path,
+        "onnx": onnx,
+        "onnx_int8": onnx_int8,
+        "default_chunks": default_chunk_path,
     }
     try:
         seconds = interleaved(variants, reps)
@@ -128,6 +155,32 @@ def run(quick: bool = False, reps: int = 3, windows_wanted: int = 96, batch_size
             ratios(rate["cold"], rate["raw"]),
             "ratio",
             target=(">=", 0.9),
+        ),
+        result(SECTION, "backend onnx (ONNX Runtime, fp32), no cache", rate["onnx"], "passages/s"),
+        result(SECTION, "backend onnx / raw encode", ratios(rate["onnx"], rate["raw"]), "ratio"),
+        result(
+            SECTION,
+            "backend onnx: cosine with PyTorch's vectors, lowest",
+            [float(cosines["onnx"].min())],
+            "cosine",
+            note=f"mean {float(cosines['onnx'].mean()):.6f}",
+        ),
+        result(SECTION, "backend onnx_int8 (weights int8 per channel), no cache", rate["onnx_int8"], "passages/s"),
+        result(SECTION, "backend onnx_int8 / raw encode", ratios(rate["onnx_int8"], rate["raw"]), "ratio"),
+        result(
+            SECTION,
+            "backend onnx_int8: cosine with PyTorch's vectors, lowest",
+            [float(cosines["onnx_int8"].min())],
+            "cosine",
+            note=f"mean {float(cosines['onnx_int8'].mean()):.4f}",
+        ),
+        result(
+            SECTION,
+            f"chunk_embeddings' path, default backend ({default_backend}) / raw encode",
+            ratios(rate["default_chunks"], rate["raw"]),
+            "ratio",
+            target=(">=", 2.0),
+            note="what `make run` embeds with, against PyTorch's encode",
         ),
         result(SECTION, "cache hits (re-run), every window cached", rate["warm"], "passages/s"),
         result(SECTION, "cache hits (re-run) / cold cache", ratios(rate["warm"], rate["cold"]), "× faster"),

@@ -379,8 +379,14 @@ def build_embedder(config: EmbeddingModelSettings) -> Embedder:
         cached = _EMBEDDERS.get(key)
     if cached is not None:
         return cached
-    if config.provider == "sentence_transformers":
-        embedder: Embedder = SentenceTransformerEmbedder(
+    if config.provider == "sentence_transformers" and config.backend != "torch":
+        from mebot.resources.embeddings_onnx import OnnxSentenceTransformerEmbedder
+
+        embedder: Embedder = OnnxSentenceTransformerEmbedder(
+            config.model, config.backend, config.batch_size, config.window_overlap_tokens, config.window_tokens
+        )
+    elif config.provider == "sentence_transformers":
+        embedder = SentenceTransformerEmbedder(
             config.model, config.batch_size, config.window_overlap_tokens, window_tokens=config.window_tokens
         )
     elif config.provider == "openai":

@@ -8,6 +8,9 @@ data/finetune/                       training files (JSONL), per split and forma
 data/models/<sweep key>/             a fine-tuned model: adapter.gguf, peft_adapter/, training log
                                      (or openai_job.json for an OpenAI fine-tune; openai_files.json beside)
 data/reports/, data/external/        evaluation reports; bring-your-own answers to score
+
+Outside it, shared by every data directory: ~/.cache/mebot/onnx/ ($MEBOT_MODEL_CACHE, else $XDG_CACHE_HOME/mebot):
+the embedding model exported to ONNX, made from the installed model files alone.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from mebot.resources.settings import PROJECT_ROOT
 
 DATA_DIR_ENV_VAR = "MEBOT_DATA_DIR"
+MODEL_CACHE_ENV_VAR = "MEBOT_MODEL_CACHE"
 
 ADAPTER_FILE = "adapter.gguf"
 PEFT_ADAPTER_DIR = "peft_adapter"
@@ -32,6 +36,15 @@ EMBEDDING_CACHE_FILE = "embeddings.sqlite"  # in the cache folder
 def data_dir_from_env() -> Path:
     """The data directory: $MEBOT_DATA_DIR, or the project's data/."""
     return Path(os.environ.get(DATA_DIR_ENV_VAR) or PROJECT_ROOT / "data").resolve()
+
+
+def model_cache_dir() -> Path:
+    """Files derived from installed models alone (the ONNX export of the embedder), for every data directory:
+    $MEBOT_MODEL_CACHE, else $XDG_CACHE_HOME/mebot, else ~/.cache/mebot."""
+    configured = os.environ.get(MODEL_CACHE_ENV_VAR)
+    if configured:
+        return Path(configured).expanduser().resolve()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser().resolve() / "mebot"
 
 
 def model_dir(models_dir: str | Path, key: str) -> Path:

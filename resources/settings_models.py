@@ -51,6 +51,13 @@ class EmbeddingModelSettings(_Section):
     model: str = Field("all-MiniLM-L6-v2", min_length=1)
     base_url: str = ""
     api_key_env: str = Field("OPENAI_API_KEY", min_length=1)
+    backend: Literal["torch", "onnx", "onnx_int8"] = Field(
+        "onnx_int8",
+        description="sentence_transformers: what runs the model. torch: PyTorch (sentence-transformers' encode); "
+        "onnx: the same model exported to ONNX Runtime (the same vectors); onnx_int8: its weights quantized to "
+        "int8 per channel (about twice PyTorch's speed on 2 cores, cosine ~0.99 with its vectors, the same "
+        "retrieval on the golden questions: bench/results.md sections 3 and 10).",
+    )
     batch_size: int = Field(32, ge=1, le=2048)
     window_tokens: int = Field(
         128,

@@ -1,0 +1,201 @@
+"""The sentence-transformers embedder run by ONNX Runtime (`models.embedding.backend: onnx` or `onnx_int8`).
+
+sentence-transformers' own ONNX backend needs `optimum`, whose releases pin transformers below the 5.x this
+project installs, so the model's transformer is exported here with `torch.onnx.export` (once per model file and
+torch and ONNX Runtime release, into ~/.cache/mebot/onnx/: layout.model_cache_dir) and, for `onnx_int8`, its
+weights quantized per channel by ONNX Runtime's dynamic quantization. The tokenizer, the windows and the mean
+pooling are the model's own; fp32 batches texts of like length (little padding), int8 runs each text alone.
+bench/bench_embeddings.py measures both against PyTorch's `encode` (speed, and the cosine of each vector with
+PyTorch's), and bench/bench_rag_answers.py what retrieval does with them.
+
+fp32 vectors equal PyTorch's to float precision and share its identity (and so its cached vectors); int8
+vectors differ slightly (cosine ~0.99 with PyTorch's) and have an identity of their own.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mebot.resources.cpu_share import cpu_cores, scheduled_threads
+from mebot.resources.embeddings import DEFAULT_WINDOW_TOKENS, SentenceTransformerEmbedder
+from mebot.resources.files import atomic_output, file_sha256
+from mebot.resources.hashing import stable_hash
+from mebot.resources.layout import model_cache_dir
+
+log = logging.getLogger(__name__)
+
+ONNX_BACKENDS = ("onnx", "onnx_int8")
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+OPSET = 17
+EXPORT_RECIPE = "eager-attention"  # part of the file name: a change of how it is exported is another file
+_SESSIONS: dict[tuple[str, int], Any] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def check_mean_pooling(model: Any) -> None:
+    """Refuse a sentence-transformers model whose pooling this backend would not reproduce."""
+    names = [type(module).__name__ for module in model]
+    pooling = model[1] if len(names) > 1 else None
+    config = pooling.get_config_dict() if pooling is not None and hasattr(pooling, "get_config_dict") else {}
+    mean = config.get("pooling_mode") == "mean" or config.get("pooling_mode_mean_tokens") is True
+    if names[:2] != ["Transformer", "Pooling"] or not mean or not set(names[2:]) <= {"Normalize"}:
+        raise ValueError(
+            f"models.embedding.backend onnx reproduces Transformer -> mean Pooling (-> Normalize) models; "
+            f"this one is {' -> '.join(names)} ({config or 'pooling unknown'}): use backend torch"
+        )
+
+
+def onnx_model_path(model: Any, name: str, backend: str, cache_dir: Path) -> Path:
+    """Where the exported (and, for onnx_int8, quantized) `model` lives: named by its weights' hash and the torch
+    and ONNX Runtime versions, so another model or release never reads a stale export."""
+    import onnxruntime
+    import torch
+
+    folder = Path(model[0].auto_model.name_or_path)
+    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not weights:
+        raise ValueError(f"models.embedding.backend {backend}: no weights file in {folder}; use backend torch")
+    digest = stable_hash(
+        *(file_sha256(w) for w in weights), torch.__version__, onnxruntime.__version__, OPSET, EXPORT_RECIPE
+    )
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name.removeprefix("sentence-transformers/"))
+    return cache_dir / f"{stem}-{digest}{'.int8' if backend == 'onnx_int8' else ''}.onnx"
+
+
+def export_onnx(model: Any, path: Path) -> Path:
+    """The transformer of a sentence-transformers `model` as ONNX (token embeddings out), written atomically."""
+    import torch
+
+    class TokenEmbeddings(torch.nn.Module):
+        def __init__(self, transformer: torch.nn.Module):
+            super().__init__()
+            self.transformer = transformer
+
+        def forward(self, input_ids, attention_mask, token_type_ids):  # noqa: ANN001 - traced tensors
+            out = self.transformer(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return out.last_hidden_state
+
+    # A copy with eager attention: its plain MatMul/Softmax graph runs faster in ONNX Runtime than the export of
+    # PyTorch's fused attention (SDPA) — int8 2.2-2.7x PyTorch's encode against 1.8x (bench_embeddings.py).
+    transformer = copy.deepcopy(model[0].auto_model).eval()
+    transformer.set_attn_implementation("eager")
+    sample = model.tokenizer(["an example", "a second, longer example text"], padding=True, return_tensors="pt")
+    axes = {name: {0: "batch", 1: "tokens"} for name in (*INPUTS, "token_embeddings")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about shapes the dynamic axes already cover
+        torch.onnx.export(
+            TokenEmbeddings(transformer),
+            tuple(sample[name] for name in INPUTS),
+            str(tmp),
+            input_names=list(INPUTS),
+            output_names=["token_embeddings"],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,  # the TorchScript exporter: no onnxscript, and it handles BERT's masks
+        )
+    return path
+
+
+def quantize_int8(source: Path, path: Path) -> Path:
+    """`source` with its weights quantized to int8 per output channel (per-tensor loses too much on MiniLM:
+    cosine with the fp32 vectors down to ~0.90, against ~0.99 per channel)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with atomic_output(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger().disabled, was = True, logging.getLogger().disabled  # it logs a pre-processing tip
+        try:
+            quantize_dynamic(
+                str(source),
+                str(tmp),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                extra_options={"DefaultTensorType": 1},  # FLOAT, for outputs of fused (com.microsoft) ops
+            )
+        finally:
+            logging.getLogger().disabled = was
+    return path
+
+
+def onnx_session(model: Any, name: str, backend: str, cache_dir: Path, threads: int) -> Any:
+    """An ONNX Runtime session for `model` (exported and quantized on first use, then read from `cache_dir`)."""
+    import onnxruntime
+
+    path = onnx_model_path(model, name, backend, cache_dir)
+    with _SESSIONS_LOCK:
+        session = _SESSIONS.get((str(path), threads))
+        if session is not None:
+            return session
+        if not path.is_file():
+            fp32 = onnx_model_path(model, name, "onnx", cache_dir)
+            if not fp32.is_file():
+                log.info("exporting %s to ONNX (%s)", model[0].auto_model.name_or_path, fp32)
+                export_onnx(model, fp32)
+            if backend == "onnx_int8":
+                quantize_int8(fp32, path)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        _SESSIONS[(str(path), threads)] = session
+        return session
+
+
+class OnnxSentenceTransformerEmbedder(SentenceTransformerEmbedder):
+    """A sentence-transformers model (mean pooling) run by ONNX Runtime; tokens and windows as the torch one."""
+
+    def __init__(
+        self,
+        model_name: str,
+        backend: str = "onnx_int8",
+        batch_size: int = 32,
+        window_overlap_tokens: int = 32,
+        window_tokens: int = DEFAULT_WINDOW_TOKENS,
+        cache_dir: str | Path | None = None,
+        model: Any = None,
+    ):
+        if backend not in ONNX_BACKENDS:
+            raise ValueError(f"models.embedding.backend {backend!r}: the ONNX backends are {', '.join(ONNX_BACKENDS)}")
+        super().__init__(model_name, batch_size, window_overlap_tokens, window_tokens, model=model)
+        check_mean_pooling(self.model)
+        self.backend = backend
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else model_cache_dir() / "onnx"
+        self.normalize = any(type(module).__name__ == "Normalize" for module in self.model)
+        self.max_length = int(self.model.max_seq_length)
+        if backend == "onnx_int8":  # other vectors: a cache and an index of their own
+            self.identity += ":int8"
+
+    def session(self) -> Any:
+        threads = scheduled_threads() or cpu_cores()  # what PyTorch takes by default
+        return onnx_session(self.model, self.model_name, self.backend, self.cache_dir, threads)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        session = self.session()
+        order = np.argsort([len(text) for text in texts], kind="stable")  # similar lengths pad little
+        # int8: one text per run. ONNX Runtime quantizes the activations with one scale per batch, so in a batch a
+        # text's vector moves with its batchmates (cosine down to 0.98 with its vector alone); alone, a text's
+        # vector depends on that text only, and it is still about twice PyTorch's speed (bench_embeddings.py).
+        step = 1 if self.backend == "onnx_int8" else self.batch_size
+        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for at in range(0, len(texts), step):
+            rows = order[at : at + step]
+            encoded = self.tokenizer(
+                [texts[i] for i in rows], padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
+            )
+            feed = {name: encoded[name].astype(np.int64) for name in INPUTS if name in encoded}
+            if "token_type_ids" not in feed:
+                feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+            tokens = session.run(None, feed)[0]
+            mask = encoded["attention_mask"][..., None].astype(np.float32)
+            vectors[rows] = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+        return vectors
