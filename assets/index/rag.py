@@ -12,7 +12,6 @@ reports are the chunks whose text reached the prompt, in the order the prompt sh
 from __future__ import annotations
 
 import re
-import string
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,7 +29,7 @@ from mebot.assets.index.context import (
     select_sentences,
 )
 from mebot.assets.index.lexical import Bm25Index, rrf
-from mebot.resources.chat import ChatClient
+from mebot.resources.chat import ChatClient, template_head
 from mebot.resources.embeddings import Embedder, EmbeddingCache, embed_with_cache
 from mebot.resources.layout import DataLayout
 from mebot.resources.settings import Settings
@@ -102,14 +101,7 @@ def build_prompt(template: str, persona_name: str, question: str, context: str) 
 def prompt_head(template: str, persona_name: str) -> str:
     """What every prompt of `template` starts with: its text before the first field that changes per question
     ({context} or {question}), {persona_name} filled in. The chat model may keep its state after it."""
-    head = []
-    for literal, field_name, spec, conversion in string.Formatter().parse(template):
-        head.append(literal)
-        if field_name != "persona_name":
-            break
-        field = "{persona_name" + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-        head.append(field.format(persona_name=persona_name))
-    return "".join(head)
+    return template_head(template, persona_name=persona_name)
 
 
 FIRST_PERSON_INSTRUCTION = "Answer in the first person as {persona_name}."  # the original author's deployed bot

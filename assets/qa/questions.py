@@ -38,7 +38,7 @@ import pandas as pd
 from mebot.assets.outputs import content_output
 from mebot.assets.qa.gates import GATE_REASON, NO_GATES, Passage, QuestionGates, RoundTrip, TemplateGate
 from mebot.assets.qa.splits import SPLITS, assign_splits, sample_passages
-from mebot.resources.chat import ChatClient, ChatModelResource
+from mebot.resources.chat import ChatClient, ChatModelResource, template_head
 from mebot.resources.embeddings import EmbedderResource, embed_with_cache
 from mebot.resources.hashing import seeded_int
 from mebot.resources.parquet_io import markdown_preview
@@ -224,6 +224,7 @@ def write_questions(
             started = time.monotonic()
             results = client.complete_batch(
                 batch,
+                prompt_prefix=template_head(prompt),  # the few-shot turns and the prompt's head: evaluated once
                 temperature=qa.temperature,
                 max_tokens=qa.max_tokens,
                 seed=round_seed(qa.seed, k, attempt),

@@ -21,6 +21,7 @@ from mebot.resources.chat.base import (
     RetryableError,
     budget_scope_from_env,
     new_budget_scope,
+    template_head,
 )
 from mebot.resources.chat.factory import PROVIDERS, ChatModelResource, chat_client
 from mebot.resources.chat.llama_cpp import BUNDLED_GGUF_NAME, BUNDLED_GGUF_PACKAGE, LlamaCppChat, bundled_gguf_path
@@ -66,4 +67,5 @@ __all__ = [
     "cost_usd",
     "new_budget_scope",
     "openai_context_window",
+    "template_head",
 ]

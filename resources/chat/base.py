@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import string
 import threading
 import time
 import uuid
@@ -42,6 +43,19 @@ class RetryableError(Exception):
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s  # what the server asked for; None: exponential backoff
+
+
+def template_head(template: str, **known: str) -> str:
+    """What every prompt of a `str.format` template starts with: its text before the first field not in `known`
+    (fields in `known` filled in). Passed as `prompt_prefix`, the fixed head a local model evaluates once."""
+    head = []
+    for literal, field_name, spec, conversion in string.Formatter().parse(template):
+        head.append(literal)
+        if field_name is None or field_name not in known:
+            break
+        field = "{" + field_name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        head.append(field.format(**known))
+    return "".join(head)
 
 
 BUDGET_SCOPE_ENV_VAR = "MEBOT_BUDGET_SCOPE"  # set by `mebot run`/`serve`/`sweep`, inherited by their processes

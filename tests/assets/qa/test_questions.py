@@ -18,6 +18,7 @@ from mebot.assets.qa.questions import (
     rejection_reason,
     round_seed,
     synthetic_qa,
+    write_questions,
 )
 from mebot.resources.chat import ChatClient, ChatResult, chat_client
 from mebot.resources.settings import (
@@ -347,3 +348,20 @@ def test_contract_questions_failing_a_gate_are_retried_then_dropped_and_counted_
         }
     ]
     assert len({c["seed"] for c in calls}) == 2  # the retry has another seed
+
+
+def test_every_question_call_declares_the_few_shot_turns_and_the_prompt_head_as_its_fixed_prefix() -> None:
+    from tests.fakes import FakeChat
+
+    client = FakeChat(ChatModelSettings())
+    client.reuses_prompt_prefix = True  # as llama.cpp: the declared head goes into the call
+    passages = pd.DataFrame(
+        [{"chunk_id": chunk_id(url, 0, text), "url": url, "passage": text} for url, _, text in PASSAGES]
+    )
+    qa = QaSettings(questions_per_chunk=1)
+    write_questions(client, passages, qa)
+    head = resolve_qa_prompt(qa.prompt).split("{passage}")[0]
+    assert head and len(client.calls) >= len(PASSAGES)
+    for messages, params in client.calls:
+        assert params["prompt_prefix"] == head and messages[-1]["content"].startswith(head)
+        assert len(messages) == 2 * len(qa.few_shot) + 1  # the few-shot turns come before it, the same each call
