@@ -53,21 +53,25 @@ def check_mean_pooling(model: Any) -> None:
         )
 
 
-def onnx_model_path(model: Any, name: str, backend: str, cache_dir: Path) -> Path:
-    """Where the exported (and, for onnx_int8, quantized) `model` lives: named by its weights' hash and the torch
-    and ONNX Runtime versions, so another model or release never reads a stale export."""
+def onnx_model_path(model: Any, name: str, cache_dir: Path) -> Path:
+    """Where the fp32 export of `model` lives (the int8 one beside it: `int8_path`): named by its weights' hash
+    and the torch and ONNX Runtime versions, so another model or release never reads a stale export."""
     import onnxruntime
     import torch
 
     folder = Path(model[0].auto_model.name_or_path)
     weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
     if not weights:
-        raise ValueError(f"models.embedding.backend {backend}: no weights file in {folder}; use backend torch")
+        raise ValueError(f"models.embedding.backend onnx: no weights file in {folder}; use backend torch")
     digest = stable_hash(
         *(file_sha256(w) for w in weights), torch.__version__, onnxruntime.__version__, OPSET, EXPORT_RECIPE
     )
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name.removeprefix("sentence-transformers/"))
-    return cache_dir / f"{stem}-{digest}{'.int8' if backend == 'onnx_int8' else ''}.onnx"
+    return cache_dir / f"{stem}-{digest}.onnx"
+
+
+def int8_path(fp32: Path) -> Path:
+    return fp32.with_name(f"{fp32.stem}.int8.onnx")
 
 
 def export_onnx(model: Any, path: Path) -> Path:
@@ -112,31 +116,26 @@ def quantize_int8(source: Path, path: Path) -> Path:
 
     with atomic_output(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        logging.getLogger().disabled, was = True, logging.getLogger().disabled  # it logs a pre-processing tip
-        try:
-            quantize_dynamic(
-                str(source),
-                str(tmp),
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                extra_options={"DefaultTensorType": 1},  # FLOAT, for outputs of fused (com.microsoft) ops
-            )
-        finally:
-            logging.getLogger().disabled = was
+        quantize_dynamic(
+            str(source),
+            str(tmp),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            extra_options={"DefaultTensorType": 1},  # FLOAT, for outputs of fused (com.microsoft) ops
+        )
     return path
 
 
-def onnx_session(model: Any, name: str, backend: str, cache_dir: Path, threads: int) -> Any:
-    """An ONNX Runtime session for `model` (exported and quantized on first use, then read from `cache_dir`)."""
+def onnx_session(model: Any, fp32: Path, backend: str, threads: int) -> Any:
+    """An ONNX Runtime session for `model` (exported to `fp32` and quantized beside it on first use)."""
     import onnxruntime
 
-    path = onnx_model_path(model, name, backend, cache_dir)
+    path = int8_path(fp32) if backend == "onnx_int8" else fp32
     with _SESSIONS_LOCK:
         session = _SESSIONS.get((str(path), threads))
         if session is not None:
             return session
         if not path.is_file():
-            fp32 = onnx_model_path(model, name, "onnx", cache_dir)
             if not fp32.is_file():
                 log.info("exporting %s to ONNX (%s)", model[0].auto_model.name_or_path, fp32)
                 export_onnx(model, fp32)
@@ -169,15 +168,15 @@ class OnnxSentenceTransformerEmbedder(SentenceTransformerEmbedder):
         super().__init__(model_name, batch_size, window_overlap_tokens, window_tokens, model=model)
         check_mean_pooling(self.model)
         self.backend = backend
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else model_cache_dir() / "onnx"
-        self.normalize = any(type(module).__name__ == "Normalize" for module in self.model)
+        cache_dir = Path(cache_dir) if cache_dir is not None else model_cache_dir() / "onnx"
+        self.onnx_path = onnx_model_path(self.model, model_name, cache_dir)  # hashes the weights once, here
         self.max_length = int(self.model.max_seq_length)
         if backend == "onnx_int8":  # other vectors: a cache and an index of their own
             self.identity += ":int8"
 
     def session(self) -> Any:
         threads = scheduled_threads() or cpu_cores()  # what PyTorch takes by default
-        return onnx_session(self.model, self.model_name, self.backend, self.cache_dir, threads)
+        return onnx_session(self.model, self.onnx_path, self.backend, threads)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         session = self.session()

@@ -132,3 +132,13 @@ def test_a_text_longer_than_the_model_reads_is_refused_not_truncated(onnx_cache:
     onnx = _embedder("onnx_int8", onnx_cache)
     with pytest.raises(ValueError, match="silently truncated"):
         onnx.embed(["word " * 400])
+
+
+@pytest.mark.full
+def test_embedding_does_not_hash_the_weights_again(onnx_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    onnx = _embedder("onnx_int8", onnx_cache)  # the export's name (a hash of the weights) is worked out here
+    hashed: list[Path] = []
+    monkeypatch.setattr(embeddings_onnx, "file_sha256", lambda path: hashed.append(path) or "x")
+    onnx.embed(TEXTS[:2])
+    onnx.embed(["a question asked of the served bot"])
+    assert hashed == []
