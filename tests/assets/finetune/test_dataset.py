@@ -298,12 +298,30 @@ def test_legacy_prompt_completion_files_are_no_longer_written_and_old_ones_are_r
     assert not list(directory.glob("*.legacy.jsonl"))
 
 
-def test_check_fails_below_openais_minimum_of_train_examples(tmp_path, make_config):
-    result, evaluation, files = _materialize(tmp_path, make_config(), _qa_frame(MIN_TRAIN_EXAMPLES - 1, 0, 2))
+def test_check_fails_below_openais_minimum_of_train_examples_for_the_openai_backend(tmp_path, make_config):
+    config = make_config({"finetune": {"backend": "openai"}})
+    result, evaluation, files = _materialize(tmp_path, config, _qa_frame(MIN_TRAIN_EXAMPLES - 1, 0, 2))
     assert not result.success  # the blocking check fails the run, so nothing downstream trains on the file
     assert result.asset_materializations_for_node("finetune_dataset")  # the files are written, to inspect
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
     assert evaluation.metadata["errors"].value == {"too_few_train_examples": 1}
+    assert evaluation.metadata["min_train_examples"].value == MIN_TRAIN_EXAMPLES
+
+
+def test_check_lets_the_local_backend_train_on_fewer_than_openais_minimum(tmp_path, make_config):
+    """A small site's sample can keep fewer than ten questions (how many the gates keep depends on sampled output,
+    which differs between CPUs); a local adapter trains on them, so only OpenAI's minimum blocks at ten."""
+    config = make_config({"finetune": {"backend": "local_lora"}})
+    result, evaluation, files = _materialize(tmp_path, config, _qa_frame(MIN_TRAIN_EXAMPLES - 1, 0, 2))
+    assert result.success and evaluation.passed, evaluation.metadata
+    assert evaluation.metadata["min_train_examples"].value == 1
+
+
+def test_check_fails_without_any_train_example_for_the_local_backend(tmp_path, make_config):
+    config = make_config({"finetune": {"backend": "local_lora"}})
+    result, evaluation, files = _materialize(tmp_path, config, _qa_frame(0, 0, 2))
+    assert not result.success and not evaluation.passed
+    assert evaluation.metadata["errors"].value == {"missing_file": 1, "too_few_train_examples": 1}
 
 
 def test_check_fails_on_empty_content(tmp_path, make_config):
