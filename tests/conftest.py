@@ -7,20 +7,29 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import E2E_MAX_PASSAGES, deep_merge, e2e_golden_file, write_settings
+from tests.background_run import DefaultRunPlugin
+from tests.helpers import deep_merge, write_settings
 from tests.sites import write_small_site
 from tests.tiers import (  # noqa: F401 - the tiers' hooks, found here by name
     pytest_collection_modifyitems,
-    pytest_configure,
     pytest_runtest_makereport,
 )
+from tests.tiers import pytest_configure as configure_tiers
+
+DEFAULT_RUN_PLUGIN = "mebot-default-run"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    configure_tiers(config)
+    if not config.pluginmanager.has_plugin(DEFAULT_RUN_PLUGIN):
+        config.pluginmanager.register(DefaultRunPlugin(), DEFAULT_RUN_PLUGIN)
+
 
 # ------------------------------------------------------------------------------------------------- fixtures
 
@@ -64,29 +73,9 @@ def site_config(make_config: Callable[..., Path], small_site: Path) -> Callable[
 
 
 @pytest.fixture(scope="session")
-def default_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+def default_run(request: pytest.FixtureRequest) -> tuple[subprocess.CompletedProcess, Path]:
     """`mebot run` on the embedded sample site into a tmp data dir, once per session: (result, data dir).
 
-    The end-to-end and the server tests share it; the config beside it is `<data>/../mebot.yaml`. Full tier."""
-    root = tmp_path_factory.mktemp("e2e")
-    config = root / "mebot.yaml"
-    # The project's own settings, sized down so the whole graph (questions, the two-point sweep, evaluation)
-    # builds in minutes: no crawl delay, any free port, fewer passages, two training steps, two test questions.
-    overrides = {
-        "site": {"download_delay": 0, "local_port": 0},
-        "qa": {"max_passages": E2E_MAX_PASSAGES},
-        # greedy fine-tuned answers: the same question gives the same answer, with or without the adapter
-        "finetune": {"local": {"max_steps": 2, "max_seq_tokens": 256}, "answer_temperature": 0.0},
-        "eval": {"max_questions": 2, "validity_sample": 2, "golden_path": str(e2e_golden_file(root))},
-    }
-    write_settings(config, overrides)
-    env = {**os.environ, "MEBOT_DATA_DIR": str(root / "data"), "MEBOT_DAGSTER_HOME": str(root / "home")}
-    result = subprocess.run(
-        [sys.executable, "-m", "mebot.pipeline.cli", "--config", str(config), "run"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1500,
-        cwd=root,
-    )
-    return result, root / "data"
+    Started in the background when the session's tests are collected (tests/background_run.py); this waits for
+    it. The end-to-end and the server tests share it; the config beside it is `<data>/../mebot.yaml`. Full tier."""
+    return request.config.pluginmanager.get_plugin(DEFAULT_RUN_PLUGIN).result()

@@ -146,7 +146,7 @@ def test_windows_of_prose_are_whole_sentences(minilm):
 
 
 def test_minilm_identity_dimensions_and_token_limits(minilm):
-    assert minilm.identity == "sentence_transformers:all-MiniLM-L6-v2:384:int8"  # the default backend, onnx_int8
+    assert minilm.identity == "sentence_transformers:all-MiniLM-L6-v2:384:int8-7bit"  # the default backend, onnx_int8
     assert (minilm.model_name, minilm.dim) == ("all-MiniLM-L6-v2", 384)
     assert minilm.max_tokens == minilm.model.max_seq_length - 2 == 254
     assert minilm.window_tokens == 128  # the length all-MiniLM-L6-v2 was trained on

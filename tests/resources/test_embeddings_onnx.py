@@ -90,7 +90,7 @@ def test_fp32_onnx_vectors_equal_pytorchs_and_share_their_identity(torch_minilm,
 @pytest.mark.full
 def test_int8_vectors_are_close_retrieve_the_same_and_have_their_own_identity(torch_minilm, onnx_cache) -> None:
     int8 = _embedder("onnx_int8", onnx_cache)
-    assert int8.identity == torch_minilm.identity + ":int8"
+    assert int8.identity == torch_minilm.identity + ":int8-7bit"
     passages = int8.embed(TEXTS)
     assert (passages * torch_minilm.embed(TEXTS)).sum(axis=1).min() > 0.97
     questions = int8.embed(list(QUESTIONS))
@@ -123,7 +123,10 @@ def test_the_export_is_made_once_per_cache_folder(tmp_path: Path, monkeypatch: p
     second = _embedder("onnx", tmp_path).embed(TEXTS[:2])  # fp32 was written on the way to int8
     again = _embedder("onnx_int8", tmp_path).embed(TEXTS[:2])
     assert len(exports) == 1 and exports[0].parent == tmp_path
-    assert sorted(p.name.endswith(".int8.onnx") for p in tmp_path.glob("*.onnx")) == [False, True]
+    assert sorted(p.name == embeddings_onnx.int8_path(exports[0]).name for p in tmp_path.glob("*.onnx")) == [
+        False,
+        True,
+    ]
     assert np.array_equal(first, again) and (first * second).sum(axis=1).min() > 0.97
 
 

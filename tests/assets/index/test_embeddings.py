@@ -143,7 +143,7 @@ def test_assets_embed_every_window_index_them_and_re_embed_only_a_changed_chunk(
     assert (meta["chunks"].value, meta["windows"].value) == (4, n_windows) and n_windows >= 8
     assert (meta["cache_hits"].value, meta["cache_misses"].value) == (0, n_windows)
     # the default backend (onnx_int8): vectors of its own, named apart from PyTorch's
-    assert meta["model"].value == "sentence_transformers:all-MiniLM-L6-v2:384:int8" and meta["dim"].value == 384
+    assert meta["model"].value == "sentence_transformers:all-MiniLM-L6-v2:384:int8-7bit" and meta["dim"].value == 384
     assert meta["passages_per_s"].value > 0 and meta["seconds"].value > 0
 
     stored = pd.read_parquet(tmp_path / "data" / "chunk_embeddings.parquet")
