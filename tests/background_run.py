@@ -3,10 +3,12 @@
 `mebot run` on the sample site takes about three minutes, most of it one busy core, and a dozen end-to-end and
 server tests read what it builds. Waiting for it inside the first test that asks would leave the second core idle
 for those minutes, so this plugin (registered by tests/conftest.py) starts it as soon as the session's tests are
-known — only when a selected test uses `default_run` — pinned to the last core, and moves the test modules that
-use it to the end of the session: the rest of the suite runs beside it, and by the time those modules start the
-run has usually finished. The fixture waits for it and returns what a foreground run would have: (result, data
-dir). A session that ends early (a failure with -x, Ctrl-C) stops it.
+known — only when a selected test uses `default_run` — pinned to the last core, keeps the tests (and what they
+start) off that core until it ends, and moves the test modules that use it to the end of the session: the rest of
+the suite runs beside it, and by the time those modules start the run has usually finished. The cores are split,
+not shared: llama.cpp's threads spin-wait for each other, and a test's `mebot run` sized to both cores beside the
+pinned run took 140 s instead of 52. The fixture waits for it and returns what a foreground run would have:
+(result, data dir). A session that ends early (a failure with -x, Ctrl-C) stops it.
 """
 
 from __future__ import annotations
@@ -38,13 +40,14 @@ def e2e_overrides(root: Path) -> dict:
     }
 
 
-def last_core() -> set[int] | None:
-    """The one core the background run is pinned to (the highest this process may use), or None on one core."""
+def split_cores() -> tuple[set[int], set[int]] | None:
+    """(the background run's core, the tests' cores): the highest core this process may use for the run, the
+    others for the tests; None on one core or off Linux (nothing pinned)."""
     try:
         cores = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux: no pinning
+    except AttributeError:
         return None
-    return {cores[-1]} if len(cores) > 1 else None
+    return ({cores[-1]}, set(cores[:-1])) if len(cores) > 1 else None
 
 
 def module_name(item: pytest.Item) -> str:
@@ -61,13 +64,15 @@ class BackgroundRun:
     stdout: IO[str] | None = None
     stderr: IO[str] | None = None
     result: subprocess.CompletedProcess | None = None
+    cores_to_restore: set[int] | None = None  # the tests' cores before the run took one
 
     @property
     def data(self) -> Path:
         return self.root / "data"
 
     def start(self, args: list[str], env: dict[str, str]) -> None:
-        core = last_core()
+        split = split_cores()
+        core = split[0] if split else None
         self.stdout = open(self.root / "run.stdout", "w+", encoding="utf-8")  # noqa: SIM115 - closed in wait()
         self.stderr = open(self.root / "run.stderr", "w+", encoding="utf-8")  # noqa: SIM115
         self.process = subprocess.Popen(
@@ -80,6 +85,15 @@ class BackgroundRun:
             # one core: mebot run sizes its threads to its affinity, so it never spins against the tests' core
             preexec_fn=(lambda: os.sched_setaffinity(0, core)) if core else None,
         )
+        if split:  # what the tests start from now on inherits the other cores
+            self.cores_to_restore = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, split[1])
+
+    def give_back_core(self) -> None:
+        """Once the run has ended, the tests may use every core again."""
+        if self.cores_to_restore is not None and (self.process is None or self.process.poll() is not None):
+            os.sched_setaffinity(0, self.cores_to_restore)
+            self.cores_to_restore = None
 
     def wait(self) -> subprocess.CompletedProcess:
         if self.result is None:
@@ -96,12 +110,14 @@ class BackgroundRun:
             )
             self.stdout.close()
             self.stderr.close()
+            self.give_back_core()
         return self.result
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        self.give_back_core()
 
 
 class DefaultRunPlugin:
@@ -126,6 +142,10 @@ class DefaultRunPlugin:
             self.run = BackgroundRun(root)
             env = {**os.environ, "MEBOT_DATA_DIR": str(self.run.data), "MEBOT_DAGSTER_HOME": str(root / "home")}
             self.run.start([sys.executable, "-m", "mebot.pipeline.cli", "--config", str(config), "run"], env)
+
+    def pytest_runtest_setup(self) -> None:
+        if self.run is not None:
+            self.run.give_back_core()
 
     def pytest_sessionfinish(self) -> None:
         if self.run is not None:

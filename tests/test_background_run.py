@@ -4,13 +4,16 @@ output and exit status returned as a foreground run's."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from tests.background_run import BackgroundRun, DefaultRunPlugin, last_core
+from tests.background_run import BackgroundRun, DefaultRunPlugin, split_cores
+
+TEXT = {"capture_output": True, "text": True, "timeout": 60}
 
 
 def _item(module: str, *fixtures: str) -> SimpleNamespace:
@@ -39,25 +42,45 @@ def test_nothing_moves_when_no_test_uses_the_run():
     assert ordered == items
 
 
-@pytest.mark.parametrize(("cores", "pinned"), [({0, 1}, {1}), ({0, 3, 5}, {5}), ({2}, None)])
-def test_the_run_is_pinned_to_the_last_core_unless_there_is_only_one(monkeypatch, cores, pinned):
+@pytest.mark.parametrize(
+    ("cores", "split"), [({0, 1}, ({1}, {0})), ({0, 3, 5}, ({5}, {0, 3})), ({2}, None)], ids=["2", "3", "1"]
+)
+def test_the_run_takes_the_last_core_and_the_tests_the_others_unless_there_is_only_one(monkeypatch, cores, split):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cores)
-    assert last_core() == pinned
+    assert split_cores() == split
 
 
-def test_a_background_run_returns_its_output_and_status_and_runs_on_one_core(tmp_path: Path):
+def test_a_background_run_returns_its_output_and_status(tmp_path: Path):
     run = BackgroundRun(tmp_path)
-    code = "import os, sys; print(sorted(os.sched_getaffinity(0))); print('oops', file=sys.stderr); sys.exit(3)"
-    run.start([sys.executable, "-c", code], dict(os.environ))
+    run.start([sys.executable, "-c", "import sys; print('done'); print('oops', file=sys.stderr); sys.exit(3)"], {})
     result = run.wait()
-    assert result.returncode == 3 and result.stderr.strip() == "oops"
-    expected = last_core() or os.sched_getaffinity(0)
-    assert result.stdout.strip() == str(sorted(expected))
+    assert (result.returncode, result.stdout, result.stderr) == (3, "done\n", "oops\n")
     assert run.wait() is result  # every user of the fixture gets the same run
 
 
-def test_stop_ends_a_run_that_is_still_going(tmp_path: Path):
+@pytest.mark.skipif(split_cores() is None, reason="one core: nothing to split")
+def test_the_run_and_the_tests_have_their_own_cores_until_it_ends(tmp_path: Path):
+    before = os.sched_getaffinity(0)
+    run_core, test_cores = split_cores()
     run = BackgroundRun(tmp_path)
-    run.start([sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ))
+    try:
+        run.start([sys.executable, "-c", "import os, time; print(sorted(os.sched_getaffinity(0))); time.sleep(1)"], {})
+        assert os.sched_getaffinity(0) == test_cores
+        mine = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"], **TEXT)
+        assert mine.stdout.strip() == str(sorted(test_cores))  # what a test starts meanwhile
+        run.give_back_core()  # still running: kept
+        assert os.sched_getaffinity(0) == test_cores
+        assert run.wait().stdout.strip() == str(sorted(run_core))
+        assert os.sched_getaffinity(0) == before
+    finally:
+        run.stop()
+        os.sched_setaffinity(0, before)
+
+
+def test_stop_ends_a_run_that_is_still_going_and_gives_the_core_back(tmp_path: Path):
+    before = os.sched_getaffinity(0)
+    run = BackgroundRun(tmp_path)
+    run.start([sys.executable, "-c", "import time; time.sleep(60)"], {})
     run.stop()
     assert run.process is not None and run.process.poll() is not None
+    assert os.sched_getaffinity(0) == before

@@ -1,7 +1,7 @@
 """The asset checks fail on bad input, and a failed blocking check stops what depends on it.
 
 Each check has a test where it fails: here `rag_chunks_within_token_limit` and `raw_pages`'s `non_empty`; the
-others beside their assets: `no_robots_disallowed_url` and `no_boilerplate_lines` (assets/ingest/test_crawl.py),
+others beside their assets: `no_robots_disallowed_url` and `no_boilerplate_lines` (assets/ingest/test_raw_pages.py),
 `training_file_valid` (assets/finetune/test_dataset.py), `judge_validity` (assets/evaluation/test_judge.py)."""
 
 import dagster as dg

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from mebot.resources.crawler import CrawlProcessError, CrawlRecords, ScrapyCrawl
 from mebot.resources.local_site import LocalSite, StaticSiteHandler
 from mebot.resources.scrapy_crawl import failure_reason, robots_nofollow
 from mebot.resources.settings import SiteSettings
-from tests.sites import page_html, write_page, write_small_site
+from tests.sites import free_port, page_html, write_page, write_small_site
 
 FAST = {"download_delay": 0}
 
@@ -54,12 +53,6 @@ def paths(urls: list[str]) -> set[str]:
 
 def by_reason(crawl: CrawlRecords, kind: str, reason: str) -> list[str]:
     return [r["url"] for r in crawl.of_kind(kind) if r.get("reason") == reason]
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -249,7 +242,7 @@ def test_redirect_loop_is_recorded_as_too_many_redirects(tmp_path: Path) -> None
 
 
 def test_unreachable_start_url_is_recorded_as_unreachable() -> None:
-    url = f"http://127.0.0.1:{closed_port()}/"
+    url = f"http://127.0.0.1:{free_port()}/"
     crawl = ScrapyCrawler().crawl(SiteSettings(**FAST), [url], on_progress=lambda line: None)
     errors = crawl.of_kind("error")
     assert [(e["url"], e["start"]) for e in errors] == [(url, True)]

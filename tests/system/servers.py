@@ -22,14 +22,10 @@ from pathlib import Path
 
 import psycopg2
 
+from tests.sites import free_port
+
 PG_USER = "postgres"  # created by Debian's postgresql package
 PG_DATABASE = "mebot"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def postgres_bin_dir() -> Path:
