@@ -4,7 +4,8 @@ sentence-transformers' own ONNX backend needs `optimum`, whose releases pin tran
 project installs, so the model's transformer is exported here with `torch.onnx.export` (once per model file and
 torch and ONNX Runtime release, into ~/.cache/mebot/onnx/: layout.model_cache_dir) and, for `onnx_int8`, its
 weights quantized per channel by ONNX Runtime's dynamic quantization. The tokenizer, the windows and the mean
-pooling are the model's own; fp32 batches texts of like length (little padding), int8 runs each text alone.
+pooling are the model's own; fp32 batches texts of like length (little padding), int8 runs each text alone
+(texts side by side, one thread each).
 bench/bench_embeddings.py measures both against PyTorch's `encode` (speed, and the cosine of each vector with
 PyTorch's), and bench/bench_rag_answers.py what retrieval does with them.
 
@@ -19,6 +20,7 @@ import logging
 import re
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +159,11 @@ def onnx_session(model: Any, fp32: Path, backend: str, threads: int) -> Any:
         return session
 
 
+def mean_pool(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The mean of each text's token embeddings over its attention mask (sentence-transformers' mean pooling)."""
+    return (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+
+
 class OnnxSentenceTransformerEmbedder(SentenceTransformerEmbedder):
     """A sentence-transformers model (mean pooling) run by ONNX Runtime; tokens and windows as the torch one."""
 
@@ -181,27 +188,34 @@ class OnnxSentenceTransformerEmbedder(SentenceTransformerEmbedder):
         if backend == "onnx_int8":  # other vectors: a cache and an index of their own
             self.identity += f":{INT8_RECIPE}"
 
-    def session(self) -> Any:
-        threads = scheduled_threads() or cpu_cores()  # what PyTorch takes by default
-        return onnx_session(self.model, self.onnx_path, self.backend, threads)
+    def _feed(self, batch: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The model's inputs for `batch` (tokenized here, in the calling thread: the tokenizer is not shared
+        between threads) and its attention mask for pooling."""
+        encoded = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+        feed = {name: encoded[name].astype(np.int64) for name in INPUTS if name in encoded}
+        if "token_type_ids" not in feed:
+            feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+        return feed, encoded["attention_mask"][..., None].astype(np.float32)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        session = self.session()
-        order = np.argsort([len(text) for text in texts], kind="stable")  # similar lengths pad little
-        # int8: one text per run. ONNX Runtime quantizes the activations with one scale per batch, so in a batch a
-        # text's vector moves with its batchmates (cosine down to 0.98 with its vector alone); alone, a text's
-        # vector depends on that text only, and it is still about twice PyTorch's speed (bench_embeddings.py).
-        step = 1 if self.backend == "onnx_int8" else self.batch_size
+        threads = scheduled_threads() or cpu_cores()  # what PyTorch takes by default
         vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for at in range(0, len(texts), step):
-            rows = order[at : at + step]
-            encoded = self.tokenizer(
-                [texts[i] for i in rows], padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
-            )
-            feed = {name: encoded[name].astype(np.int64) for name in INPUTS if name in encoded}
-            if "token_type_ids" not in feed:
-                feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
-            tokens = session.run(None, feed)[0]
-            mask = encoded["attention_mask"][..., None].astype(np.float32)
-            vectors[rows] = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+        if self.backend == "onnx_int8":
+            # One text per run: ONNX Runtime quantizes the activations with one scale per batch, so in a batch a
+            # text's vector would move with its batchmates (cosine down to 0.98 with its vector alone). Runs that
+            # small use the cores better side by side, one thread each, than split across them (1.3-1.6x on
+            # 2 cores); each text's vector is the same either way.
+            session = onnx_session(self.model, self.onnx_path, self.backend, 1)
+            feeds = [self._feed([text]) for text in texts]
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                pooled = pool.map(lambda item: mean_pool(session.run(None, item[0])[0], item[1]), feeds)
+                for row, vector in enumerate(pooled):
+                    vectors[row] = vector[0]
+            return vectors
+        session = onnx_session(self.model, self.onnx_path, self.backend, threads)
+        order = np.argsort([len(text) for text in texts], kind="stable")  # similar lengths pad little
+        for at in range(0, len(texts), self.batch_size):
+            rows = order[at : at + self.batch_size]
+            feed, mask = self._feed([texts[i] for i in rows])
+            vectors[rows] = mean_pool(session.run(None, feed)[0], mask)
         return vectors

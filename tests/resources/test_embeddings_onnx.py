@@ -108,6 +108,20 @@ def test_a_texts_vector_does_not_depend_on_the_texts_embedded_with_it(onnx_cache
 
 
 @pytest.mark.full
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_int8_vectors_are_the_same_however_many_texts_run_side_by_side(
+    onnx_cache: Path, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    onnx = _embedder("onnx_int8", onnx_cache)
+    monkeypatch.setattr(embeddings_onnx, "scheduled_threads", lambda: 1)
+    one_at_a_time = onnx.embed(TEXTS * 3)
+    monkeypatch.setattr(embeddings_onnx, "scheduled_threads", lambda: threads)
+    side_by_side = onnx.embed(TEXTS * 3)
+    assert np.array_equal(one_at_a_time, side_by_side)  # bit for bit, in the order given
+    assert np.array_equal(side_by_side[: len(TEXTS)], side_by_side[len(TEXTS) : 2 * len(TEXTS)])
+
+
+@pytest.mark.full
 def test_the_export_is_made_once_per_cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     exports: list[Path] = []
     real_export = embeddings_onnx.export_onnx
