@@ -174,18 +174,8 @@ class FakeChatModelResource(ChatModelResource):
     """ChatModelResource whose clients are FakeChat (with the real call cache, prices and budget, as
     ChatModelResource.client sets them up)."""
 
-    def client(
-        self, settings: Settings, *, lora_path: str | None = None, chat: ChatModelSettings | None = None
-    ) -> ChatClient:
-        cache = self.open_cache(settings) if settings.models.use_cache else None
-        return FakeChat(
-            chat or settings.models.chat,
-            prices=settings.models.prices,
-            cache=cache,
-            budget_usd=settings.budget.max_usd,
-            budget_scope=self.budget_scope(),
-            lora_path=lora_path,
-        )
+    def new_client(self, chat: ChatModelSettings, **options: Any) -> ChatClient:
+        return FakeChat(chat, **options)
 
 
 # ----------------------------------------------------------------------------------------------- embedder

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -11,6 +12,18 @@ import pytest
 from tests.helpers import SAMPLE_SITE_QUESTIONS
 
 CHROME_PHRASES = ["Related posts", "Leave a comment", "Powered by a static site generator", "Recent posts"]
+
+
+def mebot_ask(data: Path, *arguments: str) -> subprocess.CompletedProcess:
+    """`mebot ask ARGUMENTS` against the session's built data dir, as a person runs it."""
+    env = {**os.environ, "MEBOT_DATA_DIR": str(data), "MEBOT_DAGSTER_HOME": str(data.parent / "home")}
+    return subprocess.run(
+        [sys.executable, "-m", "mebot.pipeline.cli", "--config", str(data.parent / "mebot.yaml"), "ask", *arguments],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_mebot_run_succeeds_and_prints_a_summary(default_run):
@@ -54,15 +67,7 @@ def test_the_whole_graph_ends_in_a_leaderboard_of_rag_and_every_sweep_point(defa
 def test_mebot_ask_answers_with_a_finetuned_adapter_through_llama_cpp(default_run):
     result, data = default_run
     assert result.returncode == 0
-    env = {**os.environ, "MEBOT_DATA_DIR": str(data), "MEBOT_DAGSTER_HOME": str(data.parent / "home")}
-    asked = subprocess.run(
-        [sys.executable, "-m", "mebot.pipeline.cli", "--config", str(data.parent / "mebot.yaml"), "ask", "--json"]
-        + ["--model", "ft-e1-b2-lr2", "What is your sourdough starter called?"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    asked = mebot_ask(data, "--json", "--model", "ft-e1-b2-lr2", "What is your sourdough starter called?")
     assert asked.returncode == 0, asked.stderr[-3000:]
     reply = json.loads(asked.stdout)
     assert reply["answer"].strip() and reply["sources"] == []  # a fine-tuned model answers from its weights
@@ -120,23 +125,7 @@ def test_retrieval_finds_the_page_that_holds_each_fact(default_run):
 def test_mebot_ask_json_answers_with_the_right_page_among_its_sources(default_run):
     result, data = default_run
     assert result.returncode == 0
-    env = {**os.environ, "MEBOT_DATA_DIR": str(data), "MEBOT_DAGSTER_HOME": str(data.parent / "home")}
-    asked = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mebot.pipeline.cli",
-            "--config",
-            str(data.parent / "mebot.yaml"),
-            "ask",
-            "--json",
-            "What is your sourdough starter called?",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    asked = mebot_ask(data, "--json", "What is your sourdough starter called?")
     assert asked.returncode == 0, asked.stderr[-3000:]
     reply = json.loads(asked.stdout)
     assert reply["answer"].strip()
@@ -157,13 +146,6 @@ def test_mebot_ask_json_answers_with_the_right_page_among_its_sources(default_ru
 def test_mebot_ask_rejects_bad_input_with_a_clear_message(default_run, arguments, message):
     result, data = default_run
     assert result.returncode == 0
-    env = {**os.environ, "MEBOT_DATA_DIR": str(data), "MEBOT_DAGSTER_HOME": str(data.parent / "home")}
-    asked = subprocess.run(
-        [sys.executable, "-m", "mebot.pipeline.cli", "--config", str(data.parent / "mebot.yaml"), "ask", *arguments],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    asked = mebot_ask(data, *arguments)
     assert asked.returncode == 1
     assert message in asked.stderr

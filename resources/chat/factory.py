@@ -4,6 +4,7 @@ resource that makes clients with the project's call cache, prices and budget."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from pydantic import PrivateAttr
@@ -76,7 +77,7 @@ class ChatModelResource(dg.ConfigurableResource):
     ) -> ChatClient:
         """A client for models.chat, or for `chat` (e.g. models.judge, or a fine-tuned model's settings)."""
         cache = self.open_cache(settings) if settings.models.use_cache else None
-        return chat_client(
+        return self.new_client(
             chat or settings.models.chat,
             prices=settings.models.prices,
             cache=cache,
@@ -84,3 +85,7 @@ class ChatModelResource(dg.ConfigurableResource):
             budget_scope=self.budget_scope(),
             lora_path=lora_path,
         )
+
+    def new_client(self, chat: ChatModelSettings, **options: Any) -> ChatClient:
+        """The provider's client with the cache, prices and budget `client` set up (tests swap in a fake here)."""
+        return chat_client(chat, **options)
