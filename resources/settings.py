@@ -20,7 +20,7 @@ from mebot.resources.hashing import json_hash
 
 # The sections in their own modules, re-exported: every reader imports settings from here.
 from mebot.resources.settings_base import SettingsError as SettingsError
-from mebot.resources.settings_base import _Section, valid_patterns
+from mebot.resources.settings_base import _Section, distinct, valid_patterns
 from mebot.resources.settings_finetune import FinetuneSettings as FinetuneSettings
 from mebot.resources.settings_finetune import LocalFinetuneSettings as LocalFinetuneSettings
 from mebot.resources.settings_finetune import OpenAIFinetuneSettings as OpenAIFinetuneSettings
@@ -286,9 +286,7 @@ class EvalSettings(_Section):
     @field_validator("judge_methods")
     @classmethod
     def _methods_do_not_repeat(cls, methods: list[str]) -> list[str]:
-        if len(set(methods)) != len(methods):
-            raise ValueError(f"methods repeat: {methods}")
-        return methods
+        return distinct(methods, "methods")
 
 
 class ServeSettings(_Section):

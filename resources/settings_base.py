@@ -23,3 +23,10 @@ def valid_patterns(patterns: list[str]) -> list[str]:
         except re.error as exc:
             raise ValueError(f"{pattern!r} is not a valid regular expression ({exc})") from None
     return patterns
+
+
+def distinct(values: list, what: str = "values") -> list:
+    """`values` unchanged, when none repeats; else a ValueError showing them ("`what` repeat: …")."""
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} repeat: {values}")
+    return values

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mebot.resources.settings_base import _Section
+from mebot.resources.settings_base import _Section, distinct
 
 
 class SweepPointSettings(_Section):
@@ -76,9 +76,7 @@ class SweepSettings(_Section):
         bad = [v for v in values if v < 1]
         if bad:
             raise ValueError(f"values must be at least 1, got {bad}")
-        if len(set(values)) != len(values):
-            raise ValueError(f"values repeat: {values}")
-        return values
+        return distinct(values)
 
     @field_validator("learning_rate_multiplier")
     @classmethod
@@ -86,9 +84,7 @@ class SweepSettings(_Section):
         bad = [v for v in values if not 0 < v <= 100]
         if bad:
             raise ValueError(f"multipliers must be in (0, 100], got {bad}")
-        if len(set(values)) != len(values):
-            raise ValueError(f"values repeat: {values}")
-        return values
+        return distinct(values)
 
 
 class SweepPoint(BaseModel):

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mebot.resources.settings_base import _Section, valid_patterns
+from mebot.resources.settings_base import _Section, distinct, valid_patterns
 
 # The original asked "Write a concise question in as few words as possible to the author in the second person
 # that has the following TEXT as the answer." before the text. The bundled 135M model then wrote a question
@@ -140,9 +140,7 @@ class QaSettings(_Section):
     @field_validator("gates")
     @classmethod
     def _gates_do_not_repeat(cls, gates: list[str]) -> list[str]:
-        if len(set(gates)) != len(gates):
-            raise ValueError(f"gates repeat: {gates}")
-        return gates
+        return distinct(gates, "gates")
 
     @model_validator(mode="after")
     def _fractions_fit(self) -> QaSettings:

@@ -56,6 +56,10 @@ def test_every_section_is_present():
         ({"rag": {"prompt": "no placeholders"}}, ["rag.prompt", "{context} and {question}"]),
         ({"rag": {"prompt": "{context} {question} {who}"}}, ["rag.prompt", "placeholder other than"]),
         ({"nonsense": {}}, ["nonsense", "unknown setting", "site"]),
+        ({"qa": {"gates": ["roundtrip", "roundtrip"]}}, ["qa.gates", "gates repeat"]),
+        ({"eval": {"judge_methods": ["direct", "direct"]}}, ["eval.judge_methods", "methods repeat"]),
+        ({"finetune": {"sweep": {"n_epochs": [2, 2]}}}, ["finetune.sweep.n_epochs", "values repeat: [2, 2]"]),
+        ({"finetune": {"sweep": {"learning_rate_multiplier": [0.5, 0.5]}}}, ["learning_rate_multiplier", "repeat"]),
     ],
 )
 def test_bad_values_name_the_key_the_value_and_what_is_allowed(raw, expected_fragments):
