@@ -18,7 +18,6 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import pytest
 
@@ -50,6 +49,10 @@ def split_cores() -> tuple[set[int], set[int]] | None:
     return ({cores[-1]}, set(cores[:-1])) if len(cores) > 1 else None
 
 
+def uses_run(item: pytest.Item) -> bool:
+    return FIXTURE in getattr(item, "fixturenames", ())
+
+
 def module_name(item: pytest.Item) -> str:
     module = getattr(item, "module", None)
     return module.__name__ if module is not None else ""
@@ -61,8 +64,6 @@ class BackgroundRun:
 
     root: Path
     process: subprocess.Popen | None = None
-    stdout: IO[str] | None = None
-    stderr: IO[str] | None = None
     result: subprocess.CompletedProcess | None = None
     cores_to_restore: set[int] | None = None  # the tests' cores before the run took one
 
@@ -73,18 +74,16 @@ class BackgroundRun:
     def start(self, args: list[str], env: dict[str, str]) -> None:
         split = split_cores()
         core = split[0] if split else None
-        self.stdout = open(self.root / "run.stdout", "w+", encoding="utf-8")  # noqa: SIM115 - closed in wait()
-        self.stderr = open(self.root / "run.stderr", "w+", encoding="utf-8")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            args,
-            stdout=self.stdout,
-            stderr=self.stderr,
-            text=True,
-            env=env,
-            cwd=self.root,
-            # one core: mebot run sizes its threads to its affinity, so it never spins against the tests' core
-            preexec_fn=(lambda: os.sched_setaffinity(0, core)) if core else None,
-        )
+        with open(self.root / "run.stdout", "w") as stdout, open(self.root / "run.stderr", "w") as stderr:
+            self.process = subprocess.Popen(  # the child keeps its own copies of the two files
+                args,
+                stdout=stdout,
+                stderr=stderr,
+                env=env,
+                cwd=self.root,
+                # one core: mebot run sizes its threads to its affinity, so it never spins against the tests' core
+                preexec_fn=(lambda: os.sched_setaffinity(0, core)) if core else None,
+            )
         if split:  # what the tests start from now on inherits the other cores
             self.cores_to_restore = os.sched_getaffinity(0)
             os.sched_setaffinity(0, split[1])
@@ -97,20 +96,15 @@ class BackgroundRun:
 
     def wait(self) -> subprocess.CompletedProcess:
         if self.result is None:
-            assert self.process is not None and self.stdout is not None and self.stderr is not None
+            assert self.process is not None, "wait() before start()"
             try:
                 returncode = self.process.wait(timeout=TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 returncode = self.process.wait()
-            self.stdout.seek(0)
-            self.stderr.seek(0)
-            self.result = subprocess.CompletedProcess(
-                self.process.args, returncode, self.stdout.read(), self.stderr.read()
-            )
-            self.stdout.close()
-            self.stderr.close()
             self.give_back_core()
+            out, err = ((self.root / name).read_text(errors="replace") for name in ("run.stdout", "run.stderr"))
+            self.result = subprocess.CompletedProcess(self.process.args, returncode, out, err)
         return self.result
 
     def stop(self) -> None:
@@ -129,13 +123,13 @@ class DefaultRunPlugin:
     @pytest.hookimpl(trylast=True)  # after -m and -k deselection: only the tests that will run count
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         # whole modules move, so a module's own fixtures are set up once
-        late = {module_name(item) for item in items if FIXTURE in getattr(item, "fixturenames", ())}
+        late = {module_name(item) for item in items if uses_run(item)}
         items.sort(key=lambda item: module_name(item) in late)
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         if session.config.option.collectonly:
             return
-        if any(FIXTURE in getattr(item, "fixturenames", ()) for item in session.items):
+        if any(uses_run(item) for item in session.items):
             # pytest's own tmp_path_factory: the run's folder sits with the session's other tmp folders
             root = session.config._tmp_path_factory.mktemp("e2e")  # noqa: SLF001
             config = write_settings(root / "mebot.yaml", e2e_overrides(root))
