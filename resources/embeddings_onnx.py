@@ -203,8 +203,8 @@ class OnnxSentenceTransformerEmbedder(SentenceTransformerEmbedder):
         if self.backend == "onnx_int8":
             # One text per run: ONNX Runtime quantizes the activations with one scale per batch, so in a batch a
             # text's vector would move with its batchmates (cosine down to 0.98 with its vector alone). Runs that
-            # small use the cores better side by side, one thread each, than split across them (1.3-1.6x on
-            # 2 cores); each text's vector is the same either way.
+            # small use the cores better side by side, one thread each, than split across them (1.8x on
+            # 2 cores: bench_embeddings.py); each text's vector is the same either way.
             session = onnx_session(self.model, self.onnx_path, self.backend, 1)
             feeds = [self._feed([text]) for text in texts]
             with ThreadPoolExecutor(max_workers=threads) as pool:

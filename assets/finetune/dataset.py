@@ -317,10 +317,11 @@ def finetune_dataset(
     epoch_tokens, costs = sweep_costs(config, training_tokens)
     base_model = config.finetune.openai.base_model
     price = training_price_per_1m(base_model)
-    if counts["train"] < MIN_TRAIN_EXAMPLES:
+    backend = config.finetune.backend
+    if counts["train"] < min_train_examples(backend):  # what training_file_valid fails on, said where it starts
         context.log.warning(
-            f"only {counts['train']} train examples; OpenAI needs at least {MIN_TRAIN_EXAMPLES} (synthetic_qa wrote "
-            "too few questions: see its metadata)"
+            f"only {counts['train']} train examples; finetune.backend {backend} needs at least "
+            f"{min_train_examples(backend)} (synthetic_qa wrote too few questions: see its metadata)"
         )
     context.log.info(f"examples by split {counts}; {training_tokens} training tokens; wrote {len(paths)} files")
     return content_output(
