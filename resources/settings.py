@@ -70,8 +70,10 @@ class SiteSettings(_Section):
     )
     max_pages: int = Field(500, ge=1, description="Stop the crawl after this many responses.")
     download_delay: float = Field(0.25, ge=0, le=60, description="Seconds between requests to one site.")
-    obey_robots_txt: bool = True
-    user_agent: str = Field("mebot/0.1 (personal-site Q&A bot)", min_length=1)
+    obey_robots_txt: bool = Field(True, description="Skip pages the site's robots.txt disallows for user_agent.")
+    user_agent: str = Field(
+        "mebot/0.1 (personal-site Q&A bot)", min_length=1, description="User-Agent header the crawler sends."
+    )
     content_selectors: list[str] = Field(
         default_factory=lambda: ["article", "main", "[role=main]", "#content", ".content", "body"],
         min_length=1,
@@ -103,7 +105,7 @@ class SiteSettings(_Section):
         description="CSS selectors removed from the main content (site chrome).",
     )
     max_page_bytes: int = Field(5_000_000, ge=10_000, description="Larger responses are skipped, not read.")
-    timeout_s: float = Field(30.0, gt=0, le=600)
+    timeout_s: float = Field(30.0, gt=0, le=600, description="Seconds to wait for one response.")
     recrawl_cron: str = Field("0 3 * * 1", description="When the recrawl schedule runs (cron).")
 
     @field_validator("start_urls")
@@ -192,11 +194,11 @@ class RagSettings(_Section):
     )
     temperature: float = Field(0.0, ge=0, le=2, description="0: greedy, the same answer every time.")
     max_tokens: int = Field(128, ge=1, le=8192, description="Longest answer, in tokens (the prompt asks < 100 words).")
-    max_question_chars: int = Field(2000, ge=10, le=100_000)
+    max_question_chars: int = Field(2000, ge=10, le=100_000, description="Longer questions are refused.")
     ivf_min_vectors: int = Field(
         50_000, ge=1000, description="From this many vectors on, the index is IVF (approximate) instead of flat."
     )
-    ivf_nprobe: int = Field(16, ge=1, le=4096)
+    ivf_nprobe: int = Field(16, ge=1, le=4096, description="IVF index: clusters searched per query.")
 
     @field_validator("prompt")
     @classmethod
@@ -290,8 +292,8 @@ class EvalSettings(_Section):
 
 
 class ServeSettings(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="Address `mebot serve` listens on (0.0.0.0: every interface).")
+    port: int = Field(8000, ge=1, le=65535, description="Port `mebot serve` listens on.")
     max_query_chars: int = Field(1000, ge=10, le=100_000, description="Longer questions get HTTP 413.")
     rate_limit_per_minute: float = Field(60, gt=0, description="Requests per minute per client (token bucket).")
     rate_limit_burst: int = Field(10, ge=1, description="Requests a client may send at once before limiting.")
@@ -323,16 +325,16 @@ class RunSettings(_Section):
 
 
 class Settings(_Section):
-    site: SiteSettings = Field(default_factory=SiteSettings)
-    persona: PersonaSettings = Field(default_factory=PersonaSettings)
-    rag: RagSettings = Field(default_factory=RagSettings)
-    qa: QaSettings = Field(default_factory=QaSettings)
-    models: ModelsSettings = Field(default_factory=ModelsSettings)
-    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
-    eval: EvalSettings = Field(default_factory=EvalSettings)
-    serve: ServeSettings = Field(default_factory=ServeSettings)
-    budget: BudgetSettings = Field(default_factory=BudgetSettings)
-    run: RunSettings = Field(default_factory=RunSettings)
+    site: SiteSettings = Field(default_factory=SiteSettings, description="What to crawl and how politely.")
+    persona: PersonaSettings = Field(default_factory=PersonaSettings, description="The person the bot speaks as.")
+    rag: RagSettings = Field(default_factory=RagSettings, description="Chunking, retrieval and RAG answers.")
+    qa: QaSettings = Field(default_factory=QaSettings, description="Synthetic questions for fine-tuning.")
+    models: ModelsSettings = Field(default_factory=ModelsSettings, description="Chat, embedding and judge models.")
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings, description="Fine-tuning and its sweep.")
+    eval: EvalSettings = Field(default_factory=EvalSettings, description="How the models are compared.")
+    serve: ServeSettings = Field(default_factory=ServeSettings, description="The web page and HTTP API.")
+    budget: BudgetSettings = Field(default_factory=BudgetSettings, description="Spending limit for paid APIs.")
+    run: RunSettings = Field(default_factory=RunSettings, description="How `mebot run` schedules its work.")
 
     def section(self, path: str) -> Any:
         """A section (`rag`) or a value inside one (`rag.top_k`, `models.embedding`)."""

@@ -14,9 +14,9 @@ class SweepPointSettings(_Section):
     """One explicit sweep point (`finetune.sweep.points`), e.g. `{n_epochs: 4, learning_rate_multiplier: 0.2,
     batch_size: 1}`: one fine-tuning job beside the grid's."""
 
-    n_epochs: int = Field(ge=1)
-    learning_rate_multiplier: float = Field(gt=0, le=100)
-    batch_size: int = Field(ge=1)
+    n_epochs: int = Field(ge=1, description="Passes over the training split.")
+    learning_rate_multiplier: float = Field(gt=0, le=100, description="Scales the base learning rate.")
+    batch_size: int = Field(ge=1, description="Examples per optimizer step.")
     lora_r: int = Field(8, ge=1, description="local_lora only.")
     lora_alpha: int = Field(16, ge=1, description="local_lora only.")
 
@@ -25,9 +25,11 @@ class SweepSettings(_Section):
     """The fine-tuning jobs (one `finetuned_models` partition each): every combination of the grid's values, then
     the explicit `points`. An empty grid list turns the grid off (only the points run)."""
 
-    n_epochs: list[int] = Field(default_factory=lambda: [1])
-    batch_size: list[int] = Field(default_factory=lambda: [2])
-    learning_rate_multiplier: list[float] = Field(default_factory=lambda: [0.5, 2.0])
+    n_epochs: list[int] = Field(default_factory=lambda: [1], description="Grid: passes over the training split.")
+    batch_size: list[int] = Field(default_factory=lambda: [2], description="Grid: examples per optimizer step.")
+    learning_rate_multiplier: list[float] = Field(
+        default_factory=lambda: [0.5, 2.0], description="Grid: scales of the base learning rate."
+    )
     lora_r: list[int] = Field(default_factory=lambda: [8], description="local_lora only.")
     lora_alpha: list[int] = Field(default_factory=lambda: [16], description="local_lora only.")
     points: list[SweepPointSettings] = Field(
@@ -125,7 +127,7 @@ class LocalFinetuneSettings(_Section):
         description="torch threads; 0 means automatic: in `mebot run` the run's share of the cores, "
         "else all cores but one (2 threads on a busy 2-core machine measured 38 s/step against 3.2 s with 1).",
     )
-    seed: int = 42
+    seed: int = Field(42, description="Seeds the adapter's initial weights and the example order.")
 
 
 class OpenAIFinetuneSettings(_Section):
@@ -142,7 +144,9 @@ class OpenAIFinetuneSettings(_Section):
 
 
 class FinetuneSettings(_Section):
-    backend: Literal["local_lora", "openai"] = "local_lora"
+    backend: Literal["local_lora", "openai"] = Field(
+        "local_lora", description="local_lora: LoRA on the bundled model, on this machine; openai: OpenAI jobs."
+    )
     completion_stop: str = Field(" END", min_length=1, description="Ends every completion; the stop sequence.")
     answer_temperature: float = Field(0.2, ge=0, le=2, description="Sampling temperature of fine-tuned answers.")
     answer_max_tokens: int = Field(256, ge=1, le=8192, description="Longest fine-tuned answer, in tokens.")
@@ -171,9 +175,9 @@ class FinetuneSettings(_Section):
         description="System message of the chat-format examples.",
     )
     max_example_tokens: int = Field(4096, ge=64, description="Longer training examples fail the file check.")
-    sweep: SweepSettings = Field(default_factory=SweepSettings)
-    local: LocalFinetuneSettings = Field(default_factory=LocalFinetuneSettings)
-    openai: OpenAIFinetuneSettings = Field(default_factory=OpenAIFinetuneSettings)
+    sweep: SweepSettings = Field(default_factory=SweepSettings, description="The fine-tuning jobs to run.")
+    local: LocalFinetuneSettings = Field(default_factory=LocalFinetuneSettings, description="The local_lora trainer.")
+    openai: OpenAIFinetuneSettings = Field(default_factory=OpenAIFinetuneSettings, description="OpenAI fine-tuning.")
 
     def sweep_points(self) -> list[SweepPoint]:
         """Every sweep point, in a stable order (the grid's, then `sweep.points`); their keys are the

@@ -43,14 +43,16 @@ class ChatModelSettings(_Section):
     requests_per_minute: int = Field(0, ge=0, description="Client-side request limit; 0 means none.")
     tokens_per_minute: int = Field(0, ge=0, description="Client-side token limit; 0 means none.")
     max_retries: int = Field(5, ge=0, le=20, description="Retries on 429, 5xx and timeouts.")
-    timeout_s: float = Field(120.0, gt=0, le=3600)
+    timeout_s: float = Field(120.0, gt=0, le=3600, description="Seconds to wait for one call.")
 
 
 class EmbeddingModelSettings(_Section):
-    provider: Literal["sentence_transformers", "openai"] = "sentence_transformers"
-    model: str = Field("all-MiniLM-L6-v2", min_length=1)
-    base_url: str = ""
-    api_key_env: str = Field("OPENAI_API_KEY", min_length=1)
+    provider: Literal["sentence_transformers", "openai"] = Field(
+        "sentence_transformers", description="sentence_transformers: a local model; openai: an embeddings API."
+    )
+    model: str = Field("all-MiniLM-L6-v2", min_length=1, description="The embedding model's name.")
+    base_url: str = Field("", description="openai: the endpoint; empty means OPENAI_BASE_URL or OpenAI itself.")
+    api_key_env: str = Field("OPENAI_API_KEY", min_length=1, description="Environment variable holding the key.")
     backend: Literal["torch", "onnx", "onnx_int8"] = Field(
         "onnx_int8",
         description="sentence_transformers: what runs the model. torch: PyTorch (sentence-transformers' encode); "
@@ -58,7 +60,7 @@ class EmbeddingModelSettings(_Section):
         "int8 per channel (about twice PyTorch's speed on 2 cores, cosine ~0.99 with its vectors, the same "
         "retrieval on the golden questions: bench/results.md sections 3 and 10).",
     )
-    batch_size: int = Field(32, ge=1, le=2048)
+    batch_size: int = Field(32, ge=1, le=2048, description="Windows embedded per call.")
     window_tokens: int = Field(
         128,
         ge=16,
@@ -77,8 +79,10 @@ class Price(_Section):
 
 
 class ModelsSettings(_Section):
-    chat: ChatModelSettings = Field(default_factory=ChatModelSettings)
-    embedding: EmbeddingModelSettings = Field(default_factory=EmbeddingModelSettings)
+    chat: ChatModelSettings = Field(default_factory=ChatModelSettings, description="Answers and question writing.")
+    embedding: EmbeddingModelSettings = Field(
+        default_factory=EmbeddingModelSettings, description="Vectors for retrieval and the quality gates."
+    )
     judge: ChatModelSettings = Field(
         default_factory=ChatModelSettings, description="The evaluation's LLM judge (same keys as chat)."
     )

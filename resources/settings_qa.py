@@ -34,8 +34,8 @@ def resolve_qa_prompt(prompt: str) -> str:
 
 
 class FewShotExample(_Section):
-    passage: str = Field(min_length=1)
-    question: str = Field(min_length=1)
+    passage: str = Field(min_length=1, description="An example passage.")
+    question: str = Field(min_length=1, description="The question written for it.")
 
 
 # Shown to the question writer as earlier turns of the conversation (about someone else than the site's person,
@@ -61,7 +61,7 @@ DEFAULT_QA_FEW_SHOT = [
 
 class QaSettings(_Section):
     chunk_tokens: int = Field(250, ge=20, le=4000, description="Passage chunk size in cl100k_base tokens.")
-    overlap_tokens: int = Field(0, ge=0)
+    overlap_tokens: int = Field(0, ge=0, description="Tokens shared by neighbouring passage chunks.")
     min_tokens: int = Field(20, ge=0, description="Chunks shorter than this (in tokens) are not worth a question.")
     drop_patterns: list[str] = Field(
         default_factory=lambda: [r"(?im)^\s*related (posts|articles)\b", r"(?im)^\s*(leave a comment|share this)\b"],
@@ -111,17 +111,17 @@ class QaSettings(_Section):
         "all). The default keeps `make run` within minutes on 2 cores; use 0 for a real bot.",
     )
     questions_per_chunk: int = Field(2, ge=1, le=10, description="Distinct questions written per passage.")
-    max_question_chars: int = Field(300, ge=20, le=5000)
-    temperature: float = Field(0.7, ge=0, le=2)
-    max_tokens: int = Field(48, ge=4, le=512)
+    max_question_chars: int = Field(300, ge=20, le=5000, description="Longer questions are rejected.")
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of the question writer.")
+    max_tokens: int = Field(48, ge=4, le=512, description="Longest question, in tokens.")
     split: Literal["by_question", "by_page", "none"] = Field(
         "by_question",
         description="by_question: one question per passage trains, another is held out; by_page: whole pages held "
         "out; none: the original protocol, tested on its own training questions (leaky).",
     )
-    train_fraction: float = Field(0.8, gt=0, le=1)
-    validation_fraction: float = Field(0.1, ge=0, lt=1)
-    seed: int = 42
+    train_fraction: float = Field(0.8, gt=0, le=1, description="Share of questions (or pages) that train.")
+    validation_fraction: float = Field(0.1, ge=0, lt=1, description="Share held out for validation loss.")
+    seed: int = Field(42, description="Seeds the passage sample, the question writer and the split.")
 
     @field_validator("drop_patterns")
     @classmethod
