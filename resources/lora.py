@@ -37,9 +37,9 @@ from mebot.resources.offline import hub_offline
 from mebot.resources.settings import LocalFinetuneSettings, SweepPoint
 
 LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
-# torch's CPU threads spin-wait for each other like llama.cpp's: with every core in use, one busy process
-# elsewhere (another partition's run, the UI) made a step 12x slower here (38 s vs 3.2 s on 2 cores). So, like
-# the chat client, training leaves a core for everything else unless told otherwise.
+# torch's CPU threads spin-wait for each other like llama.cpp's, so one busy process elsewhere (another
+# partition's run, the UI) slows every step when all cores train: like the chat client, training leaves a core
+# for everything else unless told otherwise (resources/cpu_share.py).
 IGNORE_INDEX = -100
 GGUF_ARCH = "llama"
 
@@ -250,6 +250,117 @@ def train_lora(
         torch.set_num_threads(previous_threads)
 
 
+@dataclass
+class _TrainingRun:
+    """The state of one training run: the model, its optimizer and schedule, and what it has measured so far."""
+
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    learning_rate: float
+    steps_per_epoch: int
+    total_steps: int
+    train_losses: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=list)
+    train_tokens: int = 0
+    train_seconds: float = 0.0
+    step: int = 0
+
+
+def _usable_examples(
+    tokenizer: Any, conversations: list[list[dict]], max_tokens: int
+) -> tuple[list[EncodedExample], int]:
+    """The encoded examples that keep some of their answer after truncation, and how many were truncated."""
+    encoded = [encode_example(tokenizer, m, max_tokens) for m in conversations]
+    # An example whose answer was cut away entirely has nothing to learn from.
+    usable = [e for e in encoded if any(label != IGNORE_INDEX for label in e.labels[1:])]
+    return usable, sum(e.truncated for e in encoded)
+
+
+def _start_run(base: BaseModel, point: SweepPoint, local: LocalFinetuneSettings, n_train: int) -> _TrainingRun:
+    """A LoRA copy of the base model with its AdamW optimizer and linear decay to zero over the run's steps."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    # bfloat16: the frozen base weights in bf16, the LoRA weights (peft's default) and the optimizer in float32
+    # (torch.autocast on CPU is far slower).
+    work_model = copy.deepcopy(base.model)
+    if local.dtype == "bfloat16":
+        work_model = work_model.to(torch.bfloat16)
+    lora = LoraConfig(
+        r=point.lora_r,
+        lora_alpha=point.lora_alpha,
+        target_modules=LORA_TARGET_MODULES,
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(work_model, lora)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    learning_rate = local.base_lr * point.learning_rate_multiplier
+    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0)
+    steps_per_epoch = math.ceil(n_train / point.batch_size)
+    total_steps = steps_per_epoch * point.n_epochs
+    if local.max_steps:
+        total_steps = min(total_steps, local.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total_steps))
+    return _TrainingRun(model, optimizer, scheduler, learning_rate, steps_per_epoch, total_steps)
+
+
+def _optimizer_step(
+    run: _TrainingRun,
+    batch: list[EncodedExample],
+    pad_id: int,
+    epoch: int,
+    point: SweepPoint,
+    local: LocalFinetuneSettings,
+) -> dict[str, Any]:
+    """One optimizer step on `batch`; its log event. Raises TrainingDiverged on a NaN or infinite loss."""
+    step_started = time.perf_counter()
+    loss, n_answer = _batch_loss(run.model, batch, pad_id)
+    value = loss.detach().item()
+    if not math.isfinite(value):
+        raise TrainingDiverged(
+            f"sweep point {point.key}: training loss became {value} at step {run.step + 1} of {run.total_steps} "
+            f"(epoch {epoch}, learning rate {run.learning_rate:g} = finetune.local.base_lr "
+            f"{local.base_lr:g} x multiplier {point.learning_rate_multiplier:g}); lower the learning rate"
+        )
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.scheduler.step()
+    run.step += 1
+    seconds = time.perf_counter() - step_started
+    run.train_seconds += seconds
+    run.train_losses.append(value)
+    run.train_tokens += sum(len(e.input_ids) for e in batch)
+    return {
+        "event": "step",
+        "step": run.step,
+        "total_steps": run.total_steps,
+        "epoch": epoch,
+        "loss": value,
+        "answer_tokens": n_answer,
+        "seconds": seconds,
+    }
+
+
+def _validate(
+    run: _TrainingRun, val_set: list[EncodedExample], batch_size: int, pad_id: int, point_key: str, epoch: int
+) -> dict[str, Any]:
+    """The validation loss after the run's current step, recorded; its log event."""
+    val = _validation_loss(run.model, val_set, batch_size, pad_id)
+    if val_set and not math.isfinite(val):
+        raise TrainingDiverged(
+            f"sweep point {point_key}: validation loss became {val} after step {run.step} (epoch {epoch})"
+        )
+    run.val_losses.append(val)
+    run.val_steps.append(run.step)
+    return {"event": "validation", "step": run.step, "epoch": epoch, "val_loss": val}
+
+
 def _train(
     examples: list[list[dict]],
     validation: list[list[dict]],
@@ -262,18 +373,11 @@ def _train(
 ) -> TrainingResult:
     hub_offline()
     import torch
-    from peft import LoraConfig, get_peft_model
 
-    tokenizer = base.tokenizer
-    pad_id = int(tokenizer.pad_token_id)
+    pad_id = int(base.tokenizer.pad_token_id)
     log = on_log or (lambda _event: None)
-
-    train_set = [encode_example(tokenizer, m, local.max_seq_tokens) for m in examples]
-    val_set = [encode_example(tokenizer, m, local.max_seq_tokens) for m in validation]
-    truncated = sum(e.truncated for e in train_set + val_set)
-    # An example whose answer was cut away entirely has nothing to learn from.
-    train_set = [e for e in train_set if any(label != IGNORE_INDEX for label in e.labels[1:])]
-    val_set = [e for e in val_set if any(label != IGNORE_INDEX for label in e.labels[1:])]
+    train_set, truncated_train = _usable_examples(base.tokenizer, examples, local.max_seq_tokens)
+    val_set, truncated_val = _usable_examples(base.tokenizer, validation, local.max_seq_tokens)
     if not train_set:
         raise ValueError(
             f"sweep point {point.key}: every training example's answer lies beyond "
@@ -282,112 +386,46 @@ def _train(
 
     torch.manual_seed(local.seed)
     rng = random.Random(local.seed)
-    # bfloat16: the frozen base weights in bf16, the LoRA weights (peft's default) and the optimizer in float32.
-    # (torch.autocast on CPU was 20x slower here.)
-    work_model = copy.deepcopy(base.model)
-    if local.dtype == "bfloat16":
-        work_model = work_model.to(torch.bfloat16)
-    model = get_peft_model(
-        work_model,
-        LoraConfig(
-            r=point.lora_r,
-            lora_alpha=point.lora_alpha,
-            target_modules=LORA_TARGET_MODULES,
-            lora_dropout=0.0,
-            bias="none",
-            task_type="CAUSAL_LM",
-        ),
-    )
-    model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    learning_rate = local.base_lr * point.learning_rate_multiplier
-    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0)
-    steps_per_epoch = math.ceil(len(train_set) / point.batch_size)
-    total_steps = steps_per_epoch * point.n_epochs
-    if local.max_steps:
-        total_steps = min(total_steps, local.max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total_steps))
-
-    train_losses: list[float] = []
-    val_losses: list[float] = []
-    val_steps: list[int] = []
-    train_tokens = 0
-    train_seconds = 0.0
+    run = _start_run(base, point, local, len(train_set))
     started = time.perf_counter()
-    step = 0
     for epoch in range(1, point.n_epochs + 1):
         order = list(range(len(train_set)))
         rng.shuffle(order)
         for start in range(0, len(order), point.batch_size):
-            if step >= total_steps:
+            if run.step >= run.total_steps:
                 break
-            batch = [train_set[i] for i in order[start : start + point.batch_size]]
             torch.set_num_threads(resolve_threads(configured_threads))
-            step_started = time.perf_counter()
-            loss, n_answer = _batch_loss(model, batch, pad_id)
-            value = loss.detach().item()
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"sweep point {point.key}: training loss became {value} at step {step + 1} of {total_steps} "
-                    f"(epoch {epoch}, learning rate {learning_rate:g} = finetune.local.base_lr "
-                    f"{local.base_lr:g} x multiplier {point.learning_rate_multiplier:g}); lower the learning rate"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            seconds = time.perf_counter() - step_started
-            train_seconds += seconds
-            train_losses.append(value)
-            train_tokens += sum(len(e.input_ids) for e in batch)
-            log(
-                {
-                    "event": "step",
-                    "step": step,
-                    "total_steps": total_steps,
-                    "epoch": epoch,
-                    "loss": value,
-                    "answer_tokens": n_answer,
-                    "seconds": seconds,
-                }
-            )
-        val = _validation_loss(model, val_set, point.batch_size, pad_id)
-        if val_set and not math.isfinite(val):
-            raise TrainingDiverged(
-                f"sweep point {point.key}: validation loss became {val} after step {step} (epoch {epoch})"
-            )
-        val_losses.append(val)
-        val_steps.append(step)
-        log({"event": "validation", "step": step, "epoch": epoch, "val_loss": val})
-        if step >= total_steps:
+            batch = [train_set[i] for i in order[start : start + point.batch_size]]
+            log(_optimizer_step(run, batch, pad_id, epoch, point, local))
+        log(_validate(run, val_set, point.batch_size, pad_id, point.key, epoch))
+        if run.step >= run.total_steps:
             break
-    model.eval()
+    run.model.eval()
 
     result = TrainingResult(
         point_key=point.key,
-        learning_rate=learning_rate,
-        train_losses=train_losses,
-        val_losses=val_losses,
-        val_steps=val_steps,
-        steps=step,
-        epochs_completed=round(step / steps_per_epoch, 3),
-        stopped_by_max_steps=step < steps_per_epoch * point.n_epochs,
+        learning_rate=run.learning_rate,
+        train_losses=run.train_losses,
+        val_losses=run.val_losses,
+        val_steps=run.val_steps,
+        steps=run.step,
+        epochs_completed=round(run.step / run.steps_per_epoch, 3),
+        stopped_by_max_steps=run.step < run.steps_per_epoch * point.n_epochs,
         seconds=time.perf_counter() - started,
-        train_seconds=train_seconds,
+        train_seconds=run.train_seconds,
         n_train=len(train_set),
         n_validation=len(val_set),
-        train_tokens=train_tokens,
-        truncated_examples=truncated,
+        train_tokens=run.train_tokens,
+        truncated_examples=truncated_train + truncated_val,
         dtype=local.dtype,
         threads=torch.get_num_threads(),  # the last step's
         base_model=base.identity,
-        peft_model=model,
+        peft_model=run.model,
     )
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(str(out_dir / PEFT_ADAPTER_DIR), save_embedding_layers=False)
+        run.model.save_pretrained(str(out_dir / PEFT_ADAPTER_DIR), save_embedding_layers=False)
         write_atomically(out_dir / TRAINING_LOG_FILE, json.dumps(result.log_dict(), indent=2))
     return result
 

@@ -170,6 +170,60 @@ class ChatClient(ABC):
         one piece). It is not part of the cache key, and an exception it raises stops the generation. A provider
         finds it in `params["on_token"]` (never in the key)."""
         started = time.perf_counter()
+        params = self._call_params(
+            messages,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+            stop=stop,
+            seed=seed,
+            grammar=grammar,
+            response_format=response_format,
+            repeat_penalty=repeat_penalty,
+            repeat_last_n=repeat_last_n,
+            frequency_penalty=frequency_penalty,
+            logit_bias=logit_bias,
+            prompt_prefix=prompt_prefix,
+        )
+        key = None
+        if self.cache is not None:
+            # The key's inputs are a contract with every existing cache file: change none of them.
+            key = LlmCache.key(self.chat.provider, self.identity, params, messages)
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.usage.record(cache_hit=True)
+                cached = result_from_cache(hit, time.perf_counter() - started)
+                if on_token is not None and cached.text:
+                    on_token(cached.text)
+                return cached
+        result, cost = self._priced_generation(messages, params, on_token)
+        result.latency_s = time.perf_counter() - started
+        if self.cache is not None and key is not None:
+            self.cache.put(key, result_to_cache(result, cost))
+        if self.budget_scope is not None and self.cache is not None and cost > 0:
+            self.cache.record_spend(self.budget_scope, cost)
+        return result
+
+    def _call_params(
+        self,
+        messages: list[dict],
+        *,
+        temperature: float,
+        max_tokens: int,
+        logprobs: bool,
+        top_logprobs: int,
+        stop: list[str] | None,
+        seed: int | None,
+        grammar: str | None,
+        response_format: dict | None,
+        repeat_penalty: float | None,
+        repeat_last_n: int | None,
+        frequency_penalty: float | None,
+        logit_bias: dict[str | int, float] | None,
+        prompt_prefix: str | None,
+    ) -> dict[str, Any]:
+        """The call's parameters as the provider and the cache key see them; a malformed call is refused."""
         if not messages or not all(isinstance(m, dict) and "role" in m for m in messages):
             raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
         if grammar is not None and response_format is not None:
@@ -183,35 +237,26 @@ class ChatClient(ABC):
             "seed": seed,
         }
         # Only when set: a call without them keeps the key it always had (see test_cache_keys_...).
-        if grammar is not None:
-            params["grammar"] = str(grammar)
-        if response_format is not None:
-            params["response_format"] = response_format
-        if repeat_penalty is not None:
-            params["repeat_penalty"] = float(repeat_penalty)
-        if repeat_last_n is not None:
-            params["repeat_last_n"] = int(repeat_last_n)
-        if frequency_penalty is not None:
-            params["frequency_penalty"] = float(frequency_penalty)
-        if logit_bias:
-            params["logit_bias"] = {str(token): float(bias) for token, bias in logit_bias.items()}
+        optional = {
+            "grammar": None if grammar is None else str(grammar),
+            "response_format": response_format,
+            "repeat_penalty": None if repeat_penalty is None else float(repeat_penalty),
+            "repeat_last_n": None if repeat_last_n is None else int(repeat_last_n),
+            "frequency_penalty": None if frequency_penalty is None else float(frequency_penalty),
+            "logit_bias": {str(t): float(b) for t, b in logit_bias.items()} if logit_bias else None,
+        }
+        params.update({name: value for name, value in optional.items() if value is not None})
         if prompt_prefix and self.reuses_prompt_prefix:
             last = messages[-1].get("content")
             if not isinstance(last, str) or not last.startswith(prompt_prefix):
                 raise ValueError(f"prompt_prefix {prompt_prefix[:40]!r}… is not how the last message starts")
             params["prompt_prefix"] = prompt_prefix  # evaluated in two pieces: another answer, another key
-        key = None
-        if self.cache is not None:
-            # The key's inputs are a contract with every existing cache file: change none of them.
-            key = LlmCache.key(self.chat.provider, self.identity, params, messages)
-            hit = self.cache.get(key)
-            if hit is not None:
-                self.usage.record(cache_hit=True)
-                cached = result_from_cache(hit, time.perf_counter() - started)
-                if on_token is not None and cached.text:
-                    on_token(cached.text)
-                return cached
+        return params
 
+    def _priced_generation(
+        self, messages: list[dict], params: dict[str, Any], on_token: Callable[[str], None] | None
+    ) -> tuple[ChatResult, float]:
+        """Generate under the budget: the estimate is reserved first and becomes the actual cost after."""
         price = self._price()
         prompt_estimate = self._prompt_estimate(messages)
         estimate_usd = cost_usd(price, prompt_estimate, params["max_tokens"])
@@ -233,7 +278,6 @@ class ChatClient(ABC):
                 self._reserved_usd -= estimate_usd
             raise
         cost = cost_usd(price, result.prompt_tokens, result.completion_tokens)
-        result.latency_s = time.perf_counter() - started
         with self._budget_lock:  # the estimate becomes the actual cost in one step for concurrent callers
             self._reserved_usd -= estimate_usd
             self.usage.record(
@@ -242,11 +286,7 @@ class ChatClient(ABC):
                 completion_tokens=result.completion_tokens,
                 cost_usd=cost,
             )
-        if self.cache is not None and key is not None:
-            self.cache.put(key, result_to_cache(result, cost))
-        if self.budget_scope is not None and self.cache is not None and cost > 0:
-            self.cache.record_spend(self.budget_scope, cost)
-        return result
+        return result, cost
 
     def complete_batch(
         self,
