@@ -14,7 +14,10 @@ from urllib.parse import urlsplit
 
 import dagster as dg
 
+from mebot.resources.network_scope import is_public_address, resolve_host
 from mebot.resources.settings import PROJECT_ROOT, SiteSettings
+
+Resolver = Callable[[str], list[str]]
 
 
 class CrawlProcessError(RuntimeError):
@@ -33,9 +36,26 @@ class CrawlRecords:
         return [r for r in self.records if r["kind"] == kind]
 
 
-def crawl_job(site: SiteSettings, start_urls: list[str]) -> dict[str, Any]:
+def start_urls_are_public(start_urls: list[str], resolve: Resolver = resolve_host) -> bool:
+    """Whether every start URL's host resolves to public addresses only (an unresolvable host counts as public:
+    its crawl fails on its own)."""
+    for url in start_urls:
+        try:
+            addresses = resolve(urlsplit(url).hostname or "")
+        except (OSError, UnicodeError):
+            continue
+        if any(not is_public_address(address) for address in addresses):
+            return False
+    return True
+
+
+def crawl_job(site: SiteSettings, start_urls: list[str], resolve: Resolver = resolve_host) -> dict[str, Any]:
+    """The spider's instructions. Non-public addresses are refused when the start URLs are public hosts, unless
+    `site.allow_private_addresses`: a site on loopback or an intranet is crawled where it is."""
     allowed = site.allowed_domains or sorted({urlsplit(u).hostname or "" for u in start_urls})
     return {
+        "refuse_private_addresses": not site.allow_private_addresses and start_urls_are_public(start_urls, resolve),
+        "start_origins": sorted({f"{urlsplit(u).scheme}://{urlsplit(u).netloc}".lower() for u in start_urls}),
         "start_urls": start_urls,
         "allowed_domains": [d.lower() for d in allowed],
         "allow": site.allow,
@@ -55,11 +75,16 @@ class ScrapyCrawler(dg.ConfigurableResource):
     python_executable: str = sys.executable
 
     def crawl(
-        self, site: SiteSettings, start_urls: list[str], on_progress: Callable[[str], None] = print
+        self,
+        site: SiteSettings,
+        start_urls: list[str],
+        on_progress: Callable[[str], None] = print,
+        resolve: Resolver = resolve_host,
     ) -> CrawlRecords:
+        """`resolve` (host -> addresses) decides whether the start URLs are public hosts (see `crawl_job`)."""
         with tempfile.TemporaryDirectory(prefix="mebot-crawl-") as tmp:
             job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "records.jsonl"
-            job_path.write_text(json.dumps(crawl_job(site, start_urls)), encoding="utf-8")
+            job_path.write_text(json.dumps(crawl_job(site, start_urls, resolve)), encoding="utf-8")
             finish_reason = self._run(job_path, out_path, on_progress)
             records = [json.loads(line) for line in out_path.read_text(encoding="utf-8").splitlines() if line]
         return CrawlRecords(start_urls=start_urls, records=records, finish_reason=finish_reason)

@@ -6,6 +6,12 @@ when it has one), per skipped link (with the reason) and per robots.txt. Turning
 which pages are listings or ask not to be indexed, is the pipeline's job (assets/ingest/crawl.py). The spider
 only honours `nofollow` (robots meta tag or X-Robots-Tag for every robot or ours): it follows no link of such a page.
 
+Only the web is crawled: Scrapy's file, ftp, s3 and data download handlers are off, and a link of any scheme but
+http(s) is recorded as skipped (reason `scheme`), never requested. With `refuse_private_addresses` (the start
+URLs are public hosts), a request whose host resolves to a loopback, private, link-local, cloud-metadata or other
+non-global address is refused before it is sent, redirects included (reason `private_address`); the start URLs'
+own origins are always allowed.
+
 Progress goes to stdout as `PROGRESS {json}` lines, which the parent relays to the Dagster log.
 """
 
@@ -30,6 +36,7 @@ from scrapy.exceptions import (
     DownloadConnectionRefusedError,
     DownloadTimeoutError,
     IgnoreRequest,
+    NotSupported,
 )
 from scrapy.http import Response, TextResponse
 from scrapy.linkextractors import IGNORED_EXTENSIONS, LinkExtractor
@@ -40,7 +47,36 @@ from twisted.internet.error import (
     TimeoutError,
 )
 
+from mebot.resources.network_scope import PRIVATE_ADDRESS, NetworkScope, is_web_url
+
 _NON_HTML_EXTENSIONS = {f".{ext}" for ext in IGNORED_EXTENSIONS}
+MAX_RECORDED_URL_CHARS = 300
+
+
+def recorded_url(url: str) -> str:
+    """A skipped link as recorded: a data: URL carries content, not an address, so only its scheme is kept."""
+    if urlsplit(url).scheme.lower() == "data":
+        return "data:"
+    return url[:MAX_RECORDED_URL_CHARS]
+
+
+class NetworkScopeMiddleware:
+    """Downloader middleware: every request, a redirect's included, passes `NetworkScope` before it is sent."""
+
+    def __init__(self, scope: NetworkScope | None):
+        self.scope = scope
+
+    @classmethod
+    def from_crawler(cls, crawler: Any) -> NetworkScopeMiddleware:
+        job = crawler.settings.getdict("MEBOT_JOB")
+        refuse = job.get("refuse_private_addresses", False)
+        return cls(NetworkScope(job.get("start_origins", [])) if refuse else None)
+
+    def process_request(self, request: scrapy.Request, spider: scrapy.Spider | None = None) -> None:
+        if not is_web_url(request.url):
+            raise IgnoreRequest(f"scheme: {urlsplit(request.url).scheme!r} is not http(s)")
+        if self.scope is not None and (refusal := self.scope.refusal(request.url)):
+            raise IgnoreRequest(refusal)
 
 
 def _now() -> str:
@@ -73,7 +109,11 @@ def failure_reason(failure: Any) -> str:
     """A short, stable reason for a request that produced no response."""
     error = failure.value
     text = str(error)
+    if isinstance(error, NotSupported) or (isinstance(error, IgnoreRequest) and text.startswith("scheme:")):
+        return "scheme"
     if isinstance(error, IgnoreRequest):
+        if text.startswith(PRIVATE_ADDRESS):
+            return PRIVATE_ADDRESS
         if "robots.txt" in text:
             return "robots_txt"
         if "redirect" in text.lower():
@@ -145,6 +185,9 @@ class SiteSpider(scrapy.Spider):
             "fetched_at": _now(),
             "start": bool(response.meta.get("start")),
         }
+        if not is_web_url(response.url):
+            self.write({**record, "kind": "skipped", "reason": "scheme", "url": recorded_url(response.url)})
+            return
         if not response.meta.get("start") and not self._matches_patterns(response.url):
             # reached through a redirect from an allowed URL; the patterns apply to where it landed
             self.write({**record, "kind": "skipped", "reason": "denied_after_redirect"})
@@ -165,8 +208,14 @@ class SiteSpider(scrapy.Spider):
         meta_robots = response.xpath("//meta[translate(@name, 'ROBTS', 'robts') = 'robots']/@content").getall()
         if robots_nofollow(meta_robots, x_robots, self.job["user_agent"]):
             return  # the page asks robots not to follow its links
+        for href in response.xpath("//a/@href | //area/@href").getall():
+            url = response.urljoin(href.strip())
+            if not is_web_url(url):
+                self._skip(recorded_url(url), "scheme", response.url)
         for link in self._links.extract_links(response):
             url = link.url
+            if not is_web_url(url):
+                continue  # counted above
             if not self._is_allowed_domain(url):
                 self._skip(url, "off_site", response.url)
             elif _extension(url) in _NON_HTML_EXTENSIONS:
@@ -194,7 +243,7 @@ class SiteSpider(scrapy.Spider):
     def on_error(self, failure: Any) -> None:
         request = failure.request
         reason = failure_reason(failure)
-        kind = "skipped" if reason in ("robots_txt", "too_large") else "error"
+        kind = "skipped" if reason in ("robots_txt", "too_large", "scheme", PRIVATE_ADDRESS) else "error"
         self.write(
             {
                 "kind": kind,
@@ -257,6 +306,11 @@ def scrapy_settings(job: dict[str, Any]) -> dict[str, Any]:
         "TELNETCONSOLE_ENABLED": False,
         "LOG_LEVEL": "ERROR",
         "REQUEST_FINGERPRINTER_IMPLEMENTATION": "2.7",
+        # only the web: no local files, FTP, S3 buckets or data: URLs, whatever a page links to
+        "DOWNLOAD_HANDLERS": {"file": None, "ftp": None, "s3": None, "data": None},
+        # before every other downloader middleware (robots.txt included), and again for each redirect
+        "DOWNLOADER_MIDDLEWARES": {"mebot.resources.scrapy_crawl.NetworkScopeMiddleware": 1},
+        "MEBOT_JOB": {k: job.get(k) for k in ("refuse_private_addresses", "start_origins")},
     }
 
 

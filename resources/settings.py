@@ -56,6 +56,12 @@ class SiteSettings(_Section):
     allowed_domains: list[str] = Field(
         default_factory=list, description="Domains the crawl may visit. Empty: the hosts of start_urls."
     )
+    allow_private_addresses: bool = Field(
+        False,
+        description="Let a crawl that starts at public hosts reach loopback, private and link-local addresses "
+        "(through links or redirects). Off: such requests are refused and counted as `private_address`. A site "
+        "whose start URL is itself on loopback or a private network is crawled either way.",
+    )
     allow: list[str] = Field(default_factory=list, description="Regexes; when given, only matching links are followed.")
     deny: list[str] = Field(default_factory=list, description="Regexes; matching links are never followed.")
     index_only: list[str] = Field(
@@ -158,12 +164,12 @@ class RagSettings(_Section):
     retrieval: Literal["hybrid", "dense"] = Field(
         "hybrid",
         description="How chunks are ranked: hybrid = BM25 and the vector index fused by reciprocal rank (names and "
-        "numbers); dense = the vector index alone (the original).",
+        "numbers); dense = the vector index alone.",
     )
     context: Literal["sentences", "chunks"] = Field(
         "sentences",
         description="What the prompt gets: sentences = the best sentences of the retrieved chunks with their "
-        "neighbours, labelled by page (small models); chunks = the whole retrieved chunks (the original).",
+        "neighbours, labelled by page (small models); chunks = the whole retrieved chunks (large models).",
     )
     context_sentences: int = Field(1, ge=1, le=100, description="sentences: how many best sentences to take.")
     context_neighbours: int = Field(
@@ -183,14 +189,13 @@ class RagSettings(_Section):
         ge=-1,
         le=1,
         description="The extractive model declines when no top-3 sentence has at least this cosine similarity "
-        "with the question (0.35: 5 of 6 unanswerable sample-site questions declined, no answerable one).",
+        "with the question (docs/rag.md).",
     )
     prompt: str = Field(DEFAULT_RAG_PROMPT, description="Template with {persona_name}, {context} and {question}.")
     first_person: bool = Field(
         False,
-        description="Tell the chat model, in a system message, to answer in the first person as persona.name (the "
-        "original author's deployed bot did, in its prompt). Measured on the golden questions with the bundled model: "
-        "fact accuracy 0.447 off, 0.395 on; unanswerable ones declined 0.50 off, 0.33 on.",
+        description="Tell the chat model, in a system message, to answer in the first person as persona.name (it "
+        "costs the bundled model fact accuracy and refusals on the golden questions: bench/results.md).",
     )
     temperature: float = Field(0.0, ge=0, le=2, description="0: greedy, the same answer every time.")
     max_tokens: int = Field(128, ge=1, le=8192, description="Longest answer, in tokens (the prompt asks < 100 words).")
@@ -252,7 +257,7 @@ class EvalSettings(_Section):
     judge_constrained: bool = Field(
         True,
         description="The judge can only answer with a score 0-10: a grammar on llama_cpp, a JSON schema (structured "
-        "outputs) on an OpenAI-compatible server. false: free text, as the original.",
+        "outputs) on an OpenAI-compatible server. false: free text.",
     )
     tie_epsilon: float = Field(0.5, ge=0, le=10, description="Judge scores closer than this are a tie (pairwise).")
     rouge_stemmer: bool = Field(True, description="Porter-stem words before ROUGE matching.")
@@ -297,6 +302,24 @@ class ServeSettings(_Section):
     max_query_chars: int = Field(1000, ge=10, le=100_000, description="Longer questions get HTTP 413.")
     rate_limit_per_minute: float = Field(60, gt=0, description="Requests per minute per client (token bucket).")
     rate_limit_burst: int = Field(10, ge=1, description="Requests a client may send at once before limiting.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks (e.g. 127.0.0.1, 10.0.0.0/8) of reverse proxies in front of the server: "
+        "only from these are X-Forwarded-For and Forwarded believed to name the client. Empty: the connecting "
+        "address is the client, whatever headers say.",
+    )
+    max_messages: int = Field(
+        50, ge=1, le=10_000, description="Messages a chat completion may carry; more get HTTP 413."
+    )
+    max_messages_chars: int = Field(
+        20_000, ge=100, le=1_000_000, description="Characters a chat completion's messages may hold in all (413)."
+    )
+    max_answers_per_client_per_day: int = Field(
+        0,
+        ge=0,
+        description="Generated answers one client may get per UTC day (HTTP 429 beyond); 0 = no cap. For a paid "
+        "chat provider, beside budget.max_usd: one visitor cannot spend the whole budget.",
+    )
     max_queued_generations: int = Field(8, ge=1, description="Waiting answers beyond this get HTTP 503.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API from a browser.")
     reload_check_s: float = Field(5.0, ge=0, description="How often to look for a newer materialized index.")
@@ -305,9 +328,22 @@ class ServeSettings(_Section):
     ] = Field(
         "golden_fact_accuracy",
         description="The leaderboard column (higher is better) that picks the fine-tuned model `finetune` names in "
-        "/api and /v1 (the original author picked by ROUGE; golden fact accuracy is checked against facts the "
-        "person wrote).",
+        "/api and /v1 (golden fact accuracy is checked against facts the person wrote).",
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, entries: list[str]) -> list[str]:
+        import ipaddress
+
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network; write it like '127.0.0.1' or '10.0.0.0/8'"
+                ) from None
+        return entries
 
 
 class BudgetSettings(_Section):

@@ -38,6 +38,7 @@ from mebot.assets.outputs import content_output
 from mebot.resources.crawler import CrawlRecords, ScrapyCrawler
 from mebot.resources.hashing import stable_hash
 from mebot.resources.local_site import LocalSite
+from mebot.resources.network_scope import is_web_url
 from mebot.resources.parquet_io import markdown_preview
 from mebot.resources.settings import SettingsResource, SiteSettings, reads_settings
 
@@ -195,12 +196,12 @@ def build_raw_pages(crawl: CrawlRecords, site: SiteSettings) -> tuple[pd.DataFra
     extracted: dict[int, tuple[str, ExtractedPage]] = {}  # record number -> (kept URL, page)
     known_urls: set[str] = set()
     for number, record in enumerate(crawl.records):
-        if record["kind"] != "page" or int(record["status"]) >= 400:
+        if record["kind"] != "page" or int(record["status"]) >= 400 or not is_web_url(record["url"]):
             continue
         page = extract_page(record["html"], site.content_selectors, site.drop_selectors)
         url = normalize_url(resolve_canonical(record["url"], page.canonical_href))
-        if urlsplit(url).netloc != urlsplit(normalize_url(record["url"])).netloc:
-            url = normalize_url(record["url"])  # a canonical link to another host is not trusted
+        if not is_web_url(url) or urlsplit(url).netloc != urlsplit(normalize_url(record["url"])).netloc:
+            url = normalize_url(record["url"])  # a canonical link to another host or scheme is not trusted
         extracted[number] = (url, page)
         known_urls |= {url, normalize_url(record["url"]), normalize_url(record.get("requested_url") or record["url"])}
     shapes: dict[str, PageShape] = {}
@@ -220,6 +221,9 @@ def build_raw_pages(crawl: CrawlRecords, site: SiteSettings) -> tuple[pd.DataFra
             summary.errors[record["reason"]] += 1
             continue
         if kind != "page":
+            continue
+        if not is_web_url(record["url"]):  # only the web is kept, whatever the crawl recorded
+            summary.skipped["scheme"] += 1
             continue
         status = int(record["status"])
         if status >= 400:
@@ -330,7 +334,7 @@ def robots_by_origin(crawl: CrawlRecords) -> dict[str, str]:
 @dg.asset(
     group_name="ingest",
     kinds={"scrapy", "parquet"},
-    code_version="2",
+    code_version="3",
     metadata=reads_settings("site"),
     check_specs=[
         dg.AssetCheckSpec("non_empty", asset="raw_pages", blocking=True, description="The crawl kept pages."),

@@ -117,6 +117,26 @@ def test_canonical_link_to_another_host_is_not_trusted() -> None:
     assert summary.pages == 2
 
 
+@pytest.mark.parametrize("canonical", ["file://site.test/etc/passwd", "ftp://site.test/a/", "javascript:alert(1)"])
+def test_canonical_link_of_another_scheme_is_ignored(canonical: str) -> None:
+    frame, summary = build_raw_pages(
+        records(page("http://site.test/a/", post("/a/", "Alpha", "Alpha text.", canonical=canonical))), SITE
+    )
+    assert frame["url"].tolist() == ["http://site.test/a/"]
+
+
+def test_a_recorded_page_of_another_scheme_is_never_kept() -> None:
+    frame, summary = build_raw_pages(
+        records(
+            page("http://site.test/a/", post("/a/", "Alpha", "Alpha text.")),
+            page("file://site.test/home/me/.env", "OPENAI_API_KEY=sk-secret"),
+        ),
+        SITE,
+    )
+    assert frame["url"].tolist() == ["http://site.test/a/"]
+    assert summary.skipped == {"scheme": 1}
+
+
 def test_relative_canonical_link_is_resolved_and_normalized() -> None:
     frame, _ = build_raw_pages(
         records(
