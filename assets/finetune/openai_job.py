@@ -2,16 +2,22 @@
 (`resources/openai_finetune.py`) on the chat-format train and validation files (the same bytes `finetune_dataset`
 wrote), resumed from its record on a rerun, cancelled with the run, guarded by the budget before it is created."""
 
-import json
-import math
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
 
 from mebot.assets.finetune.dataset import MIN_TRAIN_EXAMPLES, jsonl_lines, training_price_per_1m
-from mebot.assets.finetune.results import FINETUNED_MODEL_COLUMNS, PLOT_FILE, loss_plot_metadata, plot_curves
-from mebot.assets.outputs import versioned_output
+from mebot.assets.finetune.results import (
+    NAN,
+    PLOT_FILE,
+    FinetunedModel,
+    finetuned_output,
+    loss_fields,
+    loss_plot_metadata,
+    plot_curves,
+)
 from mebot.resources.hashing import stable_hash
 from mebot.resources.lora import ModelStore
 from mebot.resources.openai_finetune import (
@@ -112,87 +118,54 @@ def _openai_output(
     training_tokens: int,
 ) -> dg.Output[pd.DataFrame]:
     record = outcome.record
-    nan = float("nan")
     train, val = loss_series(outcome.metrics)
     steps = max([s for s, _ in train] + [c["step"] for c in outcome.checkpoints], default=0)
     created, finished = record.get("created_at"), record.get("finished_at")
-    seconds = float(finished - created) if created and finished else nan
+    seconds = float(finished - created) if created and finished else NAN
     files = record.get("files") or {}
-    row = {
-        "partition_key": key,
-        "backend": "openai",
-        "n_epochs": point.n_epochs,
-        "batch_size": point.batch_size,
-        "learning_rate_multiplier": point.learning_rate_multiplier,
-        "learning_rate": nan,  # OpenAI applies the multiplier to a base rate it does not publish
-        "lora_r": nan,
-        "lora_alpha": nan,
-        "max_seq_tokens": nan,
-        "max_steps": nan,
-        "dtype": "",
-        "adapter_path": "",
-        "adapter_sha256": "",
-        "train_loss_first": train[0][1] if train else nan,
-        "train_loss_final": train[-1][1] if train else nan,
-        "val_loss_first": val[0][1] if val else nan,
-        "val_loss_final": val[-1][1] if val else nan,
-        "train_losses_json": json.dumps([round(v, 5) for _, v in train]),
-        "val_losses_json": json.dumps([round(v, 5) for _, v in val]),
-        "steps": steps,
-        "epochs_completed": float(point.n_epochs),
-        "n_train": int((files.get("train") or {}).get("examples", 0)),
-        "n_validation": int((files.get("validation") or {}).get("examples", 0)),
-        "seconds": seconds,
-        "seconds_per_step": seconds / steps if steps else nan,
-        "base_model": record["base_model"],
-        "model_id": outcome.fine_tuned_model,
-        "job_id": outcome.job_id,
-    }
-    frame = pd.DataFrame([row], columns=FINETUNED_MODEL_COLUMNS)
+    row = FinetunedModel(
+        partition_key=key,
+        backend="openai",
+        n_epochs=point.n_epochs,
+        batch_size=point.batch_size,
+        learning_rate_multiplier=point.learning_rate_multiplier,
+        **loss_fields([v for _, v in train], [v for _, v in val]),
+        steps=steps,
+        epochs_completed=float(point.n_epochs),
+        n_train=int((files.get("train") or {}).get("examples", 0)),
+        n_validation=int((files.get("validation") or {}).get("examples", 0)),
+        seconds=seconds,
+        seconds_per_step=seconds / steps if steps else NAN,
+        base_model=record["base_model"],
+        model_id=outcome.fine_tuned_model,
+        job_id=outcome.job_id,
+    )
     context.log.info(
         f"{key}: job {outcome.job_id} succeeded: model {outcome.fine_tuned_model}, {steps} steps, "
         f"{record.get('trained_tokens')} trained tokens" + (f", final train loss {train[-1][1]:.4f}" if train else "")
     )
-    metadata: dict[str, dg.MetadataValue] = {
-        "backend": dg.MetadataValue.text("openai"),
-        "base_model": dg.MetadataValue.text(record["base_model"]),
-        "model_id": dg.MetadataValue.text(outcome.fine_tuned_model),
-        "job_id": dg.MetadataValue.text(outcome.job_id),
-        "status": dg.MetadataValue.text(record["status"]),
-        "resumed": dg.MetadataValue.bool(outcome.resumed),
-        "hyperparameters": dg.MetadataValue.json(
-            {**record["point"], "seed": record["seed"], "suffix": record["suffix"]}
-        ),
-        "training_files": dg.MetadataValue.json({split: entry["id"] for split, entry in files.items()}),
-        "training_tokens": dg.MetadataValue.int(training_tokens),
-        "estimated_billed_tokens": dg.MetadataValue.int(int(record.get("estimated_training_tokens") or 0)),
-        "steps": dg.MetadataValue.int(steps),
-        "events_received": dg.MetadataValue.int(len(outcome.events)),
-        "job_record": dg.MetadataValue.path(str(outcome.record_path)),
+    metadata: dict[str, Any] = {
+        "model_id": outcome.fine_tuned_model,
+        "job_id": outcome.job_id,
+        "status": record["status"],
+        "resumed": outcome.resumed,
+        "hyperparameters": {**record["point"], "seed": record["seed"], "suffix": record["suffix"]},
+        "training_files": {split: entry["id"] for split, entry in files.items()},
+        "training_tokens": training_tokens,
+        "estimated_billed_tokens": int(record.get("estimated_training_tokens") or 0),
+        "events_received": len(outcome.events),
+        "job_record": outcome.record_path,
     }
     if record.get("trained_tokens") is not None:
-        metadata["trained_tokens"] = dg.MetadataValue.int(int(record["trained_tokens"]))
+        metadata["trained_tokens"] = int(record["trained_tokens"])
     if record.get("estimated_cost_usd") is not None:
-        metadata["estimated_cost_usd"] = dg.MetadataValue.float(round(float(record["estimated_cost_usd"]), 4))
+        metadata["estimated_cost_usd"] = round(float(record["estimated_cost_usd"]), 4)
     if outcome.checkpoints:
-        metadata["checkpoints"] = dg.MetadataValue.md(
-            markdown_preview(pd.DataFrame(outcome.checkpoints).drop(columns=["id"]), rows=len(outcome.checkpoints))
-        )
+        checkpoints = pd.DataFrame(outcome.checkpoints).drop(columns=["id"])
+        metadata["checkpoints"] = dg.MetadataValue.md(markdown_preview(checkpoints, rows=len(outcome.checkpoints)))
     if train:
-        metadata["train_loss_first"] = dg.MetadataValue.float(train[0][1])
-        metadata["train_loss_final"] = dg.MetadataValue.float(train[-1][1])
-        plot = plot_curves(
-            [s for s, _ in train],
-            [v for _, v in train],
-            [s for s, _ in val],
-            [v for _, v in val],
-            f"{key}: {outcome.fine_tuned_model}",
-            model_dir / PLOT_FILE,
-            val_label="validation",
-        )
+        steps_and_losses = ([s for s, _ in train], [v for _, v in train], [s for s, _ in val], [v for _, v in val])
+        title = f"{key}: {outcome.fine_tuned_model}"
+        plot = plot_curves(*steps_and_losses, title, model_dir / PLOT_FILE, val_label="validation")
         metadata["loss_plot"] = loss_plot_metadata(plot)
-    if val:
-        metadata["val_loss_final"] = dg.MetadataValue.float(val[-1][1])
-    if not math.isnan(seconds):
-        metadata["seconds"] = dg.MetadataValue.float(seconds)
-    return versioned_output(frame, stable_hash(outcome.job_id, outcome.fine_tuned_model, sep=":"), metadata)
+    return finetuned_output(row, stable_hash(outcome.job_id, outcome.fine_tuned_model, sep=":"), metadata)

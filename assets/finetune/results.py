@@ -1,43 +1,81 @@
-"""What a fine-tuning run leaves, whatever the backend: the one `finetuned_models` row (FINETUNED_MODEL_COLUMNS)
+"""What a fine-tuning run leaves, whatever the backend: the one `finetuned_models` row (`FinetunedModel`)
 and its loss curves as a PNG (`loss.png` in the model's folder, also inlined in the materialization's metadata)."""
 
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+import pandas as pd
 
-from mebot.assets.outputs import md_image
+from mebot.assets.outputs import md_image, versioned_output
 
 PLOT_FILE = "loss.png"
-FINETUNED_MODEL_COLUMNS = [
-    "partition_key",
-    "backend",
-    "n_epochs",
-    "batch_size",
-    "learning_rate_multiplier",
-    "learning_rate",
-    "lora_r",
-    "lora_alpha",
-    "max_seq_tokens",
-    "max_steps",
-    "dtype",
-    "adapter_path",
-    "adapter_sha256",
-    "train_loss_first",
-    "train_loss_final",
-    "val_loss_first",
-    "val_loss_final",
-    "train_losses_json",
-    "val_losses_json",
-    "steps",
-    "epochs_completed",
-    "n_train",
-    "n_validation",
-    "seconds",
-    "seconds_per_step",
-    "base_model",
-    "model_id",  # openai: the fine_tuned_model id the chat client answers with ("" for local_lora)
-    "job_id",  # openai: the fine-tuning job ("" for local_lora)
-]
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class FinetunedModel:
+    """One `finetuned_models` row, whatever the backend: NaN or "" where a backend has no such value."""
+
+    partition_key: str
+    backend: str
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+    learning_rate: float = NAN  # openai: the multiplier applies to a base rate OpenAI does not publish
+    lora_r: float = NAN
+    lora_alpha: float = NAN
+    max_seq_tokens: float = NAN
+    max_steps: float = NAN
+    dtype: str = ""
+    adapter_path: str = ""
+    adapter_sha256: str = ""
+    train_loss_first: float = NAN
+    train_loss_final: float = NAN
+    val_loss_first: float = NAN
+    val_loss_final: float = NAN
+    train_losses_json: str = "[]"
+    val_losses_json: str = "[]"
+    steps: int = 0
+    epochs_completed: float = NAN
+    n_train: int = 0
+    n_validation: int = 0
+    seconds: float = NAN
+    seconds_per_step: float = NAN
+    base_model: str = ""
+    model_id: str = ""  # openai: the fine_tuned_model id the chat client answers with
+    job_id: str = ""  # openai: the fine-tuning job
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame([asdict(self)], columns=FINETUNED_MODEL_COLUMNS)
+
+
+FINETUNED_MODEL_COLUMNS = [f.name for f in fields(FinetunedModel)]
+# the row's fields the UI shows (and plots across materializations) when they have a value
+_ROW_METADATA = ("backend", "base_model", "steps", "train_loss_first", "train_loss_final", "val_loss_final", "seconds")
+
+
+def loss_fields(train_losses: list[float], val_losses: list[float]) -> dict[str, Any]:
+    """The loss columns of a row from the training losses per step and the validation losses."""
+    return {
+        "train_loss_first": train_losses[0] if train_losses else NAN,
+        "train_loss_final": train_losses[-1] if train_losses else NAN,
+        "val_loss_first": val_losses[0] if val_losses else NAN,
+        "val_loss_final": val_losses[-1] if val_losses else NAN,
+        "train_losses_json": json.dumps([round(v, 5) for v in train_losses]),
+        "val_losses_json": json.dumps([finite_or_none(round(v, 5)) for v in val_losses]),
+    }
+
+
+def finetuned_output(row: FinetunedModel, version: str, metadata: Mapping[str, Any]) -> dg.Output[pd.DataFrame]:
+    """The `finetuned_models` partition of `row`: its frame, and metadata from the row's fields that have a value
+    plus the backend's own `metadata` (plain values; Dagster types them)."""
+    shown = {name: getattr(row, name) for name in _ROW_METADATA}
+    shown = {name: value for name, value in shown.items() if value == value and value != ""}
+    return versioned_output(row.frame(), version, {**shown, **metadata})
 
 
 def plot_curves(
