@@ -154,13 +154,16 @@ class Embedder:
         raise NotImplementedError
 
     # --- shared ------------------------------------------------------------------------------------------------
-    def window_spans(self, text: str) -> list[tuple[int, int]]:
-        """Character spans of `windows(text)`."""
+    def window_spans(
+        self, text: str, window_tokens: int | None = None, overlap_tokens: int | None = None
+    ) -> list[tuple[int, int]]:
+        """Character spans of `windows(text)` (of other window and overlap sizes when given)."""
         starts, ranks = self._token_layout(text)
-        size = min(self.window_tokens, self.max_tokens)
+        size = min(window_tokens or self.window_tokens, self.max_tokens)
+        overlap = self.window_overlap_tokens if overlap_tokens is None else overlap_tokens
         limit = size
         for _ in range(4):
-            spans = plan_windows(len(starts), starts, ranks, len(text), limit, self.window_overlap_tokens)
+            spans = plan_windows(len(starts), starts, ranks, len(text), limit, overlap)
             if len(spans) == 1 and len(starts) <= size:
                 return spans
             longest = max(self.count_tokens([text[a:b] for a, b in spans]))
@@ -170,11 +173,47 @@ class Embedder:
             limit = max(1, limit - (longest - size) - 2)
         raise RuntimeError(f"could not cut a {len(text)}-character text into windows of {size} tokens")
 
+    def pieces(self, text: str) -> list[str]:
+        """`text` whole when the model reads all of it, else consecutive pieces (no overlap) of at most `max_tokens`
+        of its tokens each, cut at sentence or line, else word boundaries: how a long unit (a code block, display
+        math) is quoted and embedded piece by piece rather than cut mid-word or silently truncated."""
+        if self.count_tokens([text])[0] <= self.max_tokens:
+            return [text]
+        return [text[a:b] for a, b in self.window_spans(text, self.max_tokens, 0)]
+
     def windows(self, text: str) -> list[str]:
         """Substrings of `text` that together cover all of it, each at most `window_tokens` (≤ `max_tokens`) model
         tokens, cut at sentence or else word boundaries, neighbours sharing `window_overlap_tokens` tokens (up to
         twice that, to start at a boundary); a text that fits in one window is returned whole."""
         return [text[a:b] for a, b in self.window_spans(text)]
+
+    def fit_to_window(self, texts: Sequence[str]) -> list[str]:
+        """Each text as it is when it fits the model (`max_tokens` of its own tokens), else its beginning cut to
+        fit by the model's own tokenizer (at the last word boundary in the window's second half, when there is
+        one). For units embedded at question time (a sentence, a code block, a question), where a unit's first
+        window stands for it: whatever a page holds, `embed(fit_to_window(texts))` never raises on length."""
+        texts = list(texts)
+        counts = self.count_tokens(texts) if texts else []
+        return [text if n <= self.max_tokens else self._cut_to_fit(text) for text, n in zip(texts, counts, strict=True)]
+
+    def _cut_to_fit(self, text: str) -> str:
+        starts, ranks = self._token_layout(text)
+        limit = self.max_tokens
+        for _ in range(8):
+            if len(starts) <= limit:
+                return text
+            end = _best_cut(ranks, limit, [(limit // 2, WORD)]) or limit
+            cut = text[: starts[end]].rstrip()
+            n = self.count_tokens([cut])[0]
+            if n <= self.max_tokens:
+                return cut
+            # a tokenizer whose counts are not additive across the cut (BPE can merge differently): aim lower
+            limit = max(1, limit - (n - self.max_tokens) - 2)
+        raise RuntimeError(f"could not cut a {len(text)}-character text to {self.max_tokens} tokens")
+
+    def embed_fitted(self, texts: Sequence[str]) -> np.ndarray:
+        """`embed` of `fit_to_window(texts)`: vectors for units of any length (see fit_to_window)."""
+        return self.embed(self.fit_to_window(texts))
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """float32 (n, dim), unit-length rows. Raises ValueError for a text longer than `max_tokens`."""

@@ -49,7 +49,8 @@ def e2e_golden_file(root: Path) -> Path:
     sample = yaml.safe_load(SAMPLE_GOLDEN.read_text(encoding="utf-8"))
     questions = [q for q in sample["questions"] if q["id"] in E2E_GOLDEN_IDS]
     path = root / "golden.yaml"
-    path.write_text(yaml.safe_dump({"questions": questions}, allow_unicode=True), encoding="utf-8")
+    golden = {"site": sample["site"], "questions": questions}
+    path.write_text(yaml.safe_dump(golden, allow_unicode=True), encoding="utf-8")
     return path
 
 

@@ -56,6 +56,7 @@ class GoldenQuestion:
 class GoldenSet:
     path: str
     questions: tuple[GoldenQuestion, ...]
+    site: str | None = None  # the site the questions are about: a start URL, a host, or the local folder served
 
     def by_id(self) -> dict[str, GoldenQuestion]:
         return {q.id: q for q in self.questions}
@@ -200,7 +201,8 @@ def load_golden(path: str | Path) -> GoldenSet:
     reader = _Reader(name)
     if root is None:
         raise GoldenFileError(f"{name} line 1, questions: missing (the file is empty)")
-    entries = reader.mapping(root, "", {"questions"})
+    entries = reader.mapping(root, "", {"questions", "site"})
+    site = reader.text(entries["site"][1], "site") if "site" in entries else None
     if "questions" not in entries:
         raise reader.error(root, "questions", "missing")
     items = entries["questions"][1]
@@ -208,7 +210,7 @@ def load_golden(path: str | Path) -> GoldenSet:
         raise reader.error(items, "questions", "expected a non-empty list of questions")
     seen: dict[str, int] = {}
     questions = tuple(reader.question(item, f"questions[{i}]", seen) for i, item in enumerate(items.value))
-    return GoldenSet(name, questions)
+    return GoldenSet(name, questions, site)
 
 
 QUESTION_COLUMNS = ["question_id", "question", "answerable", "source", "facts_json", "line"]

@@ -39,13 +39,14 @@ from mebot.assets.evaluation.golden import (
     match_questions,
     score_golden_answers,
 )
+from mebot.assets.evaluation.golden_site import golden_site_mismatch, skipped_note, sources_not_crawled
 from mebot.assets.evaluation.leaderboard import GOLDEN_COLUMNS, GOLDEN_METRICS, golden_columns, partition_frames
 from mebot.assets.evaluation.reports import golden_markdown
 from mebot.assets.outputs import content_output, versioned_output
 from mebot.resources.chat import ChatModelResource
 from mebot.resources.embeddings import EmbedderResource
 from mebot.resources.parquet_io import content_version, markdown_preview
-from mebot.resources.settings import EvalSettings, Settings, SettingsResource, reads_settings
+from mebot.resources.settings import PROJECT_ROOT, EvalSettings, Settings, SettingsResource, reads_settings
 from mebot.resources.vector_index import VectorIndexResource
 
 GOLDEN_ANSWER_COLUMNS = ["question_id", "model", "question", "answer", "sources_json", "latency_s", "error"]
@@ -91,7 +92,13 @@ def _golden_questions(context: dg.AssetExecutionContext, settings: SettingsResou
         context.log.info(NO_GOLDEN)
         return _empty(QUESTION_COLUMNS, NO_GOLDEN, {"golden_sha256": dg.MetadataValue.text("none")})
     sha256 = file_sha256(path)
-    frame = golden_to_frame(load_golden(path))
+    golden = load_golden(path)
+    mismatch = golden_site_mismatch(golden.site, config.site.start_urls, config.site.local_dir, PROJECT_ROOT)
+    if mismatch:
+        note = skipped_note(str(path), mismatch)
+        context.log.warning(note)
+        return _empty(QUESTION_COLUMNS, note, {"golden_sha256": dg.MetadataValue.text(sha256)})
+    frame = golden_to_frame(golden)
     answerable = frame[frame["answerable"]]
     return versioned_output(
         frame,
@@ -118,7 +125,7 @@ def golden_questions_asset(graph_settings: Settings) -> dg.AssetsDefinition:
         group_name="evaluation",
         kinds={"yaml", "parquet"},
         code_version=f"1+g{sha256[:12]}",
-        metadata=reads_settings("eval.golden_path"),
+        metadata=reads_settings("eval.golden_path", "site.start_urls", "site.local_dir"),
     )(_golden_questions)
 
 
@@ -143,6 +150,11 @@ def _golden_answers(
     key = context.partition_key
     if golden_questions.empty:
         return _empty(GOLDEN_ANSWER_COLUMNS, NO_GOLDEN)
+    not_crawled = sources_not_crawled(_golden_set(golden_questions, config), rag_chunks["url"].astype(str))
+    if not_crawled:
+        note = skipped_note(config.eval.golden_path, not_crawled)
+        context.log.warning(note)
+        return _empty(GOLDEN_ANSWER_COLUMNS, note)
     inputs = ModelInputs(chat_model, embedder, index_store, rag_chunks, finetuned_models)
     replies, answerer = answer_with_model(
         key, golden_questions["question"].tolist(), config, inputs, context.log.info, "golden questions"
@@ -236,6 +248,8 @@ def _golden_scores(
     config = settings.for_asset(context)
     if golden_questions.empty:
         return _empty(SCORE_COLUMNS, NO_GOLDEN)
+    if golden_answers.empty:  # golden_answers skipped the file (its note says why)
+        return _empty(SCORE_COLUMNS, "golden questions skipped: golden_answers holds none (see its note)")
     # every golden question gets a row: one the answers lack (written for an older file) scores as unanswered
     answers = golden_questions[["question_id"]].merge(golden_answers.drop(columns=["model"]), how="left")
     answers["model"] = context.partition_key

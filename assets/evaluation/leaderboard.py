@@ -259,7 +259,8 @@ def leaderboard_table(
     any of METRICS; a missing metric is NaN). `models` fixes the row order (and adds models with no rows);
     `model_info` (finetuned_models rows) gives backend and hyperparameters; `retrieval` goes on the rag row;
     `golden` (golden_columns) on each model's row; `golden_validity` (the judge's golden pairs) beside `validity`
-    (the judge passes only when both pass)."""
+    (the judge passes only when both pass). Without golden figures (no golden file, or one of another site,
+    skipped) the table has no golden columns at all, rather than empty ones that read as a measured zero."""
     order = list(models) if models is not None else sorted(scores["model"].astype(str).unique())
     order += sorted(set(scores["model"].astype(str)) - set(order))
     order += sorted(set(golden or {}) - set(order))
@@ -310,8 +311,9 @@ def leaderboard_table(
         rate = (loop_rates or {}).get(model)
         row["loop_rate"] = math.nan if rate is None else rate  # the share of its answers that loop (loops.py)
         rows.append(row)
-    frame = pd.DataFrame(rows).reindex(columns=LEADERBOARD_COLUMNS)
-    float_columns = [c for c in LEADERBOARD_COLUMNS if c not in ("model", "backend", "judge_validity_passed")]
+    columns = LEADERBOARD_COLUMNS if golden else [c for c in LEADERBOARD_COLUMNS if "golden" not in c]
+    frame = pd.DataFrame(rows).reindex(columns=columns)
+    float_columns = [c for c in columns if c not in ("model", "backend", "judge_validity_passed")]
     frame[float_columns] = frame[float_columns].astype("float64")
     frame["judge_validity_passed"] = frame["judge_validity_passed"].astype("boolean")
     frame[["model", "backend"]] = frame[["model", "backend"]].fillna("").astype(str)

@@ -76,12 +76,49 @@ def _cut_long(text: str, start: int, end: int, limit: int) -> list[tuple[int, in
     return spans
 
 
+_UNIT = re.compile(
+    r"^```[^\n]*\n.*?(?:^```[ \t]*$|\Z)"  # a code block, between fence lines (or to the end of a chunk)
+    r"|^\$\$.*?(?:\$\$[ \t]*$|\Z)",  # display math, between $$ marks
+    re.S | re.M,
+)
+_INLINE_MATH = re.compile(r"\\\(.*?\\\)|\$(?=[^\s$])[^$\n]*?[^\s$]\$(?!\d)")
+"""TeX's inline math: \\(...\\), or $...$ as MathJax reads it (no space inside the marks, no digit after: "$5 and
+$10" is two prices)."""
+UNIT_MARKS = ("```", "$$")
+"""How a unit (assets/ingest/html_text.py marks code blocks and display math so) starts."""
+
+
+def is_unit(text: str) -> bool:
+    """Is this sentence a unit (a code block, display math) rather than prose?"""
+    return text.lstrip().startswith(UNIT_MARKS)
+
+
+def shown(text: str) -> str:
+    """A sentence as a context or a quote shows it: prose on one line, a unit with its own lines."""
+    return text.strip() if is_unit(text) else " ".join(text.split())
+
+
 def sentence_spans(text: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[tuple[int, int]]:
-    """Character spans of the sentences of `text`: every line (paragraph, list item, heading) is one or more
-    sentences; a list marker ("- ", "1. ") is left out of its item's span; no span is empty or longer than
-    `max_chars`."""
+    """Character spans of the sentences of `text`: a code block or display math (marked as html_text marks them)
+    is one span, whatever its length; every other line (paragraph, list item, heading, table row) is one or more
+    sentences, never cut inside inline math; a list marker ("- ", "1. ") is left out of its item's span; no prose
+    span is empty or longer than `max_chars`."""
     spans: list[tuple[int, int]] = []
-    for line in re.finditer(r"[^\n]+", text):
+    at = 0
+    for unit in _UNIT.finditer(text):
+        spans.extend(_prose_spans(text, at, unit.start(), max_chars))
+        end = unit.end()
+        while end > unit.start() and text[end - 1].isspace():
+            end -= 1
+        spans.append((unit.start(), end))
+        at = unit.end()
+    spans.extend(_prose_spans(text, at, len(text), max_chars))
+    return [(a, b) for a, b in spans if text[a:b].strip()]
+
+
+def _prose_spans(text: str, begin: int, finish: int, max_chars: int) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    for line in re.compile(r"[^\n]+").finditer(text, begin, finish):
         start, end = line.start(), line.end()
         marker = _LIST_MARKER.match(text, start, end)
         if marker:
@@ -93,14 +130,17 @@ def sentence_spans(text: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[tuple
         if start >= end:
             continue
         cursor = start
+        maths = [m.span() for m in _INLINE_MATH.finditer(text, start, end)]
         for match in _BOUNDARY.finditer(text, start, end):
             stop = match.end(2)
+            if any(a < match.start() < b for a, b in maths):
+                continue
             if _is_boundary(text, match.end(1), match.group(1)[-1]) and stop > cursor:
                 spans.extend(_cut_long(text, cursor, stop, max_chars))
                 cursor = match.end(3)
         if cursor < end:
             spans.extend(_cut_long(text, cursor, end, max_chars))
-    return [(a, b) for a, b in spans if text[a:b].strip()]
+    return spans
 
 
 def split_sentences(text: str, max_chars: int = MAX_SENTENCE_CHARS) -> list[str]:
@@ -131,9 +171,12 @@ def _tail_of(fragment: str, sentence: str) -> bool:
 
 
 class SentenceStore:
-    """Every sentence of the indexed chunks, once, in page order; BM25 over them (title prepended)."""
+    """Every sentence of the indexed chunks, once, in page order; BM25 over them (title prepended).
 
-    def __init__(self, chunks: pd.DataFrame):
+    `cut_unit`, when given, cuts a unit (a code block, display math) longer than the embedder reads into pieces
+    that fit it, by the embedder's own tokenizer (`Embedder.pieces`): each piece is then a sentence."""
+
+    def __init__(self, chunks: pd.DataFrame, cut_unit: Callable[[str], list[str]] | None = None):
         order = chunks.assign(_page=pd.factorize(chunks["url"])[0])
         sort = ["_page", "chunk_index"] if "chunk_index" in order.columns else ["_page"]
         order = order.sort_values(sort, kind="stable")
@@ -148,7 +191,7 @@ class SentenceStore:
             mine = by_chunk.setdefault(chunk_id, [])
             overlap = True  # the chunk's first sentences may repeat the end of the chunk before (the overlap)
             tail = page[-40:]
-            for text in split_sentences(str(row.text)):
+            for text in self._units(split_sentences(str(row.text)), cut_unit):
                 if overlap:
                     match = next((s for s in reversed(tail) if _same(s.text, text) or _tail_of(text, s.text)), None)
                     if match is not None:
@@ -161,6 +204,11 @@ class SentenceStore:
         self.by_chunk = by_chunk
         self.page_of = np.array([page_start[s.url] for s in sentences], dtype=np.int64)
         self._bm25: Bm25Index | None = None
+
+    @staticmethod
+    def _units(texts: list[str], cut_unit: Callable[[str], list[str]] | None) -> Iterable[str]:
+        for text in texts:
+            yield from (cut_unit(text) or [text]) if cut_unit is not None and is_unit(text) else [text]
 
     def __len__(self) -> int:
         return len(self.sentences)
@@ -324,7 +372,7 @@ def format_groups(store: SentenceStore, groups: Sequence[tuple[str, str, list[in
         for i in indices:
             if previous is not None:
                 parts.append(" " if i == previous + 1 else " … ")
-            parts.append(" ".join(store.sentences[i].text.split()))
+            parts.append(shown(store.sentences[i].text))
             previous = i
         blocks.append(f'From "{title}":\n' + "".join(parts))
     return "\n\n".join(blocks)
@@ -344,8 +392,10 @@ __all__ = [
     "SentenceVectors",
     "format_groups",
     "format_selection",
+    "is_unit",
     "score_candidates",
     "select_sentences",
     "sentence_spans",
+    "shown",
     "split_sentences",
 ]

@@ -18,7 +18,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from mebot.assets.index.context import ScoredSentence, Selection, SentenceStore, score_candidates, select_sentences
+from mebot.assets.index.context import (
+    ScoredSentence,
+    Selection,
+    SentenceStore,
+    score_candidates,
+    select_sentences,
+    shown,
+)
 from mebot.assets.index.rag import RagAnswer, RagBot, validate_question
 
 EXTRACTIVE_MODEL = "extractive"
@@ -47,7 +54,7 @@ def format_quotes(store: SentenceStore, selection: Selection) -> str:
         for n, i in enumerate(indices):
             if n:
                 parts.append(" " if i == indices[n - 1] + 1 else " … ")
-            parts.append(" ".join(store.sentences[i].text.split()))
+            parts.append(shown(store.sentences[i].text))
         blocks.append(f"“{''.join(parts)}”\n— {title} ({url})")
     return "\n\n".join(blocks)
 

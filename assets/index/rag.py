@@ -155,7 +155,7 @@ class RagBot:
     def sentences(self) -> SentenceStore:
         """Every sentence of the chunks, in page order (built on first use)."""
         if self._sentences is None:
-            self._sentences = SentenceStore(self.chunks.reset_index(drop=True))
+            self._sentences = SentenceStore(self.chunks.reset_index(drop=True), cut_unit=self.embedder.pieces)
         return self._sentences
 
     @property
@@ -166,10 +166,13 @@ class RagBot:
         return self._chunk_bm25
 
     def _embed_sentences(self, texts: list[str]) -> np.ndarray:
-        """Sentence vectors; with the project's embedding cache, each sentence is embedded once, ever."""
+        """Sentence vectors; with the project's embedding cache, each sentence is embedded once, ever. A unit longer
+        than the embedder reads (a display-math block, a long code block) is embedded by its beginning, cut to the
+        embedder's window by its own tokenizer (`Embedder.fit_to_window`)."""
+        fitted = self.embedder.fit_to_window(texts)
         if self.embedding_cache is None:
-            return self.embedder.embed(texts)
-        vectors, _, _ = embed_with_cache(self.embedder, self.embedding_cache, texts)
+            return self.embedder.embed(fitted)
+        vectors, _, _ = embed_with_cache(self.embedder, self.embedding_cache, fitted)
         return vectors
 
     # ------------------------------------------------------------------------------------------ retrieval
@@ -190,7 +193,7 @@ class RagBot:
         reciprocal-rank score (hybrid)."""
         question = validate_question(question, self.settings.rag.max_question_chars)
         k = k or self.settings.rag.top_k
-        vector = self.embedder.embed([question])
+        vector = self.embedder.embed_fitted([question])
         if self.settings.rag.retrieval == "dense":
             hits = self.index.search(vector, k)[0]
             known = [(chunk_id, score) for chunk_id, score in hits if chunk_id in self.chunks.index]

@@ -1,4 +1,4 @@
-"""HTML page → title, main-content text, canonical link and the page's shape (pure functions, no Dagster).
+r"""HTML page → title, main-content text, canonical link and the page's shape (pure functions, no Dagster).
 
 Besides the text, `extract_page` reads what tells a listing from an article and what the page asks of crawlers:
 the meta description (`description`, else `og:description`), `og:type`, the `<meta name="robots">` directives,
@@ -7,8 +7,18 @@ their hrefs as written and their words (`assets/ingest/crawl.py` decides from th
 
 The text keeps the page's structure as plain text: one paragraph per block element, separated by blank
 lines; whitespace inside a paragraph collapsed to single spaces (sentences are never split across lines);
-`<br>` and table rows become line breaks (a table is one paragraph, a row per line, cells joined by " | ");
-`<pre>` keeps its lines; list items start with "- "; control characters become spaces.
+`<br>` becomes a line break; list items start with "- "; control characters become spaces; an image in a
+`<figure>` is its alt text, on a line of its own.
+
+What a sentence splitter must not cut is marked as Markdown would mark it, so that it stays recognizable as one
+unit in the text (assets/index/context.py reads these marks):
+- a code block (`<pre>`) keeps its lines between fence lines: "```" ... "```";
+- display math is a paragraph of its own between "$$" marks: TeX written in the page (`$$...$$`, `\[...\]`,
+  `\begin{align*}...\end{align*}` alone in a paragraph), KaTeX's rendered `.katex-display` (its TeX
+  annotation) and MathML `<math display="block">` (its TeX annotation or `alttext`); inline math stays in its
+  sentence (`\(...\)`, KaTeX's `.katex` as `\(TeX\)`);
+- a table is one paragraph, a row per line, cells joined by " | "; after a header row (`<th>` cells), every row's
+  cells carry their column's header ("Cost: £56"), so a row read alone still says what its numbers are.
 """
 
 from __future__ import annotations
@@ -75,9 +85,17 @@ class _ParagraphWriter:
     def flush(self) -> None:
         lines = [" ".join("".join(parts).split()) for parts in self._lines]
         paragraph = "\n".join(line for line in lines if line)
-        if paragraph:
-            self.paragraphs.append(paragraph)
+        at = 0
+        for math in _DISPLAY_MATH.finditer(paragraph):  # display math written in the page: a paragraph of its own
+            self._append(paragraph[at : math.start()])
+            self.paragraphs.append(display_math(_unwrap_math(math.group(1))))
+            at = math.end()
+        self._append(paragraph[at:])
         self._lines = [[]]
+
+    def _append(self, paragraph: str) -> None:
+        if paragraph.strip():
+            self.paragraphs.append(paragraph.strip())
 
     def add_verbatim(self, text: str) -> None:
         self.flush()
@@ -86,14 +104,93 @@ class _ParagraphWriter:
             self.paragraphs.append(kept)
 
 
+FENCE = "```"
+_DISPLAY_MATH = re.compile(r"(\$\$.+?\$\$|\\\[.+?\\\]|^\\begin\{([A-Za-z]+\*?)\}.+?\\end\{\2\}$)", re.S | re.M)
+
+
+def _unwrap_math(tex: str) -> str:
+    if tex.startswith("$$"):
+        return tex[2:-2]
+    if tex.startswith("\\["):
+        return tex[2:-2]
+    return tex
+
+
+def display_math(tex: str) -> str:
+    """Display math as its own paragraph: "$$", the TeX, "$$" (one unit for the sentence splitter)."""
+    return f"$$ {' '.join(tex.split())} $$"
+
+
+def code_block(code: str) -> str:
+    """A code block's lines between fence lines (one unit for the sentence splitter)."""
+    return f"{FENCE}\n{code}\n{FENCE}"
+
+
+def _classes(element: lxml.html.HtmlElement) -> set[str]:
+    return set((element.get("class") or "").split())
+
+
+def _tex_of(element: lxml.html.HtmlElement) -> str | None:
+    """The TeX source a rendered formula carries (KaTeX's or MathML's annotation, else MathML's alttext)."""
+    for annotation in element.iter("annotation"):
+        if (annotation.get("encoding") or "").lower() == "application/x-tex":
+            return annotation.text_content().strip()
+    alttext = element.get("alttext")
+    return alttext.strip() if alttext else None
+
+
+def _in_figure(element: lxml.html.HtmlElement) -> bool:
+    return any(ancestor.tag == "figure" for ancestor in element.iterancestors())
+
+
+def _table_rows(table: lxml.html.HtmlElement) -> list[str]:
+    """The table's rows, one line each; after a header row, each cell as "Header: cell" (empty cells left out)."""
+    lines: list[str] = []
+    header: list[str] | None = None
+    for row in table.iter("tr"):
+        cells = [c for c in row if isinstance(c.tag, str) and c.tag in _CELL_TAGS]
+        texts = [" ".join(c.text_content().split()) for c in cells]
+        if not any(texts):
+            continue
+        if header is None and not lines and all(c.tag == "th" for c in cells):
+            header = texts
+            lines.append(" | ".join(texts))
+        elif header and len(texts) == len(header):
+            lines.append(" | ".join(f"{h}: {t}" if h else t for h, t in zip(header, texts, strict=True) if t))
+        else:
+            lines.append(" | ".join(texts))
+    return lines
+
+
 def _walk(element: lxml.html.HtmlElement, out: _ParagraphWriter) -> None:
     tag = element.tag if isinstance(element.tag, str) else None  # comments and PIs have no str tag
+    classes = _classes(element) if tag else set()
     if tag is None:
         pass
     elif tag == "br":
         out.line_break()
     elif tag == "pre":
-        out.add_verbatim(element.text_content())
+        out.add_verbatim(code_block(element.text_content().strip("\n")))
+    elif "katex-display" in classes or (tag == "math" and element.get("display") == "block"):
+        tex = _tex_of(element)
+        out.add_verbatim(display_math(tex if tex is not None else element.text_content()))
+    elif "katex" in classes or tag == "math":
+        tex = _tex_of(element)
+        out.add(f"\\({tex}\\)" if tex is not None else element.text_content())
+    elif tag == "img" and (element.get("alt") or "").strip() and _in_figure(element):
+        out.line_break()  # a figure's image is content: its alt text says what it shows
+        out.add(element.get("alt"))
+        out.line_break()
+    elif tag == "table":
+        out.flush()
+        caption = element.find("caption")
+        if caption is not None:
+            out.add(caption.text_content())
+            out.line_break()
+        for line in _table_rows(element):
+            out.add(line)
+            out.line_break()
+        out.flush()
     elif tag == "tr":
         cells = [" ".join(cell.text_content().split()) for cell in element if cell.tag in _CELL_TAGS]
         out.line_break()

@@ -110,7 +110,7 @@ def test_title_comes_from_h1_else_from_head_title(html: str, title: str) -> None
         ("<p>  lots   of    spaces  </p>", "lots of spaces"),
         ("<p>bold <b>word</b> and <a href='/x'>a\n link</a> inline.</p>", "bold word and a link inline."),
         ("<p>line one<br>line two<br/>line three</p>", "line one\nline two\nline three"),
-        ("<pre>  def f():\n      return 1\n</pre>", "  def f():\n      return 1"),
+        ("<pre>  def f():\n      return 1\n</pre>", "```\n  def f():\n      return 1\n```"),
         ("<div>loose text<p>para</p>tail text</div>", "loose text\n\npara\n\ntail text"),
     ],
     ids=["paragraphs", "multiline-sentence", "spaces", "inline", "br", "pre", "mixed"],
@@ -127,9 +127,47 @@ def test_text_layout(inner: str, text: str) -> None:
     ],
     ids=["plain", "thead-tbody"],
 )
-def test_table_rows_become_pipe_separated_lines(table: str) -> None:
+def test_table_rows_become_pipe_separated_lines_that_keep_their_header(table: str) -> None:
     lines = extract(body(f"<article>{table}</article>")).text.splitlines()
-    assert [line for line in lines if line] == ["name | year", "a | b"]
+    assert [line for line in lines if line] == ["name | year", "name: a | year: b"]
+
+
+def test_table_without_a_header_row_keeps_plain_rows_and_a_caption_line() -> None:
+    html = "<table><caption>Parts</caption><tr><td>chain</td><td>£56</td></tr><tr><td>tyres</td><td></td></tr></table>"
+    lines = [line for line in extract(body(f"<article>{html}</article>")).text.splitlines() if line]
+    assert lines == ["Parts", "chain | £56", "tyres |"]
+
+
+@pytest.mark.parametrize(
+    ("inner", "expected"),
+    [
+        ("<p>Before.</p><p>$$ a = b + c $$</p><p>After.</p>", ["Before.", "$$ a = b + c $$", "After."]),
+        ("<p>So \\[ x^2 \\] holds.</p>", ["So", "$$ x^2 $$", "holds."]),
+        (
+            "<p>\\begin{align*} r &amp;= 1 \\\\ s &amp;= 2 \\end{align*}</p>",
+            ["$$ \\begin{align*} r &= 1 \\\\ s &= 2 \\end{align*} $$"],
+        ),
+        (
+            '<p>Then <span class="katex-display"><span class="katex"><math><semantics><mrow><mi>y</mi></mrow>'
+            '<annotation encoding="application/x-tex">y = mx</annotation></semantics></math></span></span> ends.</p>',
+            ["Then", "$$ y = mx $$", "ends."],
+        ),
+        ('<p>Inline <math alttext="z^2"><mi>z</mi></math> stays.</p>', ["Inline \\(z^2\\) stays."]),
+        ("<p>Inline \\(a.B\\) stays in its sentence.</p>", ["Inline \\(a.B\\) stays in its sentence."]),
+    ],
+    ids=["dollars", "brackets", "align", "katex-display", "mathml-inline", "tex-inline"],
+)
+def test_display_math_is_a_paragraph_of_its_own_between_dollar_marks(inner: str, expected: list[str]) -> None:
+    assert extract(body(f"<article>{inner}</article>")).text.split("\n\n") == expected
+
+
+def test_a_figure_image_is_its_alt_text_and_other_images_are_not() -> None:
+    html = (
+        '<p><img src="/a.png" alt="Avatar of the author"></p>'
+        '<figure><img src="/p.jpg" alt="Puffins on a cliff"><figcaption>Inner Farne.</figcaption></figure>'
+        '<figure><img src="/q.jpg" alt=""></figure>'
+    )
+    assert extract(body(f"<article>{html}</article>")).text == "Puffins on a cliff\n\nInner Farne."
 
 
 @pytest.mark.parametrize(
@@ -144,7 +182,7 @@ def test_list_items_start_with_a_dash(items: str) -> None:
 
 def test_pre_keeps_its_lines_while_neighbouring_paragraphs_collapse() -> None:
     html = body("<article><p>before\n   pre</p><pre>x = 1\n\ny = 2</pre><p>after</p></article>")
-    assert extract(html).text == "before pre\n\nx = 1\n\ny = 2\n\nafter"
+    assert extract(html).text == "before pre\n\n```\nx = 1\n\ny = 2\n```\n\nafter"
 
 
 def test_table_cells_collapse_whitespace() -> None:
