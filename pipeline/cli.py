@@ -12,6 +12,7 @@ from pathlib import Path
 from mebot.pipeline.deploy.commands import add_commands as add_deploy_commands
 from mebot.pipeline.deploy.commands import deployment_home
 from mebot.pipeline.deploy.commands import run_command as run_deploy_command
+from mebot.pipeline.init_site import add_init_command, run_init
 from mebot.pipeline.supervise import is_supervised, run_supervised
 from mebot.resources.settings import CONFIG_ENV_VAR, PROJECT_ROOT, SettingsError, load_settings
 
@@ -230,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("check-config", help="validate the settings file and print it")
     commands.add_parser("smoke", help="check that the local models run on this machine (generate, embed)")
     add_deploy_commands(commands)  # worker, sweep: pipeline/deploy/commands.py
+    add_init_command(commands)  # init URL: pipeline/init_site.py
     serve = commands.add_parser("serve", help="serve the bot: web page, /api, OpenAI-compatible /v1 (uvicorn)")
     serve.add_argument("--host", default=None, help="address to listen on (default: serve.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000)")
@@ -250,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(raw_argv)
+    if args.command == "init":  # writes the settings file, so it reads none
+        return run_init(args)
 
     config = (args.config or Path(os.environ.get(CONFIG_ENV_VAR) or PROJECT_ROOT / "mebot.yaml")).resolve()
     try:

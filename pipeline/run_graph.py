@@ -34,6 +34,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from mebot.pipeline.run_progress import DEFAULT_INTERVAL_S, PROGRESS_TAG, ProgressWatcher, new_progress_token
 from mebot.pipeline.run_report import summary_lines, user_error_message
 from mebot.pipeline.staleness import Freshness
 from mebot.resources.cpu_share import THREADS_FILE_ENV, cpu_cores, write_threads_file
@@ -185,8 +186,11 @@ def plan_units(
     return Plan(order, inputs, height, roots)
 
 
-def materialize_unit(defs: dg.Definitions, instance: dg.DagsterInstance, unit: Unit) -> Outcome:
-    """One Dagster run of `unit` in this process; never raises for a failure inside the run."""
+def materialize_unit(
+    defs: dg.Definitions, instance: dg.DagsterInstance, unit: Unit, tags: dict[str, str] | None = None
+) -> Outcome:
+    """One Dagster run of `unit` in this process (`tags` added to the run's); never raises for a failure inside
+    the run."""
 
     outcome = Outcome(unit, success=False, started_at=time.time())
     try:
@@ -198,7 +202,7 @@ def materialize_unit(defs: dg.Definitions, instance: dg.DagsterInstance, unit: U
             partition_key=unit.partition,
             raise_on_error=False,
             run_config=LOG_CONFIG,
-            tags=RUN_TAGS,
+            tags={**RUN_TAGS, **(tags or {})},
         )
     except Exception as exc:  # a run that could not even start (bad definitions, bad partition key)
         outcome.errors.append(f"{unit.label}: {type(exc).__name__}: {exc}")
@@ -242,12 +246,12 @@ def _init_worker(threads_file: str) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def run_unit_in_worker(ref: DefinitionsRef, instance_ref, unit: Unit) -> Outcome:
+def run_unit_in_worker(ref: DefinitionsRef, instance_ref, unit: Unit, tags: dict[str, str] | None = None) -> Outcome:
     """Entry point in a worker process: the definitions (built once per worker), the same instance, one run."""
     if ref not in _WORKER_DEFS:
         _WORKER_DEFS[ref] = ref.load()
     with dg.DagsterInstance.from_ref(instance_ref) as instance:
-        return materialize_unit(_WORKER_DEFS[ref], instance, unit)
+        return materialize_unit(_WORKER_DEFS[ref], instance, unit, tags)
 
 
 class WorkerSlot:
@@ -259,14 +263,14 @@ class WorkerSlot:
         self.pool: ProcessPoolExecutor | None = None
         self.oom_kills_at_start: int | None = None
 
-    def submit(self, ref: DefinitionsRef, instance_ref, unit: Unit) -> Future:
+    def submit(self, ref: DefinitionsRef, instance_ref, unit: Unit, tags: dict[str, str] | None = None) -> Future:
         if self.pool is None:
             spawn = multiprocessing.get_context("spawn")
             self.pool = ProcessPoolExecutor(
                 max_workers=1, mp_context=spawn, initializer=_init_worker, initargs=(self.threads_file,)
             )
             self.oom_kills_at_start = oom_kill_count()
-        return self.pool.submit(run_unit_in_worker, ref, instance_ref, unit)
+        return self.pool.submit(run_unit_in_worker, ref, instance_ref, unit, tags)
 
     def result(self, future: Future, unit: Unit, started: float) -> Outcome:
         try:
@@ -320,8 +324,19 @@ PENDING, READY, RUNNING, DONE, FRESH, FAILED = "pending", "ready", "running", "d
 class Scheduler:
     """The bookkeeping of one `run_graph` call: unit states, what to start next, the thread share."""
 
-    def __init__(self, plan: Plan, graph, instance: dg.DagsterInstance, *, force: bool, out: Callable[[str], None]):
+    def __init__(
+        self,
+        plan: Plan,
+        graph,
+        instance: dg.DagsterInstance,
+        *,
+        force: bool,
+        out: Callable[[str], None],
+        watcher: ProgressWatcher | None = None,
+    ):
         self.plan, self.graph, self.instance, self.force, self.out = plan, graph, instance, force, out
+        self.watcher = watcher or ProgressWatcher(instance, out)
+        self.tokens: dict[Unit, str] = {}
         self.state = {unit: PENDING for unit in plan.units}
         self.report = RunReport(success=True, runs=0, outcomes=[], skipped_fresh=[], skipped_failed=[])
 
@@ -348,18 +363,27 @@ class Scheduler:
             else:
                 self.state[unit] = READY
 
+    def begin(self, unit: Unit) -> dict[str, str]:
+        """Mark `unit` running and watch its progress; the tags its run carries so the watcher finds it."""
+        self.state[unit] = RUNNING
+        self.tokens[unit] = new_progress_token()
+        self.watcher.started(unit.label, unit.name, self.tokens[unit])
+        return {PROGRESS_TAG: self.tokens[unit]}
+
     def next_ready(self) -> Unit | None:
         ready = [unit for unit in self.plan.units if self.state[unit] == READY]
         return min(ready, key=lambda unit: (-self.plan.height[unit], unit)) if ready else None
 
     def finished(self, unit: Unit, outcome: Outcome) -> None:
+        self.watcher.finished(self.tokens.pop(unit, ""))
         self.report.outcomes.append(outcome)
         self.report.runs += 1
         self.report.success &= outcome.success
         # an asset whose blocking check failed is not in `materialized`: it must not feed what reads it either
         self.state[unit] = DONE if unit.name in outcome.materialized else FAILED
         state = "ok" if outcome.success else "FAILED"
-        self.out(f"  {outcome.unit.label}: {state} in {outcome.seconds:.1f}s")
+        settled = sum(s in (DONE, FRESH, FAILED) for s in self.state.values())
+        self.out(f"  {outcome.unit.label}: {state} in {outcome.seconds:.1f}s ({settled} of {len(self.state)} finished)")
         for error in outcome.errors:
             print(f"\n{error}", file=sys.stderr, flush=True)
 
@@ -375,16 +399,19 @@ def run_graph(
     max_parallel: int,
     force: bool = False,
     out: Callable[[str], None] = print,
+    progress_interval_s: float = DEFAULT_INTERVAL_S,
 ) -> RunReport:
-    """Materialize `selection` (see the module docstring); progress goes to `out`."""
+    """Materialize `selection` (see the module docstring); progress goes to `out`: a line per start and end, and
+    every `progress_interval_s` a line per running stage with what it has done and what is left."""
     _quiet_dagster_warnings()
     defs = ref.load()
     graph = defs.resolve_asset_graph()
     plan = plan_units(graph, resolve_selection(selection, graph), instance, check_inputs(defs))
-    scheduler = Scheduler(plan, graph, instance, force=force, out=out)
+    watcher = ProgressWatcher(instance, out, progress_interval_s)
+    scheduler = Scheduler(plan, graph, instance, force=force, out=out, watcher=watcher)
     cores = cpu_cores()
     out(f"{len(plan.units)} asset partition(s); up to {max_parallel} run(s) at once on {cores} core(s)")
-    with tempfile.TemporaryDirectory(prefix="mebot-run-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="mebot-run-") as scratch, watcher:
         threads_file = Path(scratch) / "threads"
         if max_parallel <= 1:
             _run_here(scheduler, defs, instance, threads_file, cores)
@@ -404,9 +431,9 @@ def _run_here(scheduler: Scheduler, defs: dg.Definitions, instance, threads_file
             unit = scheduler.next_ready()
             if unit is None:
                 return
-            scheduler.state[unit] = RUNNING
+            tags = scheduler.begin(unit)
             scheduler.out(f"start {unit.label}")
-            scheduler.finished(unit, materialize_unit(defs, instance, unit))
+            scheduler.finished(unit, materialize_unit(defs, instance, unit, tags))
     finally:
         if previous is None:
             os.environ.pop(THREADS_FILE_ENV, None)
@@ -427,8 +454,7 @@ def _run_in_workers(
             scheduler.settle()
             starting = []
             while free and (unit := scheduler.next_ready()) is not None:
-                scheduler.state[unit] = RUNNING
-                starting.append((unit, free.pop(0)))
+                starting.append((unit, free.pop(0), scheduler.begin(unit)))
             # The share is published before the new runs start, and grows only when one run is left alone with
             # nothing ready: then nothing else can start until it ends, so the cores are never oversubscribed.
             share = max(1, cores // max(1, scheduler.running()))
@@ -437,9 +463,9 @@ def _run_in_workers(
                 runs = len(in_flight)
                 scheduler.out(f"  {share} threads for " + ("the run left" if runs == 1 else f"each of {runs} runs"))
             published = share
-            for unit, slot in starting:
+            for unit, slot, tags in starting:
                 scheduler.out(f"start {unit.label}" + (f" ({share} threads)" if share > 1 else ""))
-                in_flight[slot.submit(ref, instance_ref, unit)] = (unit, slot, time.time())
+                in_flight[slot.submit(ref, instance_ref, unit, tags)] = (unit, slot, time.time())
             if not in_flight:
                 return
             done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)

@@ -118,14 +118,14 @@ class LocalFinetuneSettings(_Section):
     max_seq_tokens: int = Field(384, ge=32, le=8192, description="Training examples are cut to this many tokens.")
     max_steps: int = Field(0, ge=0, description="Stop after this many optimizer steps (0: run all epochs).")
     dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="bfloat16 measured ~20x slower per step on this CPU; keep float32."
+        "float32", description="Training precision; bfloat16 is much slower on CPUs without bf16 units."
     )
     n_threads: int = Field(
         0,
         ge=0,
         le=256,
         description="torch threads; 0 means automatic: in `mebot run` the run's share of the cores, "
-        "else all cores but one (2 threads on a busy 2-core machine measured 38 s/step against 3.2 s with 1).",
+        "else all cores but one (on a busy machine, threads that wait for each other are slower than one).",
     )
     seed: int = Field(42, description="Seeds the adapter's initial weights and the example order.")
 
@@ -155,7 +155,7 @@ class FinetuneSettings(_Section):
         ge=1,
         le=3,
         description="llama_cpp: penalty on the tokens of the last `answer_repeat_last_n` (1.0: none); keeps a "
-        "fine-tuned model from repeating itself until max_tokens (measured: README, Evaluation).",
+        "fine-tuned model from repeating itself until max_tokens.",
     )
     answer_repeat_last_n: int = Field(
         256,

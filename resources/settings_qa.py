@@ -68,12 +68,12 @@ class QaSettings(_Section):
         description="Regexes: a chunk matching any of them is boilerplate and gets no question.",
     )
     passage: Literal["chunk", "longest_paragraph"] = Field(
-        "chunk", description="The answer passage: the whole chunk, or its longest paragraph (the original's choice)."
+        "chunk", description="The answer passage: the whole chunk, or its longest paragraph."
     )
     prompt: str = Field(
         DEFAULT_QA_PROMPT,
-        description="Question-writing prompt; {passage} is the answer passage. `original`: the original bot's "
-        "prompt as it was (instruction first).",
+        description="Question-writing prompt; {passage} is the answer passage. The preset `original`: the "
+        "instruction before the text, as the reproduced write-up asked.",
     )
     few_shot: list[FewShotExample] = Field(
         default_factory=lambda: list(DEFAULT_QA_FEW_SHOT),
@@ -117,7 +117,7 @@ class QaSettings(_Section):
     split: Literal["by_question", "by_page", "none"] = Field(
         "by_question",
         description="by_question: one question per passage trains, another is held out; by_page: whole pages held "
-        "out; none: the original protocol, tested on its own training questions (leaky).",
+        "out; none: tested on its own training questions (leaky, for comparison only).",
     )
     train_fraction: float = Field(0.8, gt=0, le=1, description="Share of questions (or pages) that train.")
     validation_fraction: float = Field(0.1, ge=0, lt=1, description="Share held out for validation loss.")
