@@ -10,10 +10,13 @@ Endpoints:
     GET  /v1/models              the served models
     GET  /healthz                ready or not, index version, models
 
-Limits (settings `serve`): question length (413), a per-client token bucket (429 + Retry-After), a bounded
-generation queue (503 when full; one generation at a time in a worker thread, llama.cpp being single-threaded
-per model), a CORS allow-list. Every error is JSON `{"error": {"message", "type", "code"}}`; unexpected
-exceptions are logged on the server and answered with a generic message (no traces, paths or secrets).
+Limits (settings `serve`): question length and conversation size (413), a per-client token bucket (429 +
+Retry-After) and daily answer cap (429), the client being the connecting address unless a trusted proxy names
+another (limits.py), a bounded generation queue (503 when full; one generation at a time in a worker thread,
+llama.cpp being single-threaded per model), a spent budget (503 saying so), a CORS allow-list, and security
+headers on every response (Content-Security-Policy, nosniff, Referrer-Policy). Every error is JSON
+`{"error": {"message", "type", "code"}}`; unexpected exceptions are logged on the server and answered with a
+generic message (no traces, paths or secrets).
 
 This module holds the server's state, limits and endpoints; the request and reply formats and the JSON
 errors are in protocol.py, the models answered with in models.py.
@@ -48,6 +51,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from mebot.assets.index.rag import ModelOutputError, QuestionError
+from mebot.pipeline.server.limits import ClientIdentity, DailyAnswers, SecurityHeaders, TokenBuckets
 from mebot.pipeline.server.models import (
     BEST_FINETUNE,
     EXTRACTIVE_MODEL,
@@ -61,6 +65,7 @@ from mebot.pipeline.server.models import (
 from mebot.pipeline.server.protocol import (
     ApiError,
     StreamedText,
+    check_text,
     completion,
     completion_chunk,
     error_body,
@@ -86,35 +91,6 @@ class GenerationCancelled(Exception):
 
 
 # -------------------------------------------------------------------------------------------------- limits
-
-
-class TokenBuckets:
-    """Per-client token buckets: `burst` requests at once, refilled at `per_minute` / 60 per second."""
-
-    def __init__(self, per_minute: float, burst: int, max_clients: int = 10_000):
-        self.rate = per_minute / 60.0
-        self.burst = float(burst)
-        self.max_clients = max_clients
-        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, updated at)
-
-    def take(self, client: str, now: float | None = None) -> float:
-        """0 if the request may go ahead (a token is taken), else the seconds until the next token."""
-        now = time.monotonic() if now is None else now
-        tokens, updated = self._buckets.get(client, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - updated) * self.rate)
-        if tokens >= 1.0:
-            self._buckets[client] = (tokens - 1.0, now)
-            return 0.0
-        self._buckets[client] = (tokens, now)
-        if len(self._buckets) > self.max_clients:
-            self._prune(now)
-        return (1.0 - tokens) / self.rate
-
-    def _prune(self, now: float) -> None:
-        full_after = self.burst / self.rate
-        for client, (_, updated) in list(self._buckets.items()):
-            if now - updated >= full_after:
-                del self._buckets[client]
 
 
 class GenerationQueue:
@@ -156,16 +132,21 @@ class Server:
         self.settings = settings
         self.registry = registry
         serve = settings.serve
+        self.identity = ClientIdentity(serve.trusted_proxies)
         self.buckets = TokenBuckets(serve.rate_limit_per_minute, serve.rate_limit_burst)
+        self.daily_answers = DailyAnswers(serve.max_answers_per_client_per_day)
         self.queue = GenerationQueue(serve.max_queued_generations)
         self.retrieval_slots = asyncio.Semaphore(4)
         self.started_at = time.time()
 
     # --------------------------------------------------------------------------------------- helpers
 
+    def client(self, request: Request) -> str:
+        """Who is asking: the connecting address, or what a trusted proxy says (limits.ClientIdentity)."""
+        return self.identity.key(request.client.host if request.client else None, request.headers)
+
     def rate_limit(self, request: Request) -> None:
-        client = request.client.host if request.client else "unknown"
-        wait = self.buckets.take(client)
+        wait = self.buckets.take(self.client(request))
         if wait > 0:
             raise ApiError(
                 429,
@@ -175,9 +156,23 @@ class Server:
                 {"Retry-After": str(max(1, math.ceil(wait)))},
             )
 
+    def count_answer(self, request: Request, model: str) -> None:
+        """One more generated answer for this client today; 429 past serve.max_answers_per_client_per_day."""
+        if model == EXTRACTIVE_MODEL:  # quotes, no model call: nothing spent
+            return
+        if not self.daily_answers.take(self.client(request)):
+            cap = self.settings.serve.max_answers_per_client_per_day
+            raise ApiError(
+                429,
+                f"you have had the {cap} answers one visitor may have per day; ask again tomorrow (UTC), or ask "
+                "with retrieval_only=1 for the pages alone",
+                "daily_cap",
+            )
+
     def check_question(self, question: Any) -> str:
         if not isinstance(question, str) or not question.strip():
             raise ApiError(400, 'the question is empty; ask something, e.g. "What telescope do you own?"', "empty")
+        check_text(question, "the question")
         limit = self.settings.serve.max_query_chars
         if len(question) > limit:
             raise ApiError(
@@ -203,7 +198,15 @@ class Server:
             raise ApiError(503, str(exc), "not_ready") from None
         except ModelOutputError:
             raise ApiError(502, f"the model {model} returned no usable answer; ask again", "model_output") from None
-        except (ChatProviderError, BudgetExceeded) as exc:
+        except BudgetExceeded as exc:
+            log.error("generation refused: %s", exc)
+            raise ApiError(
+                503,
+                "the answer budget is spent (budget.max_usd): no more answers until the owner raises it; "
+                "retrieval_only=1 still finds the pages",
+                "budget_exhausted",
+            ) from None
+        except ChatProviderError as exc:
             log.error("generation failed: %s", exc)
             raise ApiError(502, f"the model {model} is unavailable (see the server log)", "model_error") from None
 
@@ -281,6 +284,7 @@ class Server:
         else:
             self.queue.reserve()
             try:
+                self.count_answer(request, model)
                 reply = await self.generate(model, question)
             finally:
                 self.queue.release()
@@ -303,7 +307,9 @@ class Server:
             raise ApiError(
                 400, f"'model' is required; the valid models are: {', '.join(self.registry.names())}", "missing_model"
             )
-        question = self.check_question(last_user_message(body.get("messages")))
+        serve = self.settings.serve
+        messages = last_user_message(body.get("messages"), serve.max_messages, serve.max_messages_chars)
+        question = self.check_question(messages)
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise ApiError(400, "'stream' must be true or false", "bad_request")
@@ -313,6 +319,11 @@ class Server:
         except UnknownModelError as exc:
             raise ApiError(400, str(exc), "model_not_found") from None
         self.queue.reserve()
+        try:
+            self.count_answer(request, model)
+        except ApiError:
+            self.queue.release()
+            raise
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         if not stream:
@@ -436,13 +447,14 @@ def create_app(settings: Settings, registry: ModelRegistry) -> Starlette:
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     middleware = [
+        Middleware(SecurityHeaders),
         Middleware(
             CORSMiddleware,
             allow_origins=list(settings.serve.cors_origins),
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
-        )
+        ),
     ]
     return Starlette(
         routes=routes,
@@ -471,6 +483,19 @@ def warm_up(registry: ModelRegistry) -> None:
     chat.warm_up()
 
 
+def uvicorn_options() -> dict[str, Any]:
+    """How `mebot serve` runs uvicorn. Forwarded headers are read by the app alone, from serve.trusted_proxies only
+    (limits.ClientIdentity): uvicorn's own reading would believe any X-Forwarded-For sent from 127.0.0.1."""
+    return {
+        "log_level": "info",
+        "access_log": False,
+        "proxy_headers": False,
+        "forwarded_allow_ips": [],
+        "server_header": False,
+        "timeout_graceful_shutdown": 3,
+    }
+
+
 def serve(config: Path, host: str | None = None, port: int | None = None) -> int:
     """Load the settings, resources and models, then run uvicorn until interrupted."""
     import uvicorn
@@ -491,14 +516,7 @@ def serve(config: Path, host: str | None = None, port: int | None = None) -> int
     host = host or settings.serve.host
     port = settings.serve.port if port is None else port
     print(f"mebot: serving on http://{host}:{port}/", flush=True)
-    uvicorn.run(
-        create_app(settings, registry),
-        host=host,
-        port=port,
-        log_level="info",
-        access_log=False,
-        timeout_graceful_shutdown=3,
-    )
+    uvicorn.run(create_app(settings, registry), host=host, port=port, **uvicorn_options())
     # An answer still generating in the worker thread has no one waiting for it; don't wait for it to finish.
     logging.shutdown()
     sys.stdout.flush()

@@ -129,39 +129,86 @@ def usage(reply: Reply) -> dict:
     }
 
 
+def _too_large() -> ApiError:
+    return ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", "body_too_large")
+
+
 async def read_json(request: Request) -> dict:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", "body_too_large")
-    raw = b""
+    """The request body as a JSON object; 413 past MAX_BODY_BYTES, 400 for anything that is not a JSON object
+    (invalid UTF-8, nesting too deep to parse, numbers too long to convert)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and (len(declared) > 12 or int(declared) > MAX_BODY_BYTES):
+        raise _too_large()
+    parts: list[bytes] = []
+    size = 0
     async for part in request.stream():
-        raw += part
-        if len(raw) > MAX_BODY_BYTES:
-            raise ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes", "body_too_large")
+        size += len(part)
+        if size > MAX_BODY_BYTES:
+            raise _too_large()
+        parts.append(part)
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        body = json.loads(b"".join(parts))
+    except RecursionError:
+        raise ApiError(400, "the request body is JSON nested too deeply", "invalid_json") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer too long to convert
         raise ApiError(400, f"the request body is not valid JSON ({exc.__class__.__name__})", "invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", "invalid_json")
     return body
 
 
-def last_user_message(messages: Any) -> str:
-    """The text of the last message with role `user` (string content or a list of text parts)."""
+def check_text(value: str, what: str) -> str:
+    """`value`, refused when it cannot be encoded as UTF-8 (lone surrogates from JSON escapes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        message = f"{what} holds characters that are not valid Unicode (lone surrogates)"
+        raise ApiError(400, message, "bad_text") from None
+    return value
+
+
+MESSAGE_ROLES = ("system", "user", "assistant", "developer", "tool")
+
+
+def message_text(message: Any, number: int) -> str:
+    """The text of one message (string content, or a list of text parts); 400 naming the message otherwise."""
+    if not isinstance(message, dict):
+        raise ApiError(400, f"message {number} must be an object with role and content", "bad_messages")
+    role = message.get("role")
+    if role not in MESSAGE_ROLES:
+        raise ApiError(
+            400, f"message {number} has role {str(role)[:40]!r}; use one of {', '.join(MESSAGE_ROLES)}", "bad_messages"
+        )
+    content = message.get("content")
+    if content is None and role != "user":
+        return ""
+    if isinstance(content, list):
+        if not all(isinstance(part, dict) for part in content):
+            raise ApiError(400, f"message {number}: every content part must be an object", "bad_messages")
+        content = "\n".join(
+            part["text"] for part in content if part.get("type") == "text" and isinstance(part.get("text"), str)
+        )
+    if not isinstance(content, str):
+        raise ApiError(400, f"message {number} has no text content", "bad_messages")
+    return check_text(content, f"message {number}")
+
+
+def last_user_message(messages: Any, max_messages: int = 100, max_chars: int = 100_000) -> str:
+    """The text of the last message with role `user`, after checking every message: at most `max_messages`
+    messages of at most `max_chars` characters in all (413 past either)."""
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list of {role, content} objects", "bad_messages")
-    for message in reversed(messages):
-        if not isinstance(message, dict):
-            raise ApiError(400, "every message must be an object with role and content", "bad_messages")
-        if message.get("role") != "user":
-            continue
-        content = message.get("content")
-        if isinstance(content, list):
-            content = "\n".join(
-                str(part.get("text", "")) for part in content if isinstance(part, dict) and part.get("type") == "text"
-            )
-        if not isinstance(content, str):
-            raise ApiError(400, "the last user message has no text content", "bad_messages")
-        return content
+    if len(messages) > max_messages:
+        raise ApiError(
+            413, f"the conversation has {len(messages)} messages; the limit is {max_messages}", "too_many_messages"
+        )
+    texts = [message_text(message, number) for number, message in enumerate(messages, start=1)]
+    total = sum(len(text) for text in texts)
+    if total > max_chars:
+        raise ApiError(
+            413, f"the messages hold {total} characters in all; the limit is {max_chars}", "conversation_too_long"
+        )
+    for message, text in zip(reversed(messages), reversed(texts), strict=True):
+        if message["role"] == "user":
+            return text
     raise ApiError(400, "'messages' holds no message with role 'user'", "bad_messages")

@@ -42,11 +42,22 @@ async function loadModels() {
   }
 }
 
-// One reference: a link to the page, and the passage the answer was based on, folded.
+// Only http(s) URLs become links (never javascript:, data: or file:, whatever an index holds).
+function isWebUrl(url) {
+  try {
+    const parsed = new URL(url);
+    return parsed.protocol === "http:" || parsed.protocol === "https:";
+  } catch (err) {
+    return false;
+  }
+}
+
+// One reference: a link to the page (its name as text when its URL is not http(s)), and the passage the answer
+// was based on, folded.
 function reference(source, number) {
   const item = document.createElement("li");
-  const link = document.createElement("a");
-  link.href = source.url;
+  const link = document.createElement(isWebUrl(source.url) ? "a" : "span");
+  if (link.tagName === "A") link.href = source.url;
   link.textContent = source.title || source.url;
   link.className = "reference-link";
   link.setAttribute("aria-label", `Reference ${number}: ${source.title || source.url}`);
