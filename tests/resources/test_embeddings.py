@@ -351,3 +351,45 @@ def test_openai_provider_against_llama_cpp_server(llama_server, monkeypatch, tmp
     before = len(requests)
     _, hits, misses = embed_with_cache(embedder, cache, texts)
     assert (hits, misses) == (5, 0) and len(requests) == before
+
+
+# ------------------------------------------------------------------------------- units at question time
+
+ALIGN_ROW = (
+    "r_{i} &= \\left\\lceil (N+1)\\cdot p_{i} \\right\\rceil - "
+    "\\left\\lfloor z_{{0.975}} \\sqrt{{N p_{i}(1-p_{i})}} \\rfloor"
+)
+DISPLAY_MATH = "$$ \\begin{align*} " + " \\\\ ".join(ALIGN_ROW.format(i=i) for i in range(8)) + " \\end{align*} $$"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [DISPLAY_MATH, "x" * 10_000, "日本語の文章です。" * 200, "def f():\n    return 1\n" * 120, "short text"],
+    ids=["display-math", "one-long-word", "cjk", "code", "short"],
+)
+def test_fit_to_window_cuts_any_unit_to_what_the_model_reads_by_its_tokenizer(minilm, text):
+    (fitted,) = minilm.fit_to_window([text])
+    assert text.startswith(fitted)
+    assert minilm.count_tokens([fitted])[0] <= minilm.max_tokens
+    if minilm.count_tokens([text])[0] <= minilm.max_tokens:
+        assert fitted == text
+    else:
+        assert minilm.count_tokens([fitted])[0] >= minilm.max_tokens // 2  # cut near the window, not far short
+    assert minilm.embed_fitted([text]).shape == (1, 384)
+
+
+def test_the_display_math_that_broke_the_golden_answers_is_over_the_window_and_now_embeds(minilm):
+    assert minilm.count_tokens([DISPLAY_MATH])[0] > minilm.max_tokens
+    with pytest.raises(ValueError, match="reads at most"):
+        minilm.embed([DISPLAY_MATH])
+    assert minilm.embed_fitted([DISPLAY_MATH, "a question"]).shape == (2, 384)
+
+
+@pytest.mark.parametrize(
+    "text", [DISPLAY_MATH, "def f():\n    return 1\n" * 120, "fits whole"], ids=["math", "code", "short"]
+)
+def test_pieces_cover_a_unit_in_order_without_overlap_each_within_the_window(minilm, text):
+    pieces = minilm.pieces(text)
+    assert "".join(pieces) == text
+    assert all(minilm.count_tokens([p])[0] <= minilm.max_tokens for p in pieces)
+    assert (len(pieces) == 1) == (minilm.count_tokens([text])[0] <= minilm.max_tokens)

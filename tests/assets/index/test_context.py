@@ -9,9 +9,11 @@ from mebot.assets.index.context import (
     SentenceStore,
     SentenceVectors,
     format_selection,
+    is_unit,
     score_candidates,
     select_sentences,
     sentence_spans,
+    shown,
     split_sentences,
 )
 
@@ -45,6 +47,53 @@ def test_sentence_spans_point_into_the_text_and_over_long_sentences_are_cut():
     assert all(0 < b - a <= 120 for a, b in spans)
     joined = " ".join(text[a:b] for a, b in spans[1:])
     assert joined.replace(" ", "") == text[7:].replace(" ", "")  # nothing lost, nothing added
+
+
+CODE = "```\nimport duckdb\n\nARCHIVE = 's3://bucket/x/'. Not. A sentence.\nprint(ARCHIVE)\n```"
+MATH = "$$ \\begin{align*} r &= \\lfloor (N+1) p \\rfloor. \\\\ s &= N. \\end{align*} $$"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"Before it. The code:\n\n{CODE}\n\nAfter it.", ["Before it.", "The code:", CODE, "After it."]),
+        (
+            f"Before.\n\n{MATH}\n\nFor 999 readings, that is 964. Next.",
+            ["Before.", MATH, "For 999 readings, that is 964.", "Next."],
+        ),
+        ("Unclosed:\n\n```\nx = 1\n\ny = 2", ["Unclosed:", "```\nx = 1\n\ny = 2"]),  # a chunk cut inside a block
+        ("Take \\(x_{(k)}. Y\\) and $a. B$ here. Next one.", ["Take \\(x_{(k)}. Y\\) and $a. B$ here.", "Next one."]),
+        ("It cost $5. Then I paid $10. Done.", ["It cost $5.", "Then I paid $10.", "Done."]),  # prices are no math
+        (
+            "Method | Cost\nMethod: chain | Cost: £56\nMethod: tyres | Cost: £170",
+            ["Method | Cost", "Method: chain | Cost: £56", "Method: tyres | Cost: £170"],
+        ),
+    ],
+    ids=["code-block", "display-math", "unclosed-fence", "inline-math", "dollar-prices", "table-rows"],
+)
+def test_code_blocks_and_display_math_are_units_and_inline_math_stays_in_its_sentence(text, expected):
+    assert split_sentences(text) == expected
+
+
+def test_a_unit_longer_than_max_chars_stays_whole_and_prose_around_it_is_still_cut():
+    code = "```\n" + "\n".join(f"value_{i} = {i} * factor + offset" for i in range(200)) + "\n```"
+    long_line = "word " * 400
+    sentences = split_sentences(f"{long_line}\n\n{code}", max_chars=120)
+    assert sentences[-1] == code and len(code) > 5000
+    assert all(len(s) <= 120 for s in sentences[:-1]) and len(sentences) > 10
+
+
+def test_units_are_shown_with_their_lines_and_prose_on_one_line():
+    assert is_unit(CODE) and is_unit(MATH) and not is_unit("Plain. Text.")
+    assert shown(CODE) == CODE and shown("two\n  lines") == "two lines"
+
+
+def test_the_store_cuts_a_unit_by_the_cutter_and_each_piece_is_a_sentence():
+    pieces = lambda text: [text[:20], text[20:]]  # noqa: E731 - a stand-in for Embedder.pieces
+    store = SentenceStore(_chunks({"/c/": [f"Intro.\n\n{CODE}\n\nOutro."]}), cut_unit=pieces)
+    assert [s.text for s in store.sentences] == ["Intro.", CODE[:20], CODE[20:], "Outro."]
+    whole = SentenceStore(_chunks({"/c/": [f"Intro.\n\n{CODE}\n\nOutro."]}))
+    assert [s.text for s in whole.sentences] == ["Intro.", CODE, "Outro."]
 
 
 def _chunks(pages: dict[str, list[str]]) -> pd.DataFrame:
