@@ -282,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         return deployed
     if args.command == "check-config":
         print(settings.model_dump_json(indent=2))
+        from mebot.assets.evaluation.golden_site import golden_file_warning
+
+        golden_warning = golden_file_warning(settings)
+        if golden_warning:
+            print(f"warning: {golden_warning}", file=sys.stderr)
         return 0
     if args.command == "ui":
         return cmd_ui(args.port)
