@@ -20,6 +20,7 @@ from starlette.testclient import TestClient
 
 from mebot.assets.index.rag import Source
 from mebot.pipeline.server.app import create_app
+from mebot.pipeline.server.limits import CONTENT_SECURITY_POLICY
 from mebot.pipeline.server.models import RAG_MODEL, BestFinetune, Reply, UnknownModelError
 from mebot.pipeline.server.protocol import StreamedText
 from mebot.resources.settings import parse_settings
@@ -64,6 +65,7 @@ class StreamingRegistry:
 
     delay_s: float = 0.06
     questions: list[tuple[str, str]] = field(default_factory=list)
+    extra_sources: list[Source] = field(default_factory=list)  # after the real one (a test sets them)
     ready: bool = True
     not_ready_reason: str = ""
     loaded_at: float | None = None
@@ -89,7 +91,7 @@ class StreamingRegistry:
             time.sleep(self.delay_s)
             if on_token is not None:
                 on_token(("" if number == 0 else " ") + word)
-        sources = [Source(PAGE_URL, "My Weekday Sourdough", "c1", 0.71, PASSAGE[:40], PASSAGE)]
+        sources = [Source(PAGE_URL, "My Weekday Sourdough", "c1", 0.71, PASSAGE[:40], PASSAGE), *self.extra_sources]
         return Reply(model=model, text=" ".join(WORDS), sources=sources if model == RAG_MODEL else [])
 
 
@@ -119,17 +121,38 @@ def page_server() -> Iterator[InProcessServer]:
     thread.join(timeout=10)
 
 
+# Content-Security-Policy violations, recorded from before the page's first script runs.
+WATCH_CSP = """window.cspViolations = [];
+document.addEventListener("securitypolicyviolation",
+  (e) => window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`));"""
+SECURITY_HEADERS = {
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+
+
+def assert_security_headers(response) -> None:
+    headers = response.headers
+    assert {name: headers.get(name) for name in SECURITY_HEADERS} == SECURITY_HEADERS
+    assert "default-src 'self'" in headers["content-security-policy"]
+
+
 def open_page(browser, server: InProcessServer):
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(server.url + "/")
+    page.add_init_script(WATCH_CSP)
+    assert_security_headers(page.goto(server.url + "/"))
     page.wait_for_selector("#model[data-loaded=true]", timeout=30_000)
     return page, errors
 
 
 def wait_answered(page, timeout_ms: int = 30_000) -> None:
-    page.wait_for_function("document.getElementById('status-text').textContent === 'Answered.'", timeout=timeout_ms)
+    # (functions, not expression strings: Playwright turns a string into code with eval, which the page's CSP forbids)
+    page.wait_for_function(
+        "() => document.getElementById('status-text').textContent === 'Answered.'", timeout=timeout_ms
+    )
 
 
 def test_the_page_is_titled_with_the_persons_name(browser, page_server):
@@ -165,7 +188,7 @@ def test_the_answer_appears_in_pieces_as_it_is_generated(browser, page_server):
     page.evaluate(WATCH_ANSWER)
     page.get_by_label("Your question").fill("What is your sourdough starter called?")
     page.get_by_role("button", name="Ask").click()
-    page.wait_for_function("(window.answerChanges || []).some(([, text]) => text.length > 0)", timeout=30_000)
+    page.wait_for_function("() => (window.answerChanges || []).some(([, text]) => text.length > 0)", timeout=30_000)
     assert page.get_by_role("status").inner_text().strip() == "Answering…"  # text shown before the end
     wait_answered(page)
     changes = page.evaluate("window.answerChanges")
@@ -192,7 +215,7 @@ def test_references_show_with_a_link_only_when_the_answer_has_sources(browser, p
 
     page.get_by_label("Model").select_option(RAG_MODEL)
     page.get_by_role("button", name="Ask").click()
-    page.wait_for_function("document.getElementById('status-text').textContent !== 'Answered.'")
+    page.wait_for_function("() => document.getElementById('status-text').textContent !== 'Answered.'")
     wait_answered(page)
     assert page.locator("#references-section").is_visible()
     link = page.locator("#references a.reference-link")
@@ -200,6 +223,35 @@ def test_references_show_with_a_link_only_when_the_answer_has_sources(browser, p
     assert link.inner_text() == "My Weekday Sourdough"
     page.locator("#references details summary").click()
     assert page.locator("#references blockquote").inner_text() == PASSAGE
+    assert not errors, errors
+
+
+def test_only_http_urls_become_links_and_the_page_works_under_its_content_security_policy(browser, page_server):
+    evil = [
+        Source("javascript:alert(document.domain)", "Click me", "c2", 0.5, "x", "a passage"),
+        Source("data:text/html,<script>alert(1)</script>", "Data", "c3", 0.4, "y", "another passage"),
+        Source("file:///etc/passwd", "File", "c4", 0.3, "z", "a third passage"),
+    ]
+    page_server.registry.extra_sources = evil
+    try:
+        page, errors = open_page(browser, page_server)
+        scripts = []
+        page.on("response", lambda response: scripts.append(response) if "/static/" in response.url else None)
+        page.reload()
+        page.wait_for_selector("#model[data-loaded=true]", timeout=30_000)
+        page.get_by_label("Your question").fill("What is your sourdough starter called?")
+        page.get_by_role("button", name="Ask").click()
+        wait_answered(page)
+    finally:
+        page_server.registry.extra_sources = []
+    assert page.locator("#references li").count() == 4
+    links = page.locator("#references a")
+    assert [links.nth(i).get_attribute("href") for i in range(links.count())] == [PAGE_URL]
+    assert page.locator("#references span.reference-link").all_inner_texts() == ["Click me", "Data", "File"]
+    assert len(scripts) == 2  # app.js and style.css, each with the headers
+    for response in scripts:
+        assert_security_headers(response)
+    assert page.evaluate("window.cspViolations") == []  # the page needs nothing its policy forbids
     assert not errors, errors
 
 
@@ -236,7 +288,8 @@ def test_page_answers_a_question_with_a_reference_link(browser, server, tmp_path
     page.on("request", lambda request: requests.append(request.url))
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(server.url + "/")
+    page.add_init_script(WATCH_CSP)
+    assert_security_headers(page.goto(server.url + "/"))
     assert page.title() == f"Ask {PERSON}"
     picker = page.get_by_label("Model")
     page.wait_for_selector("#model[data-loaded=true]", timeout=30_000)
@@ -263,6 +316,7 @@ def test_page_answers_a_question_with_a_reference_link(browser, server, tmp_path
     assert (tmp_path / "mebot-page.png").stat().st_size > 1000
     assert not errors, errors
     assert all(url.startswith(server.url) for url in requests), requests  # nothing fetched from elsewhere
+    assert page.evaluate("window.cspViolations") == []
     shutil.copy(tmp_path / "mebot-page.png", tmp_path.parent / "mebot-page-latest.png")
 
 
