@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 
 import dagster as dg
 
+from mebot.resources.run_lock import lock_holder
 from mebot.resources.settings import Settings
 
 INGEST_SELECTION = dg.AssetSelection.groups("ingest", "index")
@@ -71,14 +73,25 @@ def build_jobs(
     return [ingest_job, finetune_job, evaluate_job]
 
 
-def recrawl_schedule(settings: Settings) -> dg.ScheduleDefinition:
-    return dg.ScheduleDefinition(
+def recrawl_schedule(settings: Settings, data_dir: str | Path | None = None) -> dg.ScheduleDefinition:
+    """The weekly recrawl; a tick while a `mebot run` holds `data_dir` (resources/run_lock.py) is skipped,
+    saying why, so the two never write the same assets at once."""
+
+    @dg.schedule(
         name="recrawl",
         job=ingest_job,
         cron_schedule=settings.site.recrawl_cron,
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"Recrawl the site ({settings.site.recrawl_cron}); unchanged pages change nothing downstream.",
+        description=f"Recrawl the site ({settings.site.recrawl_cron}); unchanged pages change nothing downstream. "
+        "Skipped while a `mebot run` is materializing into the same data folder.",
     )
+    def recrawl(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        holder = lock_holder(data_dir) if data_dir else None
+        if holder:
+            return dg.SkipReason(f"{data_dir} is being materialized by {holder}; the recrawl waits for its next tick")
+        return dg.RunRequest()
+
+    return recrawl
 
 
 class InPartitions(dg.AutomationCondition):

@@ -15,10 +15,16 @@ Before a unit starts, its stale status is read from the instance, as the UI comp
 version, same input data versions) is skipped unless forced. Roots of the asset graph (the crawl) always run:
 they read the outside world, and running them is how changes are found. A failed run does not stop the others;
 what depends on a failed asset partition is skipped and says so.
+
+One writer per data folder: a `mebot run` holds the data folder's run lock (resources/run_lock.py) from start to
+end, and does not start while another holds it or while another Dagster run of its assets is in progress in the
+instance (launched from the UI or by the recrawl schedule, which in turn skips its tick while the lock is held):
+it stops at once, saying which run is in the way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing
 import os
@@ -39,6 +45,7 @@ from mebot.pipeline.run_report import summary_lines, user_error_message
 from mebot.pipeline.staleness import Freshness
 from mebot.resources.cpu_share import THREADS_FILE_ENV, cpu_cores, write_threads_file
 from mebot.resources.process_death import death_message, oom_kill_count
+from mebot.resources.run_lock import DataFolderBusy, RunLock
 
 RUN_TAGS = {"mebot/command": "run"}
 LOG_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -391,6 +398,54 @@ class Scheduler:
         return sum(state == RUNNING for state in self.state.values())
 
 
+IN_PROGRESS = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+
+
+def data_folder(defs: dg.Definitions) -> Path | None:
+    """The folder the definitions materialize into (their IO manager's base_dir), if they say."""
+    base_dir = getattr((defs.resources or {}).get("io_manager"), "base_dir", None)
+    return Path(base_dir) if base_dir else None
+
+
+def runs_in_the_way(instance: dg.DagsterInstance, keys: set[dg.AssetKey]) -> list[str]:
+    """Runs of this instance in progress that were not started by a `mebot run` and materialize one of `keys`
+    (a run without an asset selection counts: it may materialize anything)."""
+    found = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=IN_PROGRESS)):
+        if run.tags.get("mebot/command") == RUN_TAGS["mebot/command"]:
+            continue
+        if run.asset_selection is None or run.asset_selection & keys:
+            found.append(f"{run.job_name} (run {run.run_id[:8]}, {run.status.value.lower()})")
+    return found
+
+
+def claim_data_folder(
+    defs: dg.Definitions, instance: dg.DagsterInstance, keys: set[dg.AssetKey]
+) -> tuple[str | None, contextlib.AbstractContextManager]:
+    """(None, the data folder's run lock, held) when this run may go ahead; (why not, None-context) otherwise."""
+    folder = data_folder(defs)
+    lock = RunLock(folder, "mebot run") if folder else contextlib.nullcontext()
+    try:
+        if isinstance(lock, RunLock):
+            lock.acquire()
+    except DataFolderBusy as exc:
+        return str(exc), contextlib.nullcontext()
+    if in_the_way := runs_in_the_way(instance, keys):
+        lock.__exit__(None, None, None)
+        return (
+            f"another Dagster run materializes these assets now: {', '.join(in_the_way)}; wait for it to finish "
+            "(or terminate it in the UI), then run again",
+            contextlib.nullcontext(),
+        )
+    return None, lock
+
+
+def _refusal(report_out: Callable[[str], None], message: str) -> RunReport:
+    print(f"mebot: {message}", file=sys.stderr, flush=True)
+    report_out(f"not started: {message}")
+    return RunReport(success=False, runs=0, outcomes=[], skipped_fresh=[], skipped_failed=[])
+
+
 def run_graph(
     ref: DefinitionsRef,
     selection: dg.AssetSelection,
@@ -406,12 +461,16 @@ def run_graph(
     _quiet_dagster_warnings()
     defs = ref.load()
     graph = defs.resolve_asset_graph()
-    plan = plan_units(graph, resolve_selection(selection, graph), instance, check_inputs(defs))
+    keys = resolve_selection(selection, graph)
+    refusal, lock = claim_data_folder(defs, instance, keys)  # released when the `with` below ends
+    if refusal:
+        return _refusal(out, refusal)
+    plan = plan_units(graph, keys, instance, check_inputs(defs))
     watcher = ProgressWatcher(instance, out, progress_interval_s)
     scheduler = Scheduler(plan, graph, instance, force=force, out=out, watcher=watcher)
     cores = cpu_cores()
     out(f"{len(plan.units)} asset partition(s); up to {max_parallel} run(s) at once on {cores} core(s)")
-    with tempfile.TemporaryDirectory(prefix="mebot-run-") as scratch, watcher:
+    with lock, tempfile.TemporaryDirectory(prefix="mebot-run-") as scratch, watcher:
         threads_file = Path(scratch) / "threads"
         if max_parallel <= 1:
             _run_here(scheduler, defs, instance, threads_file, cores)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import threading
 import time
@@ -99,6 +100,24 @@ def _new_version_name() -> str:
     return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:6]}"
 
 
+def _fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's (its entries') contents to the disk."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_version(folder: Path) -> None:
+    """Every file of a finished version, the version folder and the index folder that names it reach the disk
+    before CURRENT may name it: after a power loss CURRENT never points at a version whose files were lost."""
+    for file in sorted(p for p in folder.iterdir() if p.is_file()):
+        _fsync_path(file)
+    _fsync_path(folder)
+    _fsync_path(folder.parent)
+
+
 def _write_text_atomically(path: Path, text: str) -> None:
     write_atomically(path, text, fsync=True)  # CURRENT must never name a version whose pointer was lost
 
@@ -169,7 +188,9 @@ def write_index(
         faiss.write_index(index, str(partial / INDEX_FILE))
         pd.DataFrame({"chunk_id": chunk_ids}).to_parquet(partial / IDS_FILE, index=False)
         (partial / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    _fsync_version(final)
     _write_text_atomically(index_dir / CURRENT_FILE, version + "\n")
+    _fsync_path(index_dir)  # CURRENT's rename itself
     pruned = _prune(index_dir)
     return {
         **meta,

@@ -1,0 +1,84 @@
+"""One writer per data folder: `mebot run` holds an exclusive lock on `<data>/.mebot-run.lock` while it runs, so a
+second `mebot run` (or the scheduled recrawl, which looks first) never materializes the same assets at the same
+time and the chunks of one crawl never meet the index of another.
+
+The lock is `fcntl.flock` on an open file: the kernel drops it when the holder exits, however it exits, so a
+killed run never leaves the folder locked. The file says who holds it (command, pid, since when) for the message
+the second run gets.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+LOCK_FILE = ".mebot-run.lock"
+
+
+class DataFolderBusy(RuntimeError):
+    """Another run holds the data folder; the message names it and says what to do."""
+
+
+def _holder_text(handle: IO[str]) -> str:
+    handle.seek(0)
+    return handle.read().strip() or "another process"
+
+
+class RunLock:
+    """`with RunLock(data_dir, "mebot run"):` — raises DataFolderBusy at once when another run holds it."""
+
+    def __init__(self, data_dir: str | Path, command: str):
+        self.path = Path(data_dir) / LOCK_FILE
+        self.command = command
+        self._handle: IO[str] | None = None
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder_text(handle)
+            handle.close()
+            raise DataFolderBusy(
+                f"{self.path.parent} is being materialized by {holder}; wait for it to finish (or stop it), then "
+                f"run {self.command} again"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        handle.write(f"{self.command} (pid {os.getpid()}, since {started})\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the file drops the lock
+            self._handle = None
+
+    def __enter__(self) -> RunLock:
+        return self if self._handle is not None else self.acquire()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+def lock_holder(data_dir: str | Path) -> str | None:
+    """Who holds the data folder's run lock now, or None when no one does."""
+    path = Path(data_dir) / LOCK_FILE
+    if not path.is_file():
+        return None
+    with path.open("r", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder_text(handle)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
