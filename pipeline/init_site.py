@@ -42,17 +42,21 @@ def normalized_start_url(url: str) -> str:
 
 
 def persona_name_from_html(html: str, host: str) -> tuple[str, str]:
-    """The person's (or the site's) name: og:site_name, else the title's last part ("Home | Jo's Notes" gives
-    "Jo"), else the host; with where it came from."""
+    """The person's (or the site's) name: a meta author, else og:site_name, else the title's last part ("Home |
+    Jo's Notes" gives "Jo"), else the host; with where it came from."""
     from lxml import html as lxml_html
 
     try:
         document = lxml_html.fromstring(html or "<html></html>")
     except (ValueError, lxml_html.etree.ParserError):
         return host, "the host name"
-    site_names = document.xpath("//meta[@property='og:site_name']/@content")
-    if site_names and site_names[0].strip():
-        return _without_possessive(site_names[0].strip()), "og:site_name"
+    for xpath, source in (
+        ("//meta[@name='author']/@content", "the author meta tag"),
+        ("//meta[@property='og:site_name']/@content", "og:site_name"),
+    ):
+        found = [value.strip() for value in document.xpath(xpath) if value.strip()]
+        if found:
+            return _without_possessive(found[0]), source
     title = " ".join(document.xpath("//title//text()")).strip()
     if title:
         last = re.split(r"\s+[|\-–—·:]\s+", title)[-1].strip()
@@ -68,7 +72,8 @@ def _without_possessive(name: str) -> str:
 
 
 def same_site_pages(html: str, start_url: str, limit: int = GOLDEN_STUB_QUESTIONS) -> tuple[tuple[str, str], ...]:
-    """Up to `limit` distinct same-host links of the start page other than itself: (path, link text)."""
+    """Up to `limit` distinct same-host links of the start page other than itself and listing pages (tags,
+    categories, numbered pages: `site.index_only`'s default patterns), as (path, link text)."""
     from lxml import html as lxml_html
 
     try:
@@ -83,6 +88,8 @@ def same_site_pages(html: str, start_url: str, limit: int = GOLDEN_STUB_QUESTION
             continue
         path = target.path or "/"
         if path in (start.path, "/") or path in pages or re.search(r"\.\w{2,4}$", path):
+            continue
+        if any(re.search(pattern, path) for pattern in SiteSettings().index_only):
             continue
         pages[path] = " ".join(anchor.text_content().split())[:80] or path
         if len(pages) == limit:

@@ -60,6 +60,11 @@ def test_a_url_that_is_not_http_is_refused_with_an_example(url):
 @pytest.mark.parametrize(
     ("html", "name", "source"),
     [
+        (
+            '<head><meta name="author" content="Jo Bloggs"><meta property="og:site_name" content="X"></head>',
+            "Jo Bloggs",
+            "author",
+        ),
         ('<head><meta property="og:site_name" content="Jo Bloggs"><title>Home | X</title></head>', "Jo Bloggs", "og"),
         ("<head><title>Home | Renwick's Notebook</title></head>", "Renwick", "title"),
         ("<head><title>Posts - Jo Bloggs</title></head>", "Jo Bloggs", "title"),
@@ -73,10 +78,11 @@ def test_the_persona_name_comes_from_og_site_name_then_the_title_then_the_host(h
     assert (found, source in where) == (name, True)
 
 
-def test_golden_stub_pages_are_same_site_links_other_than_the_start_page():
+def test_golden_stub_pages_are_same_site_links_other_than_the_start_page_and_listings():
     html = (
         '<a href="/">Home</a><a href="/about/">About me</a><a href="https://elsewhere.example/x">x</a>'
         '<a href="/cv.pdf">CV</a><a href="/posts/a/">A</a><a href="/posts/a/#c">again</a><a href="mailto:j@x">m</a>'
+        '<a href="/tags/cycling/">Cycling</a><a href="/page/2/">Older</a>'
     )
     assert same_site_pages(html, "https://jo.example/") == (("/about/", "About me"), ("/posts/a/", "A"))
 
