@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = commands.add_parser(
         "eval", help="score a file of your own answers (.jsonl/.csv/.parquet) and print its leaderboard"
     )
-    evaluate.add_argument("file", type=Path, help="answers: question, reference, model, answer (see README)")
+    evaluate.add_argument("file", type=Path, help="answers: question, reference, model, answer (docs/evaluation.md)")
     evaluate.add_argument("--json", action="store_true", help="print the leaderboard and pairwise tables as JSON")
     evaluate.add_argument("--out", type=Path, default=None, help="also write scores and leaderboard files here")
     evaluate.add_argument(

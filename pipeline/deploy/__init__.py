@@ -124,7 +124,7 @@ class Deployment:
             raise DeploymentError(
                 f"{DEPLOY_ENV_VAR}=celery needs {' and '.join(missing)}: e.g. "
                 f"{POSTGRES_URL_ENV_VAR}={POSTGRES_SCHEME}://mebot:PASSWORD@db-host:5432/mebot and "
-                f"{BROKER_ENV_VAR}=redis://broker-host:6379/0 (README, 'Beyond one machine')"
+                f"{BROKER_ENV_VAR}=redis://broker-host:6379/0 (docs/scale-out.md)"
             )
         url = os.environ[POSTGRES_URL_ENV_VAR]
         if not url.startswith(f"{POSTGRES_SCHEME}://"):
