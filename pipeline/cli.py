@@ -13,6 +13,7 @@ from mebot.pipeline.deploy.commands import add_commands as add_deploy_commands
 from mebot.pipeline.deploy.commands import deployment_home
 from mebot.pipeline.deploy.commands import run_command as run_deploy_command
 from mebot.pipeline.init_site import add_init_command, run_init
+from mebot.pipeline.review import add_owner_commands, run_owner_command
 from mebot.pipeline.supervise import is_supervised, run_supervised
 from mebot.resources.settings import CONFIG_ENV_VAR, PROJECT_ROOT, SettingsError, load_settings
 
@@ -232,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("smoke", help="check that the local models run on this machine (generate, embed)")
     add_deploy_commands(commands)  # worker, sweep: pipeline/deploy/commands.py
     add_init_command(commands)  # init URL: pipeline/init_site.py
+    add_owner_commands(commands)  # release, review: pipeline/review.py
     serve = commands.add_parser("serve", help="serve the bot: web page, /api, OpenAI-compatible /v1 (uvicorn)")
     serve.add_argument("--host", default=None, help="address to listen on (default: serve.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000)")
@@ -268,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_eval_golden(settings, args.file, args.golden or settings.eval.golden_path, args.json)
     if args.command == "eval":  # no Dagster, no models run: nothing to prepare
         return cmd_eval(settings, args.file, args.json, args.out)
+    owned = run_owner_command(args, settings)  # release, review: files under the data folder, no Dagster
+    if owned is not None:
+        return owned
     if args.command in ("ask", "serve", "run") and not is_supervised():
         # the work happens in a child, so that a death by signal (SIGILL, SIGKILL) is explained
         return run_supervised([sys.executable, "-m", "mebot.pipeline.cli", *raw_argv], f"{args.command}: the process")

@@ -12,6 +12,7 @@ from mebot.assets.finetune import defs as finetune
 from mebot.assets.finetune.dataset import FinetuneFiles
 from mebot.assets.index import defs as index
 from mebot.assets.ingest import defs as ingest
+from mebot.assets.owner import defs as owner
 from mebot.assets.qa import defs as qa
 from mebot.pipeline.deploy import active_deployment
 from mebot.pipeline.jobs import automation_sensor, build_jobs, recrawl_schedule, with_automation
@@ -21,6 +22,7 @@ from mebot.resources.embeddings import EmbedderResource
 from mebot.resources.layout import DataLayout, data_dir_from_env
 from mebot.resources.lora import ModelStore
 from mebot.resources.parquet_io import ParquetIOManagerFactory
+from mebot.resources.releases import ReleaseStore
 from mebot.resources.settings import (
     Settings,
     SettingsResource,
@@ -32,7 +34,7 @@ from mebot.resources.settings import (
 from mebot.resources.vector_index import VectorIndexResource
 
 # The asset groups; each builds its assets and checks from the settings (partitions included).
-ASSET_GROUPS = [ingest, index, qa, finetune, evaluation]
+ASSET_GROUPS = [ingest, index, qa, finetune, evaluation, owner]
 
 __all__ = [
     "ASSET_GROUPS",
@@ -87,6 +89,7 @@ def build_definitions(config_path: str | Path | None = None, data_dir: str | Pat
             "finetune_files": FinetuneFiles(base_dir=str(data.finetune_dir)),
             "model_store": ModelStore(base_dir=str(data.models_dir)),
             "eval_reports": EvalReports(base_dir=str(data.root)),
+            "release_store": ReleaseStore(releases_dir=str(data.releases_dir)),
         },
     )
 

@@ -131,9 +131,26 @@ def inputs_changed() -> dg.AutomationCondition:
     ).with_label("inputs_changed")
 
 
+def golden_summary_updated() -> dg.AutomationCondition:
+    """For `release`: a new golden_summary, not a new index, starts it, so a release is always gated on figures
+    measured with the index it ships (an index alone would be compared with the old figures and pass)."""
+    condition = dg.AutomationCondition
+    updated = condition.any_deps_match(condition.newly_updated()).allow(dg.AssetSelection.assets("golden_summary"))
+    return (
+        condition.in_latest_time_window()
+        & (condition.newly_missing() | updated.with_label("golden_summary_updated")).since_last_handled()
+        & ~condition.any_deps_missing()
+        & ~condition.any_deps_in_progress()
+        & ~condition.in_progress()
+    ).with_label("golden_summary_updated")
+
+
 def automation_condition_for(spec: dg.AssetSpec, partitioned: bool) -> dg.AutomationCondition | None:
     """The automation policy of one asset: None (a person starts it) or `inputs_changed`, limited to the `rag`
-    partition for per-model assets. Roots (the crawl) have no inputs: the schedule starts them."""
+    partition for per-model assets; `release` follows the golden figures. Roots (the crawl) have no inputs: the
+    schedule starts them."""
+    if spec.key == dg.AssetKey("release"):
+        return golden_summary_updated()
     if spec.group_name not in AUTOMATED_GROUPS or not spec.deps:
         return None
     if partitioned:

@@ -31,6 +31,12 @@ def summary_lines(result) -> list[str]:
         lines.append(f"  {materialization.asset_key.to_user_string()}{partition}: {row_text}  {'  '.join(extras)}")
     for evaluation in result.get_asset_check_evaluations():
         status = "passed" if evaluation.passed else f"FAILED ({evaluation.severity.value})"
+        if not evaluation.passed:  # why, in the check's own short words (golden_no_regression: each model's drop)
+            status += "".join(
+                f"  {key}={value.value}"
+                for key, value in evaluation.metadata.items()
+                if isinstance(value.value, str) and "\n" not in value.value and len(value.value) <= 400
+            )
         lines.append(f"  check {evaluation.asset_key.to_user_string()}:{evaluation.check_name} {status}")
     return lines
 

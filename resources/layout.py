@@ -8,6 +8,8 @@ data/finetune/                       training files (JSONL), per split and forma
 data/models/<sweep key>/             a fine-tuned model: adapter.gguf, peft_adapter/, training log
                                      (or openai_job.json for an OpenAI fine-tune; openai_files.json beside)
 data/reports/, data/external/        evaluation reports; bring-your-own answers to score
+data/releases/                       what the server answers with: <id>/ (index, chunks, release.json) and CURRENT
+data/visitors/                       the visitor log (visitor_log.sqlite) and the review decisions (review.json)
 
 Outside it, shared by every data directory: ~/.cache/mebot/onnx/ ($MEBOT_MODEL_CACHE, else $XDG_CACHE_HOME/mebot):
 the embedding model exported to ONNX, made from the installed model files alone.
@@ -31,6 +33,8 @@ OPENAI_JOB_FILE = "openai_job.json"  # in a model folder: the OpenAI fine-tuning
 OPENAI_FILES_REGISTRY = "openai_files.json"  # beside the model folders: training files uploaded, by sha256
 LLM_CACHE_FILE = "llm_calls.sqlite"  # in the cache folder
 EMBEDDING_CACHE_FILE = "embeddings.sqlite"  # in the cache folder
+VISITOR_LOG_FILE = "visitor_log.sqlite"  # in the visitors folder
+REVIEW_DECISIONS_FILE = "review.json"  # in the visitors folder: accepted/dismissed review queue items
 
 
 def data_dir_from_env() -> Path:
@@ -101,6 +105,22 @@ class DataLayout:
     @property
     def external_dir(self) -> Path:
         return self.root / "external"
+
+    @property
+    def releases_dir(self) -> Path:
+        return self.root / "releases"
+
+    @property
+    def visitors_dir(self) -> Path:
+        return self.root / "visitors"
+
+    @property
+    def visitor_log(self) -> Path:
+        return self.visitors_dir / VISITOR_LOG_FILE
+
+    @property
+    def review_decisions(self) -> Path:
+        return self.visitors_dir / REVIEW_DECISIONS_FILE
 
     def model_dir(self, key: str) -> Path:
         return model_dir(self.models_dir, key)

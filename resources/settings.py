@@ -296,6 +296,25 @@ class EvalSettings(_Section):
         return distinct(methods, "methods")
 
 
+class ReleaseSettings(_Section):
+    max_drop: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="The most any served model's golden fact accuracy or refusal accuracy may fall against the "
+        "current release before the `release` asset refuses to promote a new one (check golden_no_regression).",
+    )
+
+
+class VisitorLogSettings(_Section):
+    enabled: bool = Field(
+        True,
+        description="Record every answered question (time, question, model, answer, sources, latency, flags, a "
+        "random id; never an address or user agent) in data/visitors/visitor_log.sqlite, for review.",
+    )
+    keep_days: int = Field(90, ge=1, description="Visitor log entries older than this many days are deleted.")
+
+
 class ServeSettings(_Section):
     host: str = Field("127.0.0.1", description="Address `mebot serve` listens on (0.0.0.0: every interface).")
     port: int = Field(8000, ge=1, le=65535, description="Port `mebot serve` listens on.")
@@ -330,6 +349,10 @@ class ServeSettings(_Section):
         description="The leaderboard column (higher is better) that picks the fine-tuned model `finetune` names in "
         "/api and /v1 (golden fact accuracy is checked against facts the person wrote).",
     )
+    release: ReleaseSettings = Field(
+        default_factory=ReleaseSettings, description="What a new release must pass to be served (data/releases/)."
+    )
+    log: VisitorLogSettings = Field(default_factory=VisitorLogSettings, description="The visitor log.")
 
     @field_validator("trusted_proxies")
     @classmethod

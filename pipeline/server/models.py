@@ -32,7 +32,8 @@ import pandas as pd
 from mebot.assets.evaluation.answers import finetuned_chat_settings
 from mebot.assets.finetune.formats import ask_finetuned
 from mebot.assets.index.extractive import EXTRACTIVE_MODEL, ExtractiveBot
-from mebot.assets.index.rag import RagBot, Source, load_rag_bot
+from mebot.assets.index.rag import RagBot, Source
+from mebot.pipeline.server.release import load_served_bot, release_signature
 from mebot.resources.chat import ChatClient
 from mebot.resources.layout import ADAPTER_FILE, DataLayout
 from mebot.resources.settings import Settings
@@ -199,7 +200,8 @@ class ModelRegistry:
             self._finetuned = finetuned_models_rows(self.data_dir)
             self._best = best_finetune(self._leaderboard(), list(self._finetuned), self.settings.serve.finetune_metric)
             self._models_signature = models
-        signature = materialization_signature(self.data_dir, self.index_dir)
+        # the current release when there is one (a new index is served only once promoted), else the newest index
+        signature = release_signature(self.data_dir) or materialization_signature(self.data_dir, self.index_dir)
         if signature == self._signature and self._bot is not None:
             return False
         if signature == (None, None):  # nothing materialized yet: nothing to try
@@ -209,7 +211,7 @@ class ModelRegistry:
             if signature == self._signature and self._bot is not None:
                 return False
             try:
-                bot = load_rag_bot(self.settings, self.resources, self.data_dir)
+                bot = load_served_bot(self.settings, self.resources, self.data_dir)
             except (FileNotFoundError, RuntimeError, ValueError, OSError) as exc:
                 self._signature = signature
                 if self._bot is None:

@@ -52,10 +52,11 @@ def test_partitions_follow_the_settings_file_given_not_the_default_one(make_conf
 def test_every_group_builds_its_assets_and_checks():
     graph = build_definitions(DEFAULT_CONFIG_PATH).resolve_asset_graph()
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
-    assert sorted(set(groups.values())) == ["evaluation", "finetune", "index", "ingest", "qa"]
+    assert sorted(set(groups.values())) == ["evaluation", "finetune", "index", "ingest", "qa", "serving"]
     checks = {(key.asset_key.to_user_string(), key.name) for key in graph.asset_check_keys}
     assert {("rag_chunks", "rag_chunks_within_token_limit"), ("finetune_dataset", "training_file_valid")} <= checks
     assert ("judge_scores", "judge_validity") in checks
+    assert ("release", "golden_no_regression") in checks
 
 
 def test_importing_every_asset_module_reads_no_settings_file(tmp_path):

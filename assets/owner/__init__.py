@@ -1,0 +1,1 @@
+"""The owner's loop: releases behind the golden gate, the visitors' questions and the review queue."""
