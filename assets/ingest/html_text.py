@@ -170,7 +170,8 @@ def _walk(element: lxml.html.HtmlElement, out: _ParagraphWriter) -> None:
     elif tag == "br":
         out.line_break()
     elif tag == "pre":
-        out.add_verbatim(code_block(element.text_content().strip("\n")))
+        code = element.text_content().strip("\n")
+        out.add_verbatim(code_block(code) if code.strip() else "")
     elif "katex-display" in classes or (tag == "math" and element.get("display") == "block"):
         tex = _tex_of(element)
         out.add_verbatim(display_math(tex if tex is not None else element.text_content()))

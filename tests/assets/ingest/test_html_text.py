@@ -379,3 +379,7 @@ def test_words_of_ignores_punctuation_and_case() -> None:
         "000",
         "km",
     ]
+
+
+def test_an_empty_code_block_leaves_no_fences_behind() -> None:
+    assert extract(body("<article><p>Before.</p><pre>\n  \n</pre><p>After.</p></article>")).text == "Before.\n\nAfter."
