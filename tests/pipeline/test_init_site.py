@@ -3,6 +3,7 @@ refusals (bad URL, unreachable site, a robots.txt that disallows mebot), and `me
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -176,3 +177,21 @@ def test_init_never_overwrites_a_settings_file_without_force(tmp_path):
         forced = _init(f"{base}/", tmp_path, "--force")
     assert forced.returncode == 0, forced.stderr
     assert load_settings(tmp_path / "my-site.yaml").site.start_urls == [f"{base}/"]
+
+
+@pytest.mark.full  # the real embedding model builds the index
+def test_the_bot_of_a_site_set_up_by_init_answers_from_that_site(tmp_path):
+    site_dir = write_small_site(tmp_path / "site", posts=2)
+    env = {"MEBOT_DATA_DIR": str(tmp_path / "data"), "MEBOT_DAGSTER_HOME": str(tmp_path / "home")}
+    config = str(tmp_path / "my-site.yaml")
+    with LocalSite(site_dir, port=free_port()) as site:
+        base = site.base_url
+        assert _init(f"{base}/", tmp_path).returncode == 0
+        run = _mebot("--config", config, "run", "--select", "*vector_index", env=env, timeout=600)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    question = "What is the number for topic 1 paragraph 2?"
+    answer = _mebot("--config", config, "ask", "--model", "extractive", "--json", question, env=env, timeout=300)
+    assert answer.returncode == 0, answer.stderr
+    reply = json.loads(answer.stdout)
+    assert "1014" in reply["answer"]  # facts_paragraphs: 1000 + 2 * 7, stated on /posts/post-1/ only
+    assert reply["sources"][0]["url"] == f"{base}/posts/post-1/"
