@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME := $(CURDIR)
 
-.PHONY: llama-reinstall settings-doc setup setup-test setup-scale test-system-packages run test check snapshot ui lint bench smoke
+.PHONY: setup setup-test setup-scale test-system-packages llama-reinstall run test check snapshot settings-doc ui lint \
+	bench smoke
 
 # llama-cpp-python compiles from source. The default build targets a fixed x86-64 baseline (AVX2, FMA, F16C) and
 # nothing beyond it: a native build (-march=native) on a virtual CPU that lists AMX or AVX-512 without letting a
