@@ -7,6 +7,8 @@ Endpoints:
                                  the original bot's reply shape: {"text", "sourceDocuments": [...]} plus scores
     POST /v1/chat/completions    OpenAI-compatible (non-streaming, and SSE streaming token by token as the model
                                  generates them); model rag or ft-<key>
+    POST /api/feedback           {"id", "rating": "up"|"down", "comment"}: the visitor's rating of an answer (the
+                                 id every answer carries; visitor.py keeps the log, with no address)
     GET  /v1/models              the served models
     GET  /healthz                ready or not, index version, models
 
@@ -76,6 +78,7 @@ from mebot.pipeline.server.protocol import (
     source_json,
     usage,
 )
+from mebot.pipeline.server.visitor import VisitorRecorder
 from mebot.resources.chat import BudgetExceeded, ChatProviderError
 from mebot.resources.settings import Settings
 
@@ -138,6 +141,7 @@ class Server:
         self.queue = GenerationQueue(serve.max_queued_generations)
         self.retrieval_slots = asyncio.Semaphore(4)
         self.started_at = time.time()
+        self.visitors = VisitorRecorder(settings, registry.data_dir)  # the visitor log (no address)
 
     # --------------------------------------------------------------------------------------- helpers
 
@@ -288,8 +292,10 @@ class Server:
                 reply = await self.generate(model, question)
             finally:
                 self.queue.release()
+        answer_id = None if retrieval_only else await self.visitors.record("api", question, reply)
         return JSONResponse(
             {
+                "id": answer_id,
                 "text": reply.text,
                 "sourceDocuments": [source_document(s) for s in reply.sources],
                 "model": reply.model,
@@ -298,6 +304,11 @@ class Server:
                 "latency_s": reply.latency_s,
             }
         )
+
+    async def feedback(self, request: Request) -> Response:
+        """POST /api/feedback {"id", "rating": "up"|"down", "comment"} (pipeline/server/visitor.py)."""
+        self.rate_limit(request)
+        return await self.visitors.feedback(request)
 
     async def chat_completions(self, request: Request) -> Response:
         self.rate_limit(request)
@@ -331,6 +342,7 @@ class Server:
                 reply = await self.generate(model, question)
             finally:
                 self.queue.release()
+            await self.visitors.record("v1", question, reply, completion_id)
             return JSONResponse(completion(completion_id, created, model, reply))
         return StreamingResponse(
             self.stream_completion(completion_id, created, model, question),
@@ -386,6 +398,7 @@ class Server:
                 return
             if rest := streamed.rest(reply.text):
                 yield chunk({"content": rest})
+            await self.visitors.record("v1-stream", question, reply, completion_id)  # the page asks this way
             sources = [source_json(s, with_text=True) for s in reply.sources]
             yield chunk({}, "stop", usage=usage(reply), sources=sources, text=reply.text)
             yield "data: [DONE]\n\n"
@@ -444,6 +457,7 @@ def create_app(settings: Settings, registry: ModelRegistry) -> Starlette:
         Route("/api", endpoint("api")),
         Route("/v1/models", endpoint("models")),
         Route("/v1/chat/completions", endpoint("chat_completions"), methods=["POST"]),
+        Route("/api/feedback", endpoint("feedback"), methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     middleware = [

@@ -138,6 +138,7 @@ async function ask(query) {
       if (typeof chunk.text === "string") text.data = chunk.text;  // the whole answer, as the server has it
       showReferences(chunk.sources || []);
       result.hidden = false;
+      document.dispatchEvent(new CustomEvent("mebot:answered", { detail: { id: chunk.id } }));  // feedback.js
     }
     return true;
   });
