@@ -22,7 +22,6 @@ import os
 import re
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -68,22 +67,21 @@ VISITOR_QUESTIONS = [
 
 
 def export_html(mirror: Path, folder: Path) -> int:
-    """The HTML (and robots.txt) of the mirror's newest commit written to `folder`; returns how many files."""
-    names = subprocess.run(
-        ["git", "--git-dir", str(mirror), "ls-tree", "-r", "--name-only", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    wanted = [n for n in names if n.endswith(".html") or n == "robots.txt"]
-    archive = folder / "site.tar"
-    with archive.open("wb") as out:
-        subprocess.run(["git", "--git-dir", str(mirror), "archive", "HEAD", "--", *wanted], stdout=out, check=True)
+    """The HTML (and robots.txt) of the mirror's newest commit written to `folder / "site"`; returns how many files.
+    File by file: a mirror may lack its largest blobs (data files), which `git archive` refuses to skip."""
+    git = ["git", "--git-dir", str(mirror)]
+    names = subprocess.run([*git, "ls-tree", "-r", "--name-only", "HEAD"], capture_output=True, text=True, check=True)
+    wanted = [n for n in names.stdout.splitlines() if n.endswith(".html") or n == "robots.txt"]
     site = folder / "site"
-    site.mkdir()
-    with tarfile.open(archive) as tar:
-        tar.extractall(site, filter="data")
-    return len(wanted)
+    written = 0
+    for name in wanted:
+        blob = subprocess.run([*git, "show", f"HEAD:{name}"], capture_output=True)
+        if blob.returncode == 0:
+            target = site / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(blob.stdout)
+            written += 1
+    return written
 
 
 def run_graph(base_url: str, folder: Path, max_pages: int) -> tuple[subprocess.CompletedProcess, float, Path, Path]:
