@@ -137,6 +137,7 @@ class SiteSpider(scrapy.Spider):
     def from_crawler(cls, crawler: Any, *args: Any, **kwargs: Any) -> SiteSpider:
         spider = super().from_crawler(crawler, *args, **kwargs)
         crawler.signals.connect(spider.on_request_dropped, signal=signals.request_dropped)
+        crawler.signals.connect(spider.on_request_scheduled, signal=signals.request_scheduled)
         return spider
 
     def __init__(self, job: dict[str, Any], out_path: str, **kwargs: Any):
@@ -222,6 +223,14 @@ class SiteSpider(scrapy.Spider):
                 self._skip(url, "non_html", response.url)
             else:
                 yield response.follow(url, callback=self.parse, errback=self.on_error)
+
+    def on_request_scheduled(self, request: scrapy.Request, spider: scrapy.Spider) -> None:
+        """A redirect off the allowed domains is dropped by Scrapy's offsite filter without a word: record it,
+        under the URL that was linked, as off_site."""
+        chain = request.meta.get("redirect_urls") or []
+        if chain and not self._is_allowed_domain(request.url):
+            referer = (request.headers.get("Referer") or b"").decode("latin-1")
+            self._skip(chain[0], "off_site", referer)
 
     def on_request_dropped(self, request: scrapy.Request, spider: scrapy.Spider) -> None:
         """The duplicate filter drops a redirect to a URL already requested. When that URL is in the request's

@@ -152,9 +152,11 @@ def two_sites(tmp_path: Path):
     with LocalSite(inner, port=0, handler=handler) as inner_site:
         outer = tmp_path / "outer"
         linked = f"{inner_site.base_url}/linked/"
-        body = facts_paragraphs("outer") + f'<p><a href="/go/">go</a> <a href="{linked}">inner</a></p>'
-        write_page(outer, "/", page_html("/", "Outer", body))
-        (outer / "_redirects").write_text(f"/go/ {inner_site.base_url}/secret/ 302\n", encoding="utf-8")
+        anchors = f'<p><a href="/go/">go</a> <a href="{linked}">inner</a> <a href="/away/">away</a></p>'
+        write_page(outer, "/", page_html("/", "Outer", facts_paragraphs("outer") + anchors))
+        elsewhere = inner_site.base_url.replace("127.0.0.1", "localhost")  # another host, the same machine
+        rules = f"/go/ {inner_site.base_url}/secret/ 302\n/away/ {elsewhere}/secret/ 302\n"
+        (outer / "_redirects").write_text(rules, encoding="utf-8")
         with LocalSite(outer, port=0) as outer_site:
             yield outer_site.base_url + "/", handler
 
@@ -163,7 +165,7 @@ def test_a_public_site_cannot_redirect_or_link_the_crawl_to_a_private_address(tw
     start, inner = two_sites
     crawl = ScrapyCrawler().crawl(SiteSettings(**FAST), [start], on_progress=lambda _: None, resolve=public_dns)
     refused = {urlsplit(url).path for url in reasons(crawl, "private_address")}
-    assert refused == {"/go/", "/linked/"}  # the redirect is reported under the URL that was linked
+    assert refused == {"/go/", "/linked/"}  # a redirect is reported under the URL that was linked
     assert inner.requested == []
     assert all(r["url"].startswith(start) for r in crawl.of_kind("page"))
 
@@ -174,4 +176,13 @@ def test_a_site_on_loopback_or_the_setting_lets_the_crawl_reach_private_addresse
     kwargs = {"resolve": resolve} if resolve else {}
     crawl = ScrapyCrawler().crawl(SiteSettings(**FAST, **settings), [start], on_progress=lambda _: None, **kwargs)
     assert not reasons(crawl, "private_address")
-    assert "/secret/" in inner.requested
+    assert inner.requested.count("/secret/") == 1  # through /go/ only
+
+
+@pytest.mark.parametrize("resolve", [public_dns, None])
+def test_a_redirect_off_the_allowed_domains_is_counted_as_off_site_and_never_followed(two_sites, resolve):
+    start, inner = two_sites
+    kwargs = {"resolve": resolve} if resolve else {}
+    crawl = ScrapyCrawler().crawl(SiteSettings(**FAST), [start], on_progress=lambda _: None, **kwargs)
+    assert start + "away/" in reasons(crawl, "off_site")  # redirected to localhost, another host
+    assert inner.requested.count("/secret/") == (0 if resolve else 1)  # reached through /go/ alone
