@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME := $(CURDIR)
 
-.PHONY: setup setup-test setup-scale test-system-packages llama-reinstall run test check snapshot settings-doc ui lint \
+.PHONY: setup setup-test setup-scale test-system-packages run test check snapshot settings-doc ui lint \
 	bench smoke
 
 # llama-cpp-python compiles from source. The default build targets a fixed x86-64 baseline (AVX2, FMA, F16C) and
@@ -28,18 +28,20 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 endif
 WHEELHOUSE := .wheels/llama-cpp-python-$(LLAMA_VERSION)-$(LLAMA_BUILD)
 LLAMA_WHEEL_STAMP := $(WHEELHOUSE)/.built
-# which build the venv holds; a different MEBOT_LLAMA_NATIVE reinstalls it
+# which build the venv holds (tests/install reads it); a stamp per build, so that a different MEBOT_LLAMA_NATIVE
+# reinstalls it and `make -q setup` can tell that nothing is to do
 LLAMA_INSTALLED := $(VENV)/.llama-cpp-python-build
+LLAMA_BUILD_STAMP := $(VENV)/.llama-cpp-python-$(LLAMA_BUILD)
 
 INSTALL_LLAMA_WHEEL = $(BIN)/python -m pip install --disable-pip-version-check --quiet --no-cache-dir \
 	--force-reinstall --no-deps --no-index --find-links $(WHEELHOUSE) llama-cpp-python==$(LLAMA_VERSION) \
-	&& echo $(LLAMA_BUILD) > $(LLAMA_INSTALLED)
+	&& echo $(LLAMA_BUILD) > $(LLAMA_INSTALLED) && rm -f $(VENV)/.llama-cpp-python-native-* \
+	$(VENV)/.llama-cpp-python-portable-* && touch $(LLAMA_BUILD_STAMP)
 
-# (the recursive make is the whole line, so that `make -n` only prints what it would do)
-setup: $(STAMP)
-	@test "$$(cat $(LLAMA_INSTALLED) 2>/dev/null)" = "$(LLAMA_BUILD)" || $(MAKE) --no-print-directory llama-reinstall
+setup: $(STAMP) $(LLAMA_BUILD_STAMP)
 
-llama-reinstall: $(LLAMA_WHEEL_STAMP)
+# another build than the one installed (MEBOT_LLAMA_NATIVE changed): install it and smoke-test it
+$(LLAMA_BUILD_STAMP): $(LLAMA_WHEEL_STAMP) | $(STAMP)
 	$(INSTALL_LLAMA_WHEEL)
 	$(BIN)/mebot smoke
 

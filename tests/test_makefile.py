@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,3 +83,25 @@ def test_make_test_without_root_names_the_missing_packages_and_the_command_to_in
     assert "not installed: chromium postgresql redis-server" in result.stderr
     assert "sudo apt-get install -y chromium postgresql redis-server" in result.stderr
     assert "make run needs none of them" in result.stderr
+
+
+def _installed(clone: Path) -> None:
+    """The files an install leaves, oldest first: the wheel's stamp, then the venv's stamps."""
+    wheelhouse = _make(clone, "-s", "--eval", "print-%: ; @echo $($*)", "print-WHEELHOUSE").stdout.strip()
+    assert wheelhouse.startswith(".wheels/llama-cpp-python-"), wheelhouse
+    (clone / wheelhouse).mkdir(parents=True)
+    (clone / wheelhouse / ".built").touch()
+    (clone / ".venv").mkdir()
+    now = time.time()
+    for offset, path in enumerate([clone / "pyproject.toml", clone / wheelhouse / ".built"]):
+        os.utime(path, (now - 100 + offset, now - 100 + offset))
+    (clone / ".venv" / ".installed-stamp").touch()
+    (clone / ".venv" / ".llama-cpp-python-portable-avx2-fma-f16c").touch()
+
+
+def test_make_setup_has_nothing_to_do_after_an_install_until_pyproject_or_the_llama_build_changes(fresh_clone: Path):
+    _installed(fresh_clone)
+    assert _make(fresh_clone, "-q", "setup").returncode == 0
+    assert _make(fresh_clone, "-q", "setup", "MEBOT_LLAMA_NATIVE=1").returncode == 1  # another build
+    os.utime(fresh_clone / "pyproject.toml")
+    assert _make(fresh_clone, "-q", "setup").returncode == 1
