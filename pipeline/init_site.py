@@ -119,7 +119,8 @@ def probe_site(url: str, user_agent: str, timeout_s: float) -> SiteProbe:
             ) from None
         if page.status_code >= 400:
             raise InitError(f"{start_url} answered HTTP {page.status_code}; give the address of a page that loads")
-        robots_url = urljoin(str(page.url), "/robots.txt")
+        start_url = str(page.url)  # where redirects led (https, www.): the crawl stays on that host
+        robots_url = urljoin(start_url, "/robots.txt")
         try:
             robots = client.get(robots_url)
         except httpx.HTTPError as exc:
@@ -224,7 +225,8 @@ def run_init(args: argparse.Namespace) -> int:
     golden.write_text(golden_stub_yaml(probe), encoding="utf-8")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(settings_yaml(probe, _relative_to_project(golden)), encoding="utf-8")
-    print(f"mebot init: {probe.start_url} answers; {probe.robots_note}")
+    redirected = f" (redirected from {start_url})" if probe.start_url != start_url else ""
+    print(f"mebot init: {probe.start_url} answers{redirected}; {probe.robots_note}")
     print(f"  persona: {probe.persona_name} (from {probe.name_source}; edit persona.name if that is not you)")
     print(f"  wrote {out} (settings) and {golden} (golden questions to fill in)")
     print("next:")

@@ -195,3 +195,13 @@ def test_the_bot_of_a_site_set_up_by_init_answers_from_that_site(tmp_path):
     reply = json.loads(answer.stdout)
     assert "1014" in reply["answer"]  # facts_paragraphs: 1000 + 2 * 7, stated on /posts/post-1/ only
     assert reply["sources"][0]["url"] == f"{base}/posts/post-1/"
+
+
+def test_init_starts_the_crawl_where_the_start_pages_redirect_leads(tmp_path):
+    site_dir = write_small_site(tmp_path / "site", posts=2)  # its _redirects: /old/ -> /posts/post-1/
+    with LocalSite(site_dir, port=free_port()) as site:
+        base = site.base_url
+        result = _init(f"{base}/old/", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"{base}/posts/post-1/ answers (redirected from {base}/old/)" in result.stdout
+    assert load_settings(tmp_path / "my-site.yaml").site.start_urls == [f"{base}/posts/post-1/"]
