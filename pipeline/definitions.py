@@ -13,9 +13,16 @@ from mebot.assets.finetune.dataset import FinetuneFiles
 from mebot.assets.index import defs as index
 from mebot.assets.ingest import defs as ingest
 from mebot.assets.owner import defs as owner
+from mebot.assets.owner.visitor import VISITOR_PARTITIONS
 from mebot.assets.qa import defs as qa
 from mebot.pipeline.deploy import active_deployment
-from mebot.pipeline.jobs import automation_sensor, build_jobs, recrawl_schedule, with_automation
+from mebot.pipeline.jobs import (
+    automation_sensor,
+    build_jobs,
+    recrawl_schedule,
+    visitor_log_sensor,
+    with_automation,
+)
 from mebot.resources.chat import ChatModelResource
 from mebot.resources.crawler import ScrapyCrawler
 from mebot.resources.embeddings import EmbedderResource
@@ -32,6 +39,7 @@ from mebot.resources.settings import (
     stamped_code_version,
 )
 from mebot.resources.vector_index import VectorIndexResource
+from mebot.resources.visitor_log import VisitorLogResource
 
 # The asset groups; each builds its assets and checks from the settings (partitions included).
 ASSET_GROUPS = [ingest, index, qa, finetune, evaluation, owner]
@@ -78,7 +86,7 @@ def build_definitions(config_path: str | Path | None = None, data_dir: str | Pat
         asset_checks=checks,
         jobs=build_jobs(settings, deployment.executor_def()),
         schedules=[recrawl_schedule(settings, data.root)],
-        sensors=[automation_sensor],
+        sensors=[automation_sensor, visitor_log_sensor(data.visitor_log, VISITOR_PARTITIONS)],
         resources={
             "settings": SettingsResource(config_path=str(config)),
             "io_manager": ParquetIOManagerFactory(base_dir=str(data.root)),
@@ -90,6 +98,7 @@ def build_definitions(config_path: str | Path | None = None, data_dir: str | Pat
             "model_store": ModelStore(base_dir=str(data.models_dir)),
             "eval_reports": EvalReports(base_dir=str(data.root)),
             "release_store": ReleaseStore(releases_dir=str(data.releases_dir)),
+            "visitor_log": VisitorLogResource(path=str(data.visitor_log)),
         },
     )
 

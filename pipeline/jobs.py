@@ -13,6 +13,7 @@ Policy:
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,6 +22,7 @@ import dagster as dg
 
 from mebot.resources.run_lock import lock_holder
 from mebot.resources.settings import Settings
+from mebot.resources.visitor_log import VisitorLog
 
 INGEST_SELECTION = dg.AssetSelection.groups("ingest", "index")
 FINETUNE_SELECTION = dg.AssetSelection.groups("qa", "finetune")
@@ -28,8 +30,10 @@ FINETUNE_SELECTION = dg.AssetSelection.groups("qa", "finetune")
 EVALUATION_SELECTION = dg.AssetSelection.groups("evaluation")
 
 # What `mebot run` / `make run` build by default: everything — the RAG bot, questions, the fine-tuning sweep, the
-# evaluation and its leaderboard (fresh assets are skipped, so a re-run only redoes what changed).
-DEFAULT_RUN_SELECTION = dg.AssetSelection.all()
+# evaluation, its leaderboard and the release (fresh assets are skipped, so a re-run only redoes what changed) —
+# but the visitors' days, which the visitor_log sensor refreshes as visitors ask (`--select group:visitors` too).
+VISITOR_GROUP = "visitors"
+DEFAULT_RUN_SELECTION = dg.AssetSelection.all() - dg.AssetSelection.groups(VISITOR_GROUP)
 
 # The one model partition of the evaluation assets that needs no fine-tuning.
 RAG_PARTITION = "rag"
@@ -70,7 +74,38 @@ def build_jobs(
         executor_def=executor_def,
         description="Answer the held-out questions with a model (partition) and score the answers.",
     )
-    return [ingest_job, finetune_job, evaluate_job]
+    return [ingest_job, finetune_job, evaluate_job, visitor_questions_job]
+
+
+visitor_questions_job = dg.define_asset_job(
+    "visitor_days",
+    selection=dg.AssetSelection.assets("visitor_questions"),
+    description="One day of the visitor log as a table (the visitor_log sensor starts it when a day changes).",
+)
+
+
+def visitor_log_sensor(log_path: str | Path, partitions_def: dg.PartitionsDefinition) -> dg.SensorDefinition:
+    """Materializes the days of visitor_questions whose answers or feedback changed since its last look (the
+    review_queue follows on its own); nothing while the log is unchanged."""
+
+    @dg.sensor(
+        name="visitor_log",
+        job=visitor_questions_job,
+        minimum_interval_seconds=300,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Refreshes visitor_questions for each day with new questions or feedback; review_queue follows.",
+    )
+    def visitor_log(context: dg.SensorEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
+        marks = VisitorLog(log_path).fingerprints()
+        seen = json.loads(context.cursor) if context.cursor else {}
+        valid = set(partitions_def.get_partition_keys())
+        changed = [day for day, mark in marks.items() if seen.get(day) != mark and day in valid]
+        if not changed:
+            return dg.SkipReason("no new questions or feedback in the visitor log")
+        context.update_cursor(json.dumps(marks))
+        return [dg.RunRequest(run_key=f"{day}:{marks[day]}", partition_key=day) for day in changed]
+
+    return visitor_log
 
 
 def recrawl_schedule(settings: Settings, data_dir: str | Path | None = None) -> dg.ScheduleDefinition:
@@ -131,6 +166,17 @@ def inputs_changed() -> dg.AutomationCondition:
     ).with_label("inputs_changed")
 
 
+def visitor_questions_updated() -> dg.AutomationCondition:
+    """For `review_queue`: any day of visitor_questions re-materialized (the visitor_log sensor starts them);
+    days never materialized are not waited for."""
+    condition = dg.AutomationCondition
+    return (
+        (condition.newly_missing() | condition.any_deps_updated()).since_last_handled()
+        & ~condition.any_deps_in_progress()
+        & ~condition.in_progress()
+    ).with_label("visitor_questions_updated")
+
+
 def golden_summary_updated() -> dg.AutomationCondition:
     """For `release`: a new golden_summary, not a new index, starts it, so a release is always gated on figures
     measured with the index it ships (an index alone would be compared with the old figures and pass)."""
@@ -151,6 +197,8 @@ def automation_condition_for(spec: dg.AssetSpec, partitioned: bool) -> dg.Automa
     schedule starts them."""
     if spec.key == dg.AssetKey("release"):
         return golden_summary_updated()
+    if spec.key == dg.AssetKey("review_queue"):
+        return visitor_questions_updated()
     if spec.group_name not in AUTOMATED_GROUPS or not spec.deps:
         return None
     if partitioned:

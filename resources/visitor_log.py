@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import dagster as dg
 import pandas as pd
 
 RATINGS = ("up", "down")
@@ -158,6 +159,17 @@ class VisitorLog:
             rows = connection.execute(query, params).fetchall()
         return pd.DataFrame(rows, columns=LOG_COLUMNS)
 
+    def fingerprints(self) -> dict[str, str]:
+        """day -> a mark that changes when an answer of that day is logged or rated (for the review sensor)."""
+        if not self.path.is_file():
+            return {}
+        query = (
+            "SELECT a.day, COUNT(*), COUNT(f.answer_id), MAX(f.rated_at) FROM answers a "
+            "LEFT JOIN feedback f ON f.answer_id = a.id GROUP BY a.day ORDER BY a.day"
+        )
+        with self._connect() as connection:
+            return {day: f"{n}:{rated}:{last or ''}" for day, n, rated, last in connection.execute(query)}
+
     def days(self) -> list[str]:
         """The days that have answers, oldest first."""
         if not self.path.is_file():
@@ -166,4 +178,13 @@ class VisitorLog:
             return [d for (d,) in connection.execute("SELECT DISTINCT day FROM answers ORDER BY day")]
 
 
-__all__ = ["ANSWER_COLUMNS", "LOG_COLUMNS", "RATINGS", "LoggedAnswer", "VisitorLog"]
+class VisitorLogResource(dg.ConfigurableResource):
+    """The visitor log file the server writes and the review assets read (data/visitors/visitor_log.sqlite)."""
+
+    path: str
+
+    def log(self, keep_days: int = 90) -> VisitorLog:
+        return VisitorLog(self.path, keep_days)
+
+
+__all__ = ["ANSWER_COLUMNS", "LOG_COLUMNS", "RATINGS", "LoggedAnswer", "VisitorLog", "VisitorLogResource"]

@@ -124,6 +124,7 @@ def graph(tmp_path_factory):
         if key in sweep:
             results[f"finetuned_models[{key}]"] = run(["finetuned_models"], key)
         results[key] = run(per_model, key)
+    results["visitor_questions"] = run(["visitor_questions"], "2026-12-01")  # one day of the (empty) visitor log
     results["rest"] = run(rest)
     return {"defs": defs, "data": data, "results": results, "model_keys": model_keys, "sweep": sweep}
 
