@@ -77,8 +77,10 @@ def _cut_long(text: str, start: int, end: int, limit: int) -> list[tuple[int, in
 
 
 _UNIT = re.compile(
-    r"^```[^\n]*\n.*?(?:^```[ \t]*$|\Z)"  # a code block, between fence lines (or to the end of a chunk)
-    r"|^\$\$.*?(?:\$\$[ \t]*$|\Z)",  # display math, between $$ marks
+    # a code block: from an opening fence (it carries an info string: a bare fence only closes) to the closing
+    # fence, or to the end of a chunk cut inside the block
+    r"^```[^\s`][^\n]*\n.*?(?:^```[ \t]*$|\Z)"
+    r"|^\$\$[^\n]*",  # display math: a line of its own starting with $$
     re.S | re.M,
 )
 _INLINE_MATH = re.compile(r"\\\(.*?\\\)|\$(?=[^\s$])[^$\n]*?[^\s$]\$(?!\d)")

@@ -12,7 +12,7 @@ lines; whitespace inside a paragraph collapsed to single spaces (sentences are n
 
 What a sentence splitter must not cut is marked as Markdown would mark it, so that it stays recognizable as one
 unit in the text (assets/index/context.py reads these marks):
-- a code block (`<pre>`) keeps its lines between fence lines: "```" ... "```";
+- a code block (`<pre>`) keeps its lines between fence lines: "```python" (its language, else "code") ... "```";
 - display math is a paragraph of its own between "$$" marks: TeX written in the page (`$$...$$`, `\[...\]`,
   `\begin{align*}...\end{align*}` alone in a paragraph), KaTeX's rendered `.katex-display` (its TeX
   annotation) and MathML `<math display="block">` (its TeX annotation or `alttext`); inline math stays in its
@@ -121,9 +121,20 @@ def display_math(tex: str) -> str:
     return f"$$ {' '.join(tex.split())} $$"
 
 
-def code_block(code: str) -> str:
-    """A code block's lines between fence lines (one unit for the sentence splitter)."""
-    return f"{FENCE}\n{code}\n{FENCE}"
+def code_block(code: str, language: str = "") -> str:
+    """A code block's lines between fence lines (one unit for the sentence splitter). The opening fence always
+    carries an info string (the language, else "code"), so that a bare closing fence, at the start of a chunk cut
+    inside a block, is never read as an opening one."""
+    return f"{FENCE}{language or 'code'}\n{code}\n{FENCE}"
+
+
+def _language(pre: lxml.html.HtmlElement) -> str:
+    """The language a code block declares in its class (`language-python`, `lang-sql`), else ""."""
+    for element in (pre, *pre.iter("code")):
+        for name in _classes(element):
+            if name.startswith(("language-", "lang-")):
+                return re.sub(r"[^\w+#.-]", "", name.split("-", 1)[1])
+    return ""
 
 
 def _classes(element: lxml.html.HtmlElement) -> set[str]:
@@ -171,7 +182,7 @@ def _walk(element: lxml.html.HtmlElement, out: _ParagraphWriter) -> None:
         out.line_break()
     elif tag == "pre":
         code = element.text_content().strip("\n")
-        out.add_verbatim(code_block(code) if code.strip() else "")
+        out.add_verbatim(code_block(code, _language(element)) if code.strip() else "")
     elif "katex-display" in classes or (tag == "math" and element.get("display") == "block"):
         tex = _tex_of(element)
         out.add_verbatim(display_math(tex if tex is not None else element.text_content()))

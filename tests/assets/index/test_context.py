@@ -49,7 +49,7 @@ def test_sentence_spans_point_into_the_text_and_over_long_sentences_are_cut():
     assert joined.replace(" ", "") == text[7:].replace(" ", "")  # nothing lost, nothing added
 
 
-CODE = "```\nimport duckdb\n\nARCHIVE = 's3://bucket/x/'. Not. A sentence.\nprint(ARCHIVE)\n```"
+CODE = "```python\nimport duckdb\n\nARCHIVE = 's3://bucket/x/'. Not. A sentence.\nprint(ARCHIVE)\n```"
 MATH = "$$ \\begin{align*} r &= \\lfloor (N+1) p \\rfloor. \\\\ s &= N. \\end{align*} $$"
 
 
@@ -61,7 +61,8 @@ MATH = "$$ \\begin{align*} r &= \\lfloor (N+1) p \\rfloor. \\\\ s &= N. \\end{al
             f"Before.\n\n{MATH}\n\nFor 999 readings, that is 964. Next.",
             ["Before.", MATH, "For 999 readings, that is 964.", "Next."],
         ),
-        ("Unclosed:\n\n```\nx = 1\n\ny = 2", ["Unclosed:", "```\nx = 1\n\ny = 2"]),  # a chunk cut inside a block
+        ("Unclosed:\n\n```code\nx = 1\n\ny = 2", ["Unclosed:", "```code\nx = 1\n\ny = 2"]),  # cut inside a block
+        ("y = 2\n```\n\nAfter the code. More.", ["y = 2", "```", "After the code.", "More."]),  # cut: a bare fence
         ("Take \\(x_{(k)}. Y\\) and $a. B$ here. Next one.", ["Take \\(x_{(k)}. Y\\) and $a. B$ here.", "Next one."]),
         ("It cost $5. Then I paid $10. Done.", ["It cost $5.", "Then I paid $10.", "Done."]),  # prices are no math
         (
@@ -69,14 +70,22 @@ MATH = "$$ \\begin{align*} r &= \\lfloor (N+1) p \\rfloor. \\\\ s &= N. \\end{al
             ["Method | Cost", "Method: chain | Cost: £56", "Method: tyres | Cost: £170"],
         ),
     ],
-    ids=["code-block", "display-math", "unclosed-fence", "inline-math", "dollar-prices", "table-rows"],
+    ids=[
+        "code-block",
+        "display-math",
+        "unclosed-fence",
+        "orphan-closing-fence",
+        "inline-math",
+        "dollar-prices",
+        "table-rows",
+    ],
 )
 def test_code_blocks_and_display_math_are_units_and_inline_math_stays_in_its_sentence(text, expected):
     assert split_sentences(text) == expected
 
 
 def test_a_unit_longer_than_max_chars_stays_whole_and_prose_around_it_is_still_cut():
-    code = "```\n" + "\n".join(f"value_{i} = {i} * factor + offset" for i in range(200)) + "\n```"
+    code = "```code\n" + "\n".join(f"value_{i} = {i} * factor + offset" for i in range(200)) + "\n```"
     long_line = "word " * 400
     sentences = split_sentences(f"{long_line}\n\n{code}", max_chars=120)
     assert sentences[-1] == code and len(code) > 5000

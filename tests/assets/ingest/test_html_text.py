@@ -110,7 +110,7 @@ def test_title_comes_from_h1_else_from_head_title(html: str, title: str) -> None
         ("<p>  lots   of    spaces  </p>", "lots of spaces"),
         ("<p>bold <b>word</b> and <a href='/x'>a\n link</a> inline.</p>", "bold word and a link inline."),
         ("<p>line one<br>line two<br/>line three</p>", "line one\nline two\nline three"),
-        ("<pre>  def f():\n      return 1\n</pre>", "```\n  def f():\n      return 1\n```"),
+        ("<pre>  def f():\n      return 1\n</pre>", "```code\n  def f():\n      return 1\n```"),
         ("<div>loose text<p>para</p>tail text</div>", "loose text\n\npara\n\ntail text"),
     ],
     ids=["paragraphs", "multiline-sentence", "spaces", "inline", "br", "pre", "mixed"],
@@ -182,7 +182,7 @@ def test_list_items_start_with_a_dash(items: str) -> None:
 
 def test_pre_keeps_its_lines_while_neighbouring_paragraphs_collapse() -> None:
     html = body("<article><p>before\n   pre</p><pre>x = 1\n\ny = 2</pre><p>after</p></article>")
-    assert extract(html).text == "before pre\n\n```\nx = 1\n\ny = 2\n```\n\nafter"
+    assert extract(html).text == "before pre\n\n```code\nx = 1\n\ny = 2\n```\n\nafter"
 
 
 def test_table_cells_collapse_whitespace() -> None:
@@ -383,3 +383,15 @@ def test_words_of_ignores_punctuation_and_case() -> None:
 
 def test_an_empty_code_block_leaves_no_fences_behind() -> None:
     assert extract(body("<article><p>Before.</p><pre>\n  \n</pre><p>After.</p></article>")).text == "Before.\n\nAfter."
+
+
+@pytest.mark.parametrize(
+    ("pre", "fence"),
+    [
+        ('<pre><code class="language-python">x = 1</code></pre>', "```python"),
+        ('<pre class="lang-sql">SELECT 1</pre>', "```sql"),
+        ('<pre class="highlight">x</pre>', "```code"),
+    ],
+)
+def test_a_code_block_s_opening_fence_names_its_language(pre: str, fence: str) -> None:
+    assert extract(body(f"<article>{pre}</article>")).text.splitlines()[0] == fence
