@@ -9,7 +9,8 @@ only honours `nofollow` (robots meta tag or X-Robots-Tag for every robot or ours
 Only the web is crawled: Scrapy's file, ftp, s3 and data download handlers are off, and a link of any scheme but
 http(s) is recorded as skipped (reason `scheme`), never requested. With `refuse_private_addresses` (the start
 URLs are public hosts), a request whose host resolves to a loopback, private, link-local, cloud-metadata or other
-non-global address is refused before it is sent, redirects included (reason `private_address`); the start URLs'
+non-global address is refused before it is sent, redirects included (reason `private_address`), and the resolver
+Scrapy connects with refuses it again (`ScopedResolver`: a DNS answer that changed in between); the start URLs'
 own origins are always allowed.
 
 Progress goes to stdout as `PROGRESS {json}` lines, which the parent relays to the Dagster log.
@@ -40,6 +41,7 @@ from scrapy.exceptions import (
 )
 from scrapy.http import Response, TextResponse
 from scrapy.linkextractors import IGNORED_EXTENSIONS, LinkExtractor
+from scrapy.resolver import CachingThreadedResolver
 from twisted.internet.error import (
     ConnectionRefusedError,
     DNSLookupError,
@@ -47,7 +49,7 @@ from twisted.internet.error import (
     TimeoutError,
 )
 
-from mebot.resources.network_scope import PRIVATE_ADDRESS, NetworkScope, is_web_url
+from mebot.resources.network_scope import PRIVATE_ADDRESS, NetworkScope, is_public_address, is_web_url
 
 _NON_HTML_EXTENSIONS = {f".{ext}" for ext in IGNORED_EXTENSIONS}
 MAX_RECORDED_URL_CHARS = 300
@@ -58,6 +60,38 @@ def recorded_url(url: str) -> str:
     if urlsplit(url).scheme.lower() == "data":
         return "data:"
     return url[:MAX_RECORDED_URL_CHARS]
+
+
+class ScopedResolver(CachingThreadedResolver):
+    """The resolver the crawl connects with. With `refuse_private_addresses`, a host other than a start URL's
+    whose address is not public does not resolve (reason `private_address`), so no connection is made to it even
+    when its DNS answered differently when `NetworkScopeMiddleware` asked (DNS rebinding)."""
+
+    refuse: bool = False
+    exempt_hosts: frozenset[str] = frozenset()
+    # host -> why; Twisted reports a failed lookup as "no results", so the spider looks the reason up here
+    refused: dict[str, str] = {}  # noqa: RUF012 (one resolver per crawl process)
+
+    @classmethod
+    def from_crawler(cls, crawler: Any, reactor: Any) -> ScopedResolver:
+        resolver = super().from_crawler(crawler, reactor)
+        job = crawler.settings.getdict("MEBOT_JOB")
+        resolver.refuse = bool(job.get("refuse_private_addresses"))
+        resolver.exempt_hosts = frozenset((urlsplit(o).hostname or "") for o in job.get("start_origins", []))
+        return resolver
+
+    def getHostByName(self, name: str, timeout: Any = ()) -> Any:  # noqa: N802 (Twisted's name)
+        resolved = super().getHostByName(name, timeout)
+        if not self.refuse or name.lower() in self.exempt_hosts:
+            return resolved
+
+        def public_only(address: str) -> str:
+            if not is_public_address(address):
+                ScopedResolver.refused[name.lower()] = f"{PRIVATE_ADDRESS}: {name} resolves to {address}"
+                raise DNSLookupError(ScopedResolver.refused[name.lower()])
+            return address
+
+        return resolved.addCallback(public_only)
 
 
 class NetworkScopeMiddleware:
@@ -111,9 +145,9 @@ def failure_reason(failure: Any) -> str:
     text = str(error)
     if isinstance(error, NotSupported) or (isinstance(error, IgnoreRequest) and text.startswith("scheme:")):
         return "scheme"
+    if f"{PRIVATE_ADDRESS}: " in text:  # NetworkScopeMiddleware's refusal, or ScopedResolver's
+        return PRIVATE_ADDRESS
     if isinstance(error, IgnoreRequest):
-        if text.startswith(PRIVATE_ADDRESS):
-            return PRIVATE_ADDRESS
         if "robots.txt" in text:
             return "robots_txt"
         if "redirect" in text.lower():
@@ -251,7 +285,10 @@ class SiteSpider(scrapy.Spider):
 
     def on_error(self, failure: Any) -> None:
         request = failure.request
-        reason = failure_reason(failure)
+        reason, detail = failure_reason(failure), str(failure.value)
+        refused = ScopedResolver.refused.get((urlsplit(request.url).hostname or "").lower())
+        if reason == "unreachable" and refused:
+            reason, detail = PRIVATE_ADDRESS, refused
         kind = "skipped" if reason in ("robots_txt", "too_large", "scheme", PRIVATE_ADDRESS) else "error"
         self.write(
             {
@@ -259,7 +296,7 @@ class SiteSpider(scrapy.Spider):
                 # the URL that was asked for, not the last hop of a redirect chain
                 "url": request.meta.get("redirect_urls", [request.url])[0],
                 "reason": reason,
-                "detail": str(failure.value)[:300],
+                "detail": detail[:300],
                 "referer": (request.headers.get("Referer") or b"").decode("latin-1"),
                 "start": bool(request.meta.get("start")),
                 "fetched_at": _now(),
@@ -319,6 +356,7 @@ def scrapy_settings(job: dict[str, Any]) -> dict[str, Any]:
         "DOWNLOAD_HANDLERS": {"file": None, "ftp": None, "s3": None, "data": None},
         # before every other downloader middleware (robots.txt included), and again for each redirect
         "DOWNLOADER_MIDDLEWARES": {"mebot.resources.scrapy_crawl.NetworkScopeMiddleware": 1},
+        "TWISTED_DNS_RESOLVER": "mebot.resources.scrapy_crawl.ScopedResolver",
         "MEBOT_JOB": {k: job.get(k) for k in ("refuse_private_addresses", "start_origins")},
     }
 

@@ -6,6 +6,9 @@ public host is reachable offline), passed in as the crawl's resolver."""
 from __future__ import annotations
 
 import base64
+import json
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -139,6 +142,62 @@ def test_private_addresses_are_refused_only_when_the_start_urls_are_public_and_n
     assert crawl_job(SiteSettings(), start, resolve=public_dns)["refuse_private_addresses"] is True
     allowed = SiteSettings(allow_private_addresses=True)
     assert crawl_job(allowed, start, resolve=public_dns)["refuse_private_addresses"] is False
+
+
+def test_the_resolver_the_crawl_connects_with_refuses_a_host_that_now_resolves_privately() -> None:
+    """DNS rebinding: a host that looked public to NetworkScope resolves to loopback when Scrapy connects. The
+    answer Scrapy connects with comes from its DNS cache, filled here as a second DNS answer would fill it."""
+    from scrapy.resolver import dnscache
+    from twisted.internet.error import DNSLookupError
+    from twisted.python.failure import Failure
+
+    from mebot.resources.scrapy_crawl import ScopedResolver, failure_reason
+
+    resolver = ScopedResolver(reactor=None, cache_size=100, timeout=5)
+    resolver.refuse, resolver.exempt_hosts = True, frozenset({"start.example"})
+    dnscache["rebound.example"] = "127.0.0.1"
+    dnscache["start.example"] = "127.0.0.1"
+    dnscache["public.example"] = PUBLIC_ADDRESS
+    outcomes: dict[str, object] = {}
+    for host in ("rebound.example", "start.example", "public.example"):
+        resolver.getHostByName(host).addBoth(lambda result, host=host: outcomes.__setitem__(host, result))
+    refused = outcomes["rebound.example"]
+    assert isinstance(refused, Failure) and refused.check(DNSLookupError)
+    assert failure_reason(refused) == "private_address"
+    assert ScopedResolver.refused["rebound.example"] == "private_address: rebound.example resolves to 127.0.0.1"
+    assert outcomes["start.example"] == "127.0.0.1"  # a start URL's host is where the site is
+    assert outcomes["public.example"] == PUBLIC_ADDRESS
+
+
+# A crawl process whose NetworkScope check looks away (as if the host had answered with a public address then),
+# so that only the resolver Scrapy connects with stands between the crawl and a private address.
+CRAWL_WITHOUT_THE_MIDDLEWARE_CHECK = """
+import sys
+from mebot.resources import scrapy_crawl
+from mebot.resources.network_scope import NetworkScope
+NetworkScope.refusal = lambda self, url: None
+scrapy_crawl.main(sys.argv[1:])
+"""
+
+
+def test_the_connection_is_refused_when_a_host_resolves_privately_only_when_scrapy_connects(tmp_path: Path):
+    write_page(tmp_path / "b", "/", page_html("/", "B", facts_paragraphs("b")))
+    handler = recording_handler()
+    with LocalSite(tmp_path / "b", port=0, handler=handler) as inner:
+        other = inner.base_url.replace("127.0.0.1", "localhost")
+        write_page(tmp_path / "a", "/", page_html("/", "A", facts_paragraphs("a") + f'<a href="{other}/">b</a>'))
+        with LocalSite(tmp_path / "a", port=0) as outer:
+            site = SiteSettings(**FAST, allowed_domains=["127.0.0.1", "localhost"])
+            job = crawl_job(site, [outer.base_url + "/"], resolve=public_dns)
+            (tmp_path / "job.json").write_text(json.dumps(job), encoding="utf-8")
+            out = tmp_path / "out.jsonl"
+            command = [sys.executable, "-c", CRAWL_WITHOUT_THE_MIDDLEWARE_CHECK, str(tmp_path / "job.json"), str(out)]
+            subprocess.run(command, check=True, capture_output=True, timeout=120)
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    refused = [r for r in records if r.get("reason") == "private_address"]
+    assert [r["url"] for r in refused] == [other + "/"]
+    assert refused[0]["detail"] == "private_address: localhost resolves to 127.0.0.1"
+    assert handler.requested == []
 
 
 @pytest.fixture
