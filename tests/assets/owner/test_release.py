@@ -17,7 +17,7 @@ from mebot.pipeline.run_report import summary_lines
 from mebot.pipeline.server.models import ModelRegistry
 from mebot.resources.layout import DataLayout
 from mebot.resources.parquet_io import ParquetIOManagerFactory
-from mebot.resources.releases import ReleaseStore, list_releases, read_current_id
+from mebot.resources.releases import ReleaseStore, list_releases, read_current_id, rollback
 from mebot.resources.settings import Settings, SettingsResource, load_settings
 from mebot.resources.vector_index import VectorIndexResource, write_index
 from tests.fakes import FakeEmbedder, fake_model_resources
@@ -184,3 +184,27 @@ def test_golden_figures_leave_out_what_was_not_counted():
 def test_the_definitions_snapshot_has_golden_no_regression_as_a_blocking_check():
     snapshot = json.loads((Path(__file__).parents[2] / "pipeline" / "snapshots" / "definitions.json").read_text())
     assert snapshot["checks"]["release:golden_no_regression"]["blocking"] is True
+
+
+def test_the_server_reloads_on_a_new_release_not_on_a_new_index(setup):
+    config, data, resources = setup
+    assert dg.materialize(world(GOOD_PAGES, 0.8, 1.0), resources=resources).success
+    first_release = read_current_id(data.releases_dir)
+    registry_resources = {
+        **fake_model_resources(data.cache_dir),
+        "index_store": VectorIndexResource(index_dir=str(data.index_dir)),
+    }
+    registry = ModelRegistry(load_settings(config), registry_resources, data.root)
+    assert registry.refresh() and registry.bot.chunks["text"].tolist() == [text for _, text in GOOD_PAGES]
+    # a new index (and chunks) that no release holds yet: still the release
+    dg.materialize(world(BROKEN_PAGES, 0.8, 1.0)[:2], resources=resources)
+    assert registry.refresh() is False
+    # a new release: swapped in
+    changed = [GOOD_PAGES[0], ("https://me.test/bikes/", "I rode 7,000 km on my bikes in 2023.")]
+    assert dg.materialize(world(changed, 0.8, 1.0), resources=resources).success
+    assert registry.refresh() is True
+    assert "I rode 7,000 km on my bikes in 2023." in registry.bot.chunks["text"].tolist()
+    # a rollback: the first release again
+    rollback(data.releases_dir, first_release)
+    assert registry.refresh() is True
+    assert registry.bot.chunks["text"].tolist() == [text for _, text in GOOD_PAGES]
