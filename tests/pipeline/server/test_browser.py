@@ -63,6 +63,7 @@ class StreamingRegistry:
     """Stands in for ModelRegistry: `rag` answers WORDS with one source, the fine-tuned model the same words
     with none; each word is passed to `on_token` `delay_s` after the one before, as a model generates them."""
 
+    data_dir: Path  # where the server keeps its visitor log
     delay_s: float = 0.06
     questions: list[tuple[str, str]] = field(default_factory=list)
     extra_sources: list[Source] = field(default_factory=list)  # after the real one (a test sets them)
@@ -102,10 +103,10 @@ class InProcessServer:
 
 
 @pytest.fixture(scope="module")
-def page_server() -> Iterator[InProcessServer]:
+def page_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
     """The real app (create_app) under uvicorn in a thread, on the stand-in registry."""
     settings = parse_settings({"persona": {"name": PERSON}, "serve": {"rate_limit_burst": 100}})
-    registry = StreamingRegistry()
+    registry = StreamingRegistry(tmp_path_factory.mktemp("page-data"))
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings, registry), host="127.0.0.1", port=port, log_level="warning")
@@ -248,16 +249,16 @@ def test_only_http_urls_become_links_and_the_page_works_under_its_content_securi
     links = page.locator("#references a")
     assert [links.nth(i).get_attribute("href") for i in range(links.count())] == [PAGE_URL]
     assert page.locator("#references span.reference-link").all_inner_texts() == ["Click me", "Data", "File"]
-    assert len(scripts) == 2  # app.js and style.css, each with the headers
-    for response in scripts:
+    assert {"app.js", "style.css"} <= {response.url.rsplit("/", 1)[-1] for response in scripts}
+    for response in scripts:  # every static file with the headers
         assert_security_headers(response)
     assert page.evaluate("window.cspViolations") == []  # the page needs nothing its policy forbids
     assert not errors, errors
 
 
-def test_the_name_in_the_page_is_escaped():
+def test_the_name_in_the_page_is_escaped(tmp_path: Path):
     settings = parse_settings({"persona": {"name": "Ana <b>O'Neil</b> & co"}})
-    with TestClient(create_app(settings, StreamingRegistry())) as client:
+    with TestClient(create_app(settings, StreamingRegistry(tmp_path))) as client:
         page = client.get("/").text
     assert "<title>Ask Ana &lt;b&gt;O&#x27;Neil&lt;/b&gt; &amp; co</title>" in page
     assert "{{persona_name}}" not in page and "<b>O'Neil</b>" not in page
