@@ -8,12 +8,15 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from mebot.pipeline.server.app import create_app
 from mebot.resources.layout import DataLayout
 from mebot.resources.visitor_log import VisitorLog
 from tests.pipeline.server.inprocess import BuiltIndex, build_index
+from tests.pipeline.server.test_fuzz import FUZZ, assert_no_5xx, json_values
 
 QUESTION = "What is fact 1 about topic 2?"
 ADDRESS = "203.0.113.77"
@@ -125,3 +128,34 @@ def test_feedback_is_size_and_rate_limited(built, client):
     assert http.post("/api/feedback", content=b"{" + b" " * 9000 + b"}").status_code == 413
     assert http.post("/api/feedback", json={"id": "0" * 32, "rating": "up"}).status_code == 404
     assert http.post("/api/feedback", json={"id": "0" * 32, "rating": "up"}).status_code == 429
+
+
+# ------------------------------------------------------------------------------------------------ fuzzing
+
+FEEDBACK_BODIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.sampled_from(["KNOWN", "0" * 32, "chatcmpl-" + "a" * 24, ""]) | json_values,
+        "rating": st.sampled_from(["up", "down", "UP", ""]) | json_values,
+        "comment": st.text(max_size=1200) | json_values,
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_client(built: BuiltIndex):
+    settings = built.settings({"rate_limit_per_minute": 10**6, "rate_limit_burst": 10**6})
+    with TestClient(create_app(settings, built.registry(settings)), raise_server_exceptions=False) as http:
+        http.known = http.get("/api", params={"query": QUESTION}).json()["id"]
+        yield http
+
+
+@FUZZ
+@given(body=st.binary(max_size=2000) | FEEDBACK_BODIES)
+@example(body=b"\xff\xfe")
+@example(body=b"[" * 100_000)
+@example(body={"id": "KNOWN", "rating": "down", "comment": "\udc80"})
+def test_feedback_never_answers_5xx(fuzz_client, body):
+    if isinstance(body, dict):
+        body = json.dumps({k: fuzz_client.known if v == "KNOWN" else v for k, v in body.items()}).encode()
+    assert_no_5xx(fuzz_client.post("/api/feedback", content=body, headers={"Content-Type": "application/json"}))
