@@ -1,6 +1,7 @@
 """Every input to the API and the page's endpoints answers 2xx or 4xx (with a JSON error naming the problem),
 never 5xx: a bounded property-based fuzz (hypothesis) of /api, /v1/chat/completions, /v1/models and the page's
-endpoints, in-process over a real index built on a small site with the fake models (inprocess.py)."""
+endpoints (/, its static files, /healthz, /api/feedback), in-process over a real index built on a small site with
+the fake models (inprocess.py)."""
 
 from __future__ import annotations
 
@@ -95,6 +96,25 @@ def assert_no_5xx(response) -> None:
 @example(body=b'{"model": "rag", "messages": [{"role": "user", "content": "hi"}], "stream": true}')
 def test_chat_completions_never_answers_5xx(client: TestClient, body: bytes):
     assert_no_5xx(client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"}))
+
+
+feedback_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.text(max_size=40) | json_values,
+        "rating": st.sampled_from(["up", "down", "sideways"]) | json_values,
+        "comment": st.text(max_size=300) | json_values,
+    },
+).map(lambda body: json.dumps(body).encode())
+
+
+@FUZZ
+@given(body=st.binary(max_size=3000) | feedback_bodies)
+@example(body=b"[" * 200_000)
+@example(body=b'{"id": "' + b"9" * 5000 + b'", "rating": "up"}')
+@example(body=json.dumps({"id": "x", "rating": "up", "comment": "c" * 900_000}).encode())
+def test_feedback_never_answers_5xx(client: TestClient, body: bytes):
+    assert_no_5xx(client.post("/api/feedback", content=body, headers={"content-type": "application/json"}))
 
 
 def utf8(text: str) -> bytes:
