@@ -78,6 +78,7 @@ from mebot.pipeline.server.protocol import (
     source_json,
     usage,
 )
+from mebot.pipeline.server.release import served_release_id
 from mebot.pipeline.server.visitor import VisitorRecorder
 from mebot.resources.chat import BudgetExceeded, ChatProviderError
 from mebot.resources.settings import Settings
@@ -228,6 +229,7 @@ class Server:
             "status": "ok" if ready else "not_ready",
             "ready": ready,
             "index_version": self.registry.index_version(),
+            "release": served_release_id(self.registry.data_dir),  # data/releases/CURRENT; None before the first
             "models": self.registry.names() if ready else [],
             "queued_generations": self.queue.pending,
             "uptime_s": round(time.time() - self.started_at, 1),

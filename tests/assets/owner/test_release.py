@@ -11,9 +11,11 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+from starlette.testclient import TestClient
 
 from mebot.assets.owner.release import GATE_COLUMNS, golden_figures, golden_gate, release
 from mebot.pipeline.run_report import summary_lines
+from mebot.pipeline.server.app import create_app
 from mebot.pipeline.server.models import ModelRegistry
 from mebot.resources.layout import DataLayout
 from mebot.resources.parquet_io import ParquetIOManagerFactory
@@ -204,7 +206,9 @@ def test_the_server_reloads_on_a_new_release_not_on_a_new_index(setup):
     assert dg.materialize(world(changed, 0.8, 1.0), resources=resources).success
     assert registry.refresh() is True
     assert "I rode 7,000 km on my bikes in 2023." in registry.bot.chunks["text"].tolist()
-    # a rollback: the first release again
+    # a rollback: the first release again, which /healthz names
     rollback(data.releases_dir, first_release)
     assert registry.refresh() is True
     assert registry.bot.chunks["text"].tolist() == [text for _, text in GOOD_PAGES]
+    with TestClient(create_app(load_settings(config), registry)) as http:
+        assert http.get("/healthz").json()["release"] == first_release
