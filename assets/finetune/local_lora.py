@@ -66,12 +66,15 @@ def sample_answer(settings: Settings, adapter: Path, question: str) -> str:
 
 
 def _training_logger(context: dg.AssetExecutionContext, key: str) -> Callable[[dict], None]:
-    """Logs every validation and every tenth training step (the first and last too) to the run's log."""
+    """Logs every validation and the training steps to the run's log: about twenty lines a training, at most ten
+    steps apart, the first and last too (`mebot run` shows them as training steps and the time left)."""
 
     def on_log(event: dict) -> None:
         if event["event"] == "validation":
             context.log.info(f"{key}: epoch {event['epoch']} (step {event['step']}) val_loss {event['val_loss']:.4f}")
-        elif event["step"] == 1 or event["step"] % 10 == 0 or event["step"] == event["total_steps"]:
+            return
+        every = max(1, min(10, event["total_steps"] // 20))
+        if event["step"] % every == 0 or event["step"] in (1, event["total_steps"]):
             context.log.info(
                 f"{key}: step {event['step']}/{event['total_steps']} epoch {event['epoch']} "
                 f"loss {event['loss']:.4f} ({event['seconds']:.2f} s)"

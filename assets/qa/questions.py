@@ -290,7 +290,8 @@ def question_gates(
 
 def _progress_logger(log: Callable[[str], None], label: str) -> Callable[[int, int], None]:
     def report(done: int, total: int) -> None:
-        if done == total or done % 25 == 0:
+        # about twenty lines a round: what `mebot run` shows as questions written and the time left
+        if done == total or done % max(1, total // 20) == 0:
             log(f"{label}: {done}/{total}")
 
     return report

@@ -143,9 +143,9 @@ def test_mebot_run_prints_progress_and_an_estimate_while_each_stage_runs(tmp_pat
         )
         assert first.success, [o.errors for o in first.outcomes]
         training = _progress_lines(lines, "trained")
-        assert any(re.match(r"  … trained: [1-5]/6 training steps, \ds in, about \ds left$", line) for line in training)
+        assert any(re.match(r"  … trained: [1-5]/6 training steps, \S+ in, about \S+ left$", line) for line in training)
         assert any(
-            re.match(r"  … crawled: \d pages crawled, \ds in$", line) for line in _progress_lines(lines, "crawled")
+            re.match(r"  … crawled: \d pages crawled, \S+ in$", line) for line in _progress_lines(lines, "crawled")
         )
         assert "  trained: ok in" in next(line for line in lines if line.startswith("  trained: ok"))
         assert lines[-1].endswith("(2 of 2 finished)")
@@ -163,3 +163,30 @@ def test_mebot_run_prints_progress_and_an_estimate_while_each_stage_runs(tmp_pat
         assert second.success
     # the crawl counts without a total: its estimate is the last run's time
     assert any("about" in line and "(the last run took" in line for line in _progress_lines(again, "crawled"))
+
+
+@pytest.mark.parametrize(("total", "lines"), [(8, 8), (16, 16), (100, 20), (1000, 20)])
+def test_question_writing_reports_about_twenty_times_a_round(total, lines):
+    from mebot.assets.qa.questions import _progress_logger
+
+    logged: list[str] = []
+    report = _progress_logger(logged.append, "question 1, attempt 1")
+    for done in range(1, total + 1):
+        report(done, total)
+    assert len(logged) == lines and logged[-1] == f"question 1, attempt 1: {total}/{total}"
+    assert all(progress_of_message(line) is not None for line in logged)
+
+
+@pytest.mark.parametrize(("total", "lines"), [(8, 8), (40, 21), (400, 41)])
+def test_training_reports_its_steps_at_most_ten_apart_with_the_first_and_last(total, lines):
+    from types import SimpleNamespace
+
+    from mebot.assets.finetune.local_lora import _training_logger
+
+    logged: list[str] = []
+    on_log = _training_logger(SimpleNamespace(log=SimpleNamespace(info=logged.append)), "e1-b2-lr0.5")
+    for step in range(1, total + 1):
+        on_log({"event": "step", "step": step, "total_steps": total, "epoch": 1, "loss": 1.0, "seconds": 0.5})
+    steps = [progress_of_message(line).done for line in logged]
+    assert len(steps) == lines and steps[0] == 1 and steps[-1] == total
+    assert max(b - a for a, b in zip(steps, steps[1:], strict=False)) <= 10
