@@ -80,9 +80,10 @@ def progress_of_message(message: str) -> StageProgress | None:
 
 
 def seconds_left(progress: StageProgress | None, elapsed: float, previous: float | None) -> float | None:
-    """What is left of a stage: at its rate so far when it counts towards a known total, else what the last run
-    of the same asset took minus the time spent; None when neither is known."""
-    if progress is not None and progress.total and progress.done > 0:
+    """What is left of a stage: at its rate so far while it counts towards a known total, else (a count that has
+    reached its total may be one round of several) what the last run of the same asset took minus the time spent;
+    None when neither is known."""
+    if progress is not None and progress.total and 0 < progress.done < progress.total:
         return elapsed * max(0, progress.total - progress.done) / progress.done
     if previous is not None:
         return max(0.0, previous - elapsed)
@@ -110,6 +111,7 @@ def progress_line(label: str, progress: StageProgress | None, elapsed: float, pr
     parts = [f"  … {label}: {done}", f"{duration_text(elapsed)} in"]
     left = seconds_left(progress, elapsed, previous)
     if left is not None:
-        basis = "" if progress is not None and progress.total else f" (the last run took {duration_text(previous)})"
+        counting = progress is not None and progress.total and progress.done < progress.total
+        basis = "" if counting else f" (the last run took {duration_text(previous)})"
         parts.append(f"about {duration_text(left)} left{basis}")
     return ", ".join(parts)

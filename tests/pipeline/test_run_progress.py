@@ -109,6 +109,8 @@ def test_other_messages_are_no_progress(message):
         (StageProgress(10, None, "pages crawled"), 20.0, 50.0, 30.0),  # no total: the last run's time
         (None, 80.0, 50.0, 0.0),  # overrunning the last run: nothing known left
         (StageProgress(0, 40, "answers"), 5.0, None, None),
+        (StageProgress(16, 16, "questions written"), 30.0, None, None),  # one round done; more may follow
+        (StageProgress(16, 16, "questions written"), 30.0, 70.0, 40.0),
         (None, 5.0, None, None),
     ],
 )
