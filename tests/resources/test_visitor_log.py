@@ -1,7 +1,10 @@
 """The visitor log: answers and feedback in SQLite (WAL), safe under concurrent writers and across restarts,
 expiring after keep_days, and with no place for an address."""
 
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -90,3 +93,21 @@ def test_read_by_day_and_days(tmp_path):
     assert log.days() == ["2026-12-08", "2026-12-09"]
     assert log.read(day="2026-12-09")["question"].tolist() == ["tuesday"]
     assert log.read(since="2026-12-08")["question"].tolist() == ["monday", "tuesday"]
+
+
+def test_answers_logged_by_a_server_killed_outright_are_all_there_after_it(tmp_path):
+    """The server keeps its connections open (WAL, no fsync per answer): a SIGKILL loses nothing committed."""
+    path = tmp_path / "log.sqlite"
+    script = (
+        "import os, signal\n"
+        "from mebot.resources.visitor_log import LoggedAnswer, VisitorLog\n"
+        f"log = VisitorLog({str(path)!r})\n"
+        "ids = [log.log(LoggedAnswer('api', f'question {n}', 'rag', 'an answer')) for n in range(50)]\n"
+        "log.add_feedback(ids[0], 'down')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", script], check=False)
+    assert finished.returncode == -signal.SIGKILL
+    rows = VisitorLog(path).read()
+    assert rows["question"].tolist() == [f"question {n}" for n in range(50)]
+    assert rows["rating"].tolist()[0] == "down"
