@@ -167,7 +167,7 @@ def check_text(value: str, what: str) -> str:
     return value
 
 
-MESSAGE_ROLES = ("system", "user", "assistant", "developer", "tool")
+MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 
 
 def message_text(message: Any, number: int) -> str:
