@@ -32,12 +32,19 @@ class Watched:
     label: str
     asset: str
     token: str
-    started: float
+    started: float  # wall-clock seconds, like the event log's timestamps
     previous_s: float | None
     run_id: str | None = None
     cursor: str | None = None
     progress: StageProgress | None = None
     printed_at: float = 0.0
+    last_message_at: float = 0.0  # the stage's latest message of any kind
+    count_started: float = 0.0  # when the current count (a round of questions, a training) began
+
+
+def is_new_count(before: StageProgress | None, now: StageProgress) -> bool:
+    """Whether `now` starts another count than `before` (another stage step, total or round, or a count restarted)."""
+    return before is None or (before.what, before.total) != (now.what, now.total) or now.done < before.done
 
 
 def last_duration(instance: dg.DagsterInstance, asset: str) -> float | None:
@@ -65,7 +72,8 @@ class ProgressWatcher:
         self.thread: threading.Thread | None = None
 
     def started(self, label: str, asset: str, token: str) -> None:
-        entry = Watched(label, asset, token, time.monotonic(), last_duration(self.instance, asset))
+        now = time.time()
+        entry = Watched(label, asset, token, now, last_duration(self.instance, asset), last_message_at=now)
         with self.lock:
             self.watched[token] = entry
 
@@ -75,7 +83,7 @@ class ProgressWatcher:
 
     def poll(self) -> None:
         """Read what each running unit has logged since the last poll; print the lines that are due."""
-        now = time.monotonic()
+        now = time.time()
         with self.lock:
             entries = list(self.watched.values())
         for entry in entries:
@@ -88,7 +96,8 @@ class ProgressWatcher:
                 with self.lock:
                     if entry.token not in self.watched:
                         continue
-                self.out(progress_line(entry.label, entry.progress, now - entry.started, entry.previous_s))
+                elapsed, counted_for = now - entry.started, now - (entry.count_started or entry.started)
+                self.out(progress_line(entry.label, entry.progress, elapsed, entry.previous_s, counted_for))
 
     def _read_new_messages(self, entry: Watched) -> None:
         if entry.run_id is None:
@@ -103,7 +112,10 @@ class ProgressWatcher:
             if log.dagster_event is None:  # a stage's own message (context.log), not Dagster's bookkeeping
                 progress = progress_of_message(log.user_message)
                 if progress is not None:
+                    if is_new_count(entry.progress, progress):  # it began when the stage last said something
+                        entry.count_started = entry.last_message_at
                     entry.progress = progress
+                entry.last_message_at = log.timestamp
 
     def __enter__(self) -> ProgressWatcher:
         self.thread = threading.Thread(target=self._loop, name="mebot-progress", daemon=True)

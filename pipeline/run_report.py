@@ -79,12 +79,16 @@ def progress_of_message(message: str) -> StageProgress | None:
     return None
 
 
-def seconds_left(progress: StageProgress | None, elapsed: float, previous: float | None) -> float | None:
-    """What is left of a stage: at its rate so far while it counts towards a known total, else (a count that has
+def seconds_left(
+    progress: StageProgress | None, elapsed: float, previous: float | None, counted_for: float | None = None
+) -> float | None:
+    """What is left of a stage: at its rate so far while it counts towards a known total (`counted_for`: the
+    seconds since this count began, e.g. a second round of questions; default `elapsed`), else (a count that has
     reached its total may be one round of several) what the last run of the same asset took minus the time spent;
     None when neither is known."""
     if progress is not None and progress.total and 0 < progress.done < progress.total:
-        return elapsed * max(0, progress.total - progress.done) / progress.done
+        counting = elapsed if counted_for is None else counted_for
+        return counting * max(0, progress.total - progress.done) / progress.done
     if previous is not None:
         return max(0.0, previous - elapsed)
     return None
@@ -100,7 +104,13 @@ def duration_text(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def progress_line(label: str, progress: StageProgress | None, elapsed: float, previous: float | None) -> str:
+def progress_line(
+    label: str,
+    progress: StageProgress | None,
+    elapsed: float,
+    previous: float | None,
+    counted_for: float | None = None,
+) -> str:
     """One line a person reads while `label` runs: what it has done, how long it has run, what is left."""
     if progress is None:
         done = "running"
@@ -109,7 +119,7 @@ def progress_line(label: str, progress: StageProgress | None, elapsed: float, pr
     else:
         done = f"{progress.done} {progress.what}"
     parts = [f"  … {label}: {done}", f"{duration_text(elapsed)} in"]
-    left = seconds_left(progress, elapsed, previous)
+    left = seconds_left(progress, elapsed, previous, counted_for)
     if left is not None:
         counting = progress is not None and progress.total and progress.done < progress.total
         basis = "" if counting else f" (the last run took {duration_text(previous)})"

@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from mebot.pipeline.run_graph import DefinitionsRef, run_graph
+from mebot.pipeline.run_progress import is_new_count
 from mebot.pipeline.run_report import (
     PROGRESS_PATTERNS,
     StageProgress,
@@ -116,6 +117,27 @@ def test_other_messages_are_no_progress(message):
 )
 def test_seconds_left(progress, elapsed, previous, left):
     assert seconds_left(progress, elapsed, previous) == left
+
+
+def test_the_rate_counts_from_when_the_current_count_began():
+    second_round = StageProgress(4, 16, "questions written (round 2)")
+    assert seconds_left(second_round, elapsed=160.0, previous=None, counted_for=8.0) == 24.0
+    line = progress_line("synthetic_qa", second_round, 160.0, None, counted_for=8.0)
+    assert line == "  … synthetic_qa: 4/16 questions written (round 2), 2m40s in, about 24s left"
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "new"),
+    [
+        (None, StageProgress(1, 16, "questions written"), True),
+        (StageProgress(3, 16, "questions written"), StageProgress(5, 16, "questions written"), False),
+        (StageProgress(16, 16, "questions written"), StageProgress(2, 16, "questions written (round 2)"), True),
+        (StageProgress(16, 16, "questions written"), StageProgress(3, 10, "questions written"), True),  # retries
+        (StageProgress(8, 8, "training steps"), StageProgress(1, 8, "training steps"), True),  # counted again
+    ],
+)
+def test_a_new_count_begins_with_another_step_total_or_round(before, now, new):
+    assert is_new_count(before, now) is new
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(4.4, "4s"), (65, "1m05s"), (3725, "1h02m")])
