@@ -27,13 +27,13 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import openai
 
+from mebot.resources.clock import utc_now
 from mebot.resources.endpoints import PLACEHOLDER_API_KEY
 from mebot.resources.files import write_json_atomically
 from mebot.resources.hashing import json_hash
@@ -83,10 +83,6 @@ METRIC_KEYS = (
 )
 # What a terminated Dagster run raises in the step's thread (SIGINT/SIGTERM through Dagster's handlers).
 INTERRUPTS = (KeyboardInterrupt, dg.DagsterExecutionInterruptedError)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------------------------------------- outcome
@@ -247,7 +243,7 @@ class OpenAIFinetuner:
             "id": uploaded.id,
             "bytes": uploaded.bytes,
             "filename": file.name,
-            "uploaded_at": _now(),
+            "uploaded_at": utc_now(),
         }
         write_json_atomically(self.files_registry, registry)
         self.log(f"{file.name}: uploaded as {uploaded.id} ({uploaded.bytes} bytes, {file.examples} examples)")
@@ -325,7 +321,7 @@ class OpenAIFinetuner:
         return record
 
     def save_record(self, record: dict[str, Any]) -> None:
-        record["updated_at"] = _now()
+        record["updated_at"] = utc_now()
         write_json_atomically(self.record_path, record)
 
     # ----------------------------------------------------------------------------------------- polling

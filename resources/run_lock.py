@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import IO
+
+from mebot.resources.clock import utc_now
 
 LOCK_FILE = ".mebot-run.lock"
 
@@ -50,7 +51,7 @@ class RunLock:
             ) from None
         handle.seek(0)
         handle.truncate()
-        started = datetime.now(UTC).isoformat(timespec="seconds")
+        started = utc_now()
         handle.write(f"{self.command} (pid {os.getpid()}, since {started})\n")
         handle.flush()
         self._handle = handle

@@ -22,7 +22,6 @@ import json
 import re
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,6 +48,7 @@ from twisted.internet.error import (
     TimeoutError,
 )
 
+from mebot.resources.clock import utc_now
 from mebot.resources.network_scope import PRIVATE_ADDRESS, NetworkScope, is_public_address, is_web_url
 
 _NON_HTML_EXTENSIONS = {f".{ext}" for ext in IGNORED_EXTENSIONS}
@@ -111,10 +111,6 @@ class NetworkScopeMiddleware:
             raise IgnoreRequest(f"scheme: {urlsplit(request.url).scheme!r} is not http(s)")
         if self.scope is not None and (refusal := self.scope.refusal(request.url)):
             raise IgnoreRequest(refusal)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _extension(url: str) -> str:
@@ -217,7 +213,7 @@ class SiteSpider(scrapy.Spider):
             "status": response.status,
             "content_type": content_type,
             "referer": referer,
-            "fetched_at": _now(),
+            "fetched_at": utc_now(),
             "start": bool(response.meta.get("start")),
         }
         if not is_web_url(response.url):
@@ -279,7 +275,7 @@ class SiteSpider(scrapy.Spider):
                     "detail": "redirect loop: " + " -> ".join([*request.meta["redirect_urls"], request.url]),
                     "referer": (request.headers.get("Referer") or b"").decode("latin-1"),
                     "start": bool(request.meta.get("start")),
-                    "fetched_at": _now(),
+                    "fetched_at": utc_now(),
                 }
             )
 
@@ -299,7 +295,7 @@ class SiteSpider(scrapy.Spider):
                 "detail": detail[:300],
                 "referer": (request.headers.get("Referer") or b"").decode("latin-1"),
                 "start": bool(request.meta.get("start")),
-                "fetched_at": _now(),
+                "fetched_at": utc_now(),
             }
         )
 
@@ -315,7 +311,7 @@ class SiteSpider(scrapy.Spider):
         if url in self._skipped_links:
             return
         self._skipped_links.add(url)
-        self.write({"kind": "skipped", "url": url, "reason": reason, "referer": referer, "fetched_at": _now()})
+        self.write({"kind": "skipped", "url": url, "reason": reason, "referer": referer, "fetched_at": utc_now()})
 
     def write(self, record: dict[str, Any]) -> None:
         self._out.write(json.dumps(record) + "\n")

@@ -37,6 +37,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from mebot.resources.clock import utc_now
 from mebot.resources.files import PARTIAL_SUFFIX, atomic_output, write_atomically
 
 CURRENT_FILE = "CURRENT"
@@ -179,7 +180,7 @@ def write_index(
         "size": int(len(vectors)),
         "chunks": len(set(chunk_ids)),
         **described,
-        "created_at": datetime.now(UTC).isoformat(),
+        "created_at": utc_now(),
         "faiss_version": faiss.__version__,
     }
     final = index_dir / version
