@@ -15,7 +15,7 @@ from mebot.pipeline.deploy.commands import run_command as run_deploy_command
 from mebot.pipeline.init_site import add_init_command, run_init
 from mebot.pipeline.review import add_owner_commands, run_owner_command
 from mebot.pipeline.supervise import is_supervised, run_supervised
-from mebot.resources.settings import CONFIG_ENV_VAR, PROJECT_ROOT, SettingsError, load_settings
+from mebot.resources.settings import CONFIG_ENV_VAR, PROJECT_ROOT, Settings, SettingsError, load_settings
 
 DAGSTER_HOME_ENV_VAR = "MEBOT_DAGSTER_HOME"
 
@@ -204,7 +204,19 @@ def cmd_eval(settings, path: Path, as_json: bool, out: Path | None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def cmd_check_config(settings: Settings) -> int:
+    """Print the settings as validated; warn when the golden file belongs to another site."""
+    from mebot.assets.evaluation.golden_site import golden_file_warning
+
+    print(settings.model_dump_json(indent=2))
+    golden_warning = golden_file_warning(settings)
+    if golden_warning:
+        print(f"warning: {golden_warning}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every `mebot` command and its options."""
     parser = argparse.ArgumentParser(prog="mebot", description=__doc__)
     parser.add_argument("--config", type=Path, default=None, help="settings file (default: mebot.yaml)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -252,8 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         help="score the file (question, model, answer; optional sources) against golden questions instead: "
         "fact accuracy, refusals, retrieval per model (PATH default: eval.golden_path)",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
     raw_argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(raw_argv)
+    args = build_parser().parse_args(raw_argv)
     if args.command == "init":  # writes the settings file, so it reads none
         return run_init(args)
 
@@ -286,13 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     if deployed is not None:
         return deployed
     if args.command == "check-config":
-        print(settings.model_dump_json(indent=2))
-        from mebot.assets.evaluation.golden_site import golden_file_warning
-
-        golden_warning = golden_file_warning(settings)
-        if golden_warning:
-            print(f"warning: {golden_warning}", file=sys.stderr)
-        return 0
+        return cmd_check_config(settings)
     if args.command == "ui":
         return cmd_ui(args.port)
     if args.command == "smoke":
