@@ -2,15 +2,17 @@
 
 A question is worth a look when the bot declined it, a visitor gave its answer a thumbs-down, the answer was not
 grounded in its sources, or the evidence retrieved was weak. Questions that mean the same ("What's your favourite
-film?", "which film do you like best") are one item: each question joins the first item whose question embeds
-within NEAR_DUPLICATE_SIMILARITY (cosine) of it, the most asked wording first. Items are ranked by how often they
-were asked (every wording, flagged or not), then by thumbs-down. An item's id is a hash of its wordings' normalised
-text; `mebot review` (pipeline/review.py) turns an item into a golden question or dismisses it, and its decision
-(data/visitors/review.json) hides every item holding one of its wordings from then on.
+film?", "Which film do you like best?") are one item: each question, the most asked wording first, joins the first
+item whose question embeds within NEAR_DUPLICATE_SIMILARITY (cosine) of it and names the same numbers. Items are
+ranked by how often they were asked (every wording, flagged or not), then by thumbs-down. An item's id is a hash of
+its wordings' normalised text; `mebot review` (pipeline/review.py) turns an item into a golden question or
+dismisses it, and its decision (data/visitors/review.json) hides every item holding one of its wordings from then
+on.
 """
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable
 
 import dagster as dg
@@ -25,7 +27,9 @@ from mebot.resources.embeddings import EmbedderResource
 from mebot.resources.parquet_io import markdown_preview
 from mebot.resources.settings import SettingsResource, reads_settings
 
-NEAR_DUPLICATE_SIMILARITY = 0.85
+# Between the paraphrases and the different questions of bench/bench_near_duplicates.py (MiniLM).
+NEAR_DUPLICATE_SIMILARITY = 0.8
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 QUEUE_COLUMNS = [
     "id", "question", "asked", "declined", "thumbs_down", "ungrounded", "weak_evidence", "reasons", "wordings_json",
     "models_json", "last_asked", "answer", "answer_ids_json", "comments_json",
@@ -47,15 +51,25 @@ def flag_columns(log: pd.DataFrame) -> pd.DataFrame:
     return log.assign(**flags, flagged=flags.to_numpy().any(axis=1))
 
 
+def numbers_in(text: str) -> frozenset[str]:
+    return frozenset(_NUMBER.findall(text))
+
+
 def group_near_duplicates(questions: list[str], vectors: np.ndarray, threshold: float) -> list[int]:
     """For each question (most asked first), the index of the group it joins: the first group whose first
-    question's vector has cosine similarity ≥ threshold with it, else a new group."""
+    question's vector has cosine similarity ≥ threshold with it and that names the same numbers (embeddings
+    hardly tell "in 2022" from "in 2024"), else a new group."""
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     unit = vectors / np.where(norms == 0, 1, norms)
+    numbers = [numbers_in(q) for q in questions]
     heads: list[int] = []
     groups: list[int] = []
     for row in range(len(questions)):
-        similar = [g for g, head in enumerate(heads) if float(unit[head] @ unit[row]) >= threshold]
+        similar = [
+            g
+            for g, head in enumerate(heads)
+            if numbers[head] == numbers[row] and float(unit[head] @ unit[row]) >= threshold
+        ]
         if similar:
             groups.append(similar[0])
         else:
@@ -128,7 +142,7 @@ def decided_wordings(decisions: dict) -> set[str]:
     name="review_queue",
     group_name="visitors",
     kinds={"pandas", "parquet"},
-    code_version="1",
+    code_version="2",
     ins={
         "visitor_questions": dg.AssetIn(
             partition_mapping=dg.AllPartitionMapping(),

@@ -71,7 +71,12 @@ def test_decided_wordings_leave_the_queue(log):
     ],
 )
 def test_group_near_duplicates(vectors, groups):
-    assert group_near_duplicates([str(i) for i in range(len(vectors))], np.array(vectors, float), 0.85) == groups
+    assert group_near_duplicates(["question"] * len(vectors), np.array(vectors, float), 0.85) == groups
+
+
+def test_questions_naming_different_numbers_stay_apart_however_similar():
+    questions = ["How far did you ride in 2022?", "How far did you ride in 2024?", "how far did you ride in 2022"]
+    assert group_near_duplicates(questions, np.ones((3, 4)), 0.85) == [0, 1, 0]
 
 
 def test_visitor_questions_and_review_queue_materialize_from_the_log(log, tmp_path, make_config):
