@@ -1,30 +1,8 @@
-"""Stage 6: training files (`finetune_dataset`), their format check, and the sweep's partitions.
+"""Training files (`finetune_dataset`), their format check (`training_file_valid`), and the sweep's partitions.
 
-`finetune_dataset` turns every synthetic question into one training example in the project's one format
-(`assets/finetune/formats.py`) and writes one JSONL file per split under the `finetune_files` directory
-(`data/finetune/` by default): `<split>.chat.jsonl`, `{"messages": [system, user, assistant]}`, OpenAI's chat
-fine-tuning format, which both backends train on (local LoRA and the OpenAI job) and every model is asked in.
-Files of splits that have no example are removed, so the directory never holds an older run's split.
-
-The original write-up's legacy prompt/completion files (`{"prompt": "QUESTION: <q>\\n\\n###\\n\\n", "completion":
-" <passage> END"}`, the format of OpenAI's completion-model fine-tuning) are no longer written: no backend trained
-on them and no model was asked in that format. `<split>.legacy.jsonl` files an earlier version left behind are
-removed.
-
-`training_file_valid` (blocking, ERROR) makes the checks of OpenAI's fine-tuning data-format validator on the
-written files: every line is JSON with a `messages` list; message keys known; roles only system/user/assistant;
-every example has a user and an assistant message; no missing or empty content; no example over
-`finetune.max_example_tokens` tokens (cl100k_base, counted as OpenAI's cookbook counts chat tokens); at least
-`MIN_TRAIN_EXAMPLES` (OpenAI's minimum) train examples when `finetune.backend` is `openai`, at least one for the
-local LoRA (a small site's sample may keep fewer than ten questions, and a local adapter trains on them: the
-number of questions synthetic_qa keeps depends on the model's sampled output, which differs between CPUs).
-Errors are counted per example and error type.
-
-Sweep: each point of `finetune.sweep` (every combination of the grid's values, then the explicit `points`) is one
-partition of `finetuned_models`, keyed by the point's readable key (`e4-b1-lr0.2`); `sweep_partitions(settings)` is
-that partitions definition, so editing the grid or the points changes the partitions, and a point keeps its key
-whatever else is added.
-"""
+One JSONL file per split in the chat-messages format of `formats.py`, which both backends train on; the check
+makes the checks of OpenAI's fine-tuning data-format validator. `sweep_partitions(settings)` keys each sweep
+point by its values, so a point keeps its key whatever else is added (docs/fine-tuning.md)."""
 
 import json
 import re

@@ -1,10 +1,8 @@
 """The one format of fine-tuning examples, used to write training files, to train, and to ask a fine-tuned model.
 
-Training and inference must see the same text, so every stage builds its messages here:
-chat messages: system (the persona), user (the question), assistant (the passage + `finetune.completion_stop`).
-(The original write-up's legacy prompt/completion format is not used: see assets/finetune/dataset.py.)
-A fine-tuned model is asked with the same system and user messages and generation stops at the stop sequence.
-"""
+Training and inference must see the same text, so every stage builds its messages here: system (the persona),
+user (the question), assistant (the passage + `finetune.completion_stop`); a fine-tuned model is asked with the
+same system and user messages and generation stops at the stop sequence."""
 
 from collections.abc import Callable
 

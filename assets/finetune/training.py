@@ -1,30 +1,8 @@
-"""Stage 7: fine-tuned models (`finetuned_models`), one partition per point of `finetune.sweep`.
+"""Fine-tuned models (`finetuned_models`), one partition per point of `finetune.sweep`.
 
-Backend `local_lora` (default): a LoRA adapter (peft) on the bundled SmolLM2-135M-Instruct weights, trained on
-the train split of `finetune_dataset` (the chat messages exactly as written there, rendered with the model's
-chat template; loss on the assistant's answer), validated on its validation split after every epoch, and
-exported as a GGUF LoRA that llama.cpp applies on top of the same GGUF (`resources/lora.py`). A model folder
-per partition, `<model_store.base_dir>/<partition key>/`:
-- `adapter.gguf`: what the chat resource loads (`ChatModelResource.client(settings, lora_path=...)`);
-- `peft_adapter/`: the adapter in peft's format (for torch);
-- `training_log.json`: hyperparameters, per-step training and per-epoch validation losses, timings;
-- `loss.png`: the loss curves (also shown in the materialization's metadata).
-The folder is built under a temporary name and swapped in at the end, so a failed or diverged run leaves the
-previous model in place. Hyperparameters come from the partition key (`e1-b2-lr0.5` = 1 epoch, batch 2,
-learning rate `finetune.local.base_lr` x 0.5); `finetune.local.max_steps` caps the optimizer steps.
-
-Backend `openai`: one OpenAI fine-tuning job per partition (`resources/openai_finetune.py`) on the chat-format
-train and validation files (the same bytes `finetune_dataset` wrote), with the partition's n_epochs, batch_size
-and learning_rate_multiplier, and finetune.openai's base model, suffix and seed. Its record,
-`<model_store.base_dir>/<partition key>/openai_job.json`, is written before polling, so re-materializing the
-partition resumes the job (or returns the finished model) instead of paying for a second one. The budget guard
-(training tokens x epochs x price per 1M against budget.max_usd) runs before the job is created; a terminated
-run cancels the job; a failed job raises naming its id and OpenAI's error. The row's `model_id` is the
-`fine_tuned_model` the chat client answers with (provider openai, model = that id).
-
-The backends are `local_lora.py` and `openai_job.py`; the row and the loss plot they leave, `results.py`.
-Fine-tuning never starts on its own: the asset has no automation condition; materialize it (or a partition).
-"""
+The backends are `local_lora.py` (a LoRA adapter exported as GGUF for llama.cpp) and `openai_job.py` (one
+resumable, budget-guarded OpenAI job); the row and the loss plot they leave, `results.py`. The model folder's
+layout and each backend's steps: docs/fine-tuning.md. Never automated: a person materializes it."""
 
 import dagster as dg
 import pandas as pd

@@ -1,25 +1,8 @@
 """Quality gates on a written question, free of Dagster: is it worth training on?
 
-A question is kept only when it
-- **names its passage** (`names_passage`): at least one content word or entity of the question (not a stopword,
-  not a word that only points at the material such as "text", "passage", "above", "question", not a word too
-  common to name anything such as "way", "done", "favourite") is also in its passage (case, plural and
-  "-ing"/"-ed" endings aside). "What is the text above?" names nothing; "What is your starter called?" names
-  the starter;
-- **is not a generic template** (`TemplateGate`): it is not one of `GENERIC_TEMPLATES` ("What is the question?",
-  "How can I help you?") and its embedding's cosine similarity to every one of them stays below
-  `qa.template_similarity` (with MiniLM on the sample site's questions: paraphrases of the templates scored
-  0.74-0.88, questions about something in particular 0.06-0.44, hence 0.7);
-- **round-trips** (`RoundTrip`): retrieving with the question among every passage of `qa_chunks` (each passage
-  embedded window by window with the embedding model the RAG index uses, a passage scoring its best window)
-  puts a passage of the question's own page in the top `qa.roundtrip_k`. This embeds the question-writing
-  passages themselves rather than reading the RAG index: `synthetic_qa` then does not depend on `rag.*`
-  (re-chunking the RAG index re-gates nothing and retrains nothing), and the embedding cache makes it cheap.
-  The RAG index's own hit@k for the held-out questions is `retrieval_metrics`.
-
-Each gate's name is the rejection reason `synthetic_qa` counts: `no_passage_term`, `generic_template`,
-`no_roundtrip`.
-"""
+Each gate's name is the rejection reason `synthetic_qa` counts: `no_passage_term` (it names nothing of its
+passage), `generic_template` (too close to a template such as "What is the text above?") and `no_roundtrip`
+(retrieval among the passages does not find its own page); docs/fine-tuning.md."""
 
 from __future__ import annotations
 
@@ -179,7 +162,9 @@ class RoundTrip:
     """Retrieval over the question-writing passages: does a question find its own page in the top k?
 
     Every passage is cut into the embedding model's windows (`windows`) and each window embedded; a passage
-    scores its best window, and the top k passages (by score) are the ones retrieved."""
+    scores its best window, and the top k passages (by score) are the ones retrieved. It embeds these passages
+    rather than reading the RAG index so that `synthetic_qa` does not depend on `rag.*`: re-chunking the index
+    re-gates and retrains nothing."""
 
     def __init__(
         self, passages: Sequence[Passage], embed: Embed, k: int, windows: Callable[[str], list[str]] = lambda t: [t]

@@ -1,10 +1,7 @@
 """Passages worth a question (`qa_chunks`): the answers the questions of `synthetic_qa` are written for.
 
-Page text split into `qa.chunk_tokens` cl100k_base-token chunks (the same splitter as `rag_chunks`), minus
-boilerplate (`qa.drop_patterns`) and passages under `qa.min_tokens` tokens. The answer passage is the whole
-chunk, or its longest paragraph (`qa.passage: longest_paragraph`, the original author's choice); `min_tokens`
-applies to the passage, since that is the answer a question is written for.
-"""
+Page text in `qa.chunk_tokens`-token chunks (the splitter of `rag_chunks`), minus boilerplate and passages under
+`qa.min_tokens`; the passage is the chunk or its longest paragraph (`qa.passage`), and `min_tokens` applies to it."""
 
 import re
 from collections import Counter

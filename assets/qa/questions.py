@@ -1,29 +1,8 @@
 """The questions a chat model writes for the passages (`synthetic_qa`), with their held-out split.
 
-`qa.questions_per_chunk` distinct questions per passage, written in rounds (question 1 of every passage, then
-question 2, …) through `ChatClient.complete_batch`. Every call of a round shares one seed derived from `qa.seed`,
-the round and the attempt, so question 2 of a passage is sampled with another seed than question 1. The model is
-asked with `qa.prompt` after the `qa.few_shot` examples (earlier turns: a passage, then its question), and on
-llama.cpp with `qa.constrained` a grammar (`QUESTION_GBNF`) lets it write only one question: an opener ("What",
-"How", …), one sentence, its "?". Each output is cleaned (`clean_question`) and judged (`rejection_reason`):
-empty, over `qa.max_question_chars`, not a question, cut off by `qa.max_tokens` before a "?"; then the quality
-gates of `qa.gates` (assets/qa/gates.py: names nothing of its passage, a generic template, does not find its own
-page in the top `qa.roundtrip_k`); then a duplicate of a question already kept (anywhere on the site: a question
-text shared by two passages could otherwise land in train and test). A rejected output is retried once with
-another seed (and, after a duplicate, or when `qa.temperature` is 0 and seeds change nothing, with the questions
-that already exist listed in the prompt); a second rejection drops that question and counts it, with a few
-examples per reason in the metadata. A model that never writes a question gives an empty table with the counts,
-not a crash. The LLM call cache makes a re-run repeat no finished call. The splits are `assets/qa/splits.py`.
-
-Small local models. Variants compared on one sample of 16 passages of the sample site (2 questions each, all
-three gates, SmolLM2-135M): the instruction after the passage alone kept 12 of 32 questions (26 outputs were no
-question at all, 15 named nothing of their passage: "What is the answer to this question?"); the grammar alone 17
-(run-on sentences that end in "?"); the three few-shot examples 19 (1 output no question); few-shot, the grammar
-and "Ask about a name, place, number or thing the TEXT mentions" 23 (the defaults). On the passages of a default
-`make run` the defaults keep 17 of 32, each naming its passage and finding its page; the old prompt kept 27, of
-which 14 named nothing of their passage and 15 did not find their page. With the instruction before the passage
-(`qa.prompt: original`, the original bot's) the model mostly continues the passage instead of asking.
-"""
+Written in rounds (question 1 of every passage, then question 2, …), each round with its own seed; each output is
+cleaned (`clean_question`), judged (`rejection_reason`, then the gates of assets/qa/gates.py and site-wide
+duplicates) and retried once before it is dropped and counted. Splits: assets/qa/splits.py; docs/fine-tuning.md."""
 
 import re
 import time

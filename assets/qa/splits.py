@@ -1,18 +1,6 @@
-"""Held-out splits of the synthetic questions (`qa.split`), deterministic given `qa.seed`, and the sample of
-passages questions are written for (`qa.max_passages`).
-
-- `by_question`: per passage the questions (in a seeded order) are: the first → train, the second → held out,
-  any further ones → train (more paraphrases of material the model learns). The held-out question goes to
-  validation for a seeded `qa.validation_fraction` of the passages and to test for the rest, so validation and
-  test both ask about material the model trained on, in words it did not see (with a validation fraction above
-  0 and at least two held-out questions, validation gets one and test keeps one). Every passage trains, so
-  `qa.train_fraction` plays no part here. A passage left with one question has no held-out question.
-- `by_page`: pages are ordered by a seeded hash of their URL and cut into train / validation / test by
-  `qa.train_fraction` and `qa.validation_fraction` (test: the rest); every question of a page has the page's
-  split. Tests generalisation to pages never trained on.
-- `none`: the original, leaky protocol: every question is a train row AND appears again as a test row (same
-  question, answer, chunk_id; the split is part of `qa_id`, so `qa_id` stays unique per row).
-"""
+"""Held-out splits of the synthetic questions (`qa.split`: `by_question`, `by_page`, `none`), deterministic given
+`qa.seed`, and the sample of passages questions are written for (`qa.max_passages`); what each split holds out:
+docs/fine-tuning.md."""
 
 import random
 
