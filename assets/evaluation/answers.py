@@ -1,20 +1,8 @@
-"""Stage 8: every model answers the held-out questions (`model_answers`), one partition per model.
+"""Every model answers the held-out questions (`model_answers`), one partition per model.
 
-Partitions: `rag` (retrieval + the chat model, `assets/index/rag.py` RagBot, exactly what `mebot ask` and the
-server do), `extractive` (no LLM: the best sentences of the same retrieval quoted with their page,
-`assets/index/extractive.py`; the floor every LLM mode must beat) and one per point of `finetune.sweep` (the
-fine-tuned model of the same `finetuned_models` partition, asked in its training format by
-`assets/finetune/formats.py` ask_finetuned). `rag` and `extractive` map to no `finetuned_models` partition (a
-StaticPartitionMapping that leaves them out), so they never wait for fine-tuning.
-The partitions come from the settings the graph is built from (`model_answers_asset(settings)`). Every asset that
-asks the models (model_answers, golden_answers) asks them through `answer_with_model`: one answerer per model key
-(`model_answerer`), reading the settings in ANSWERER_SETTINGS.
-
-The questions are the `synthetic_qa` rows whose split is in `eval.splits`, at most `eval.max_questions` of them:
-a deterministic sample by a hash of qa_id, so every model answers the same questions and growing the sample only
-adds questions (earlier answers stay in the LLM call cache). A question the model cannot answer (empty output,
-an over-long question) is kept as a row with `error` set and no answer; the metrics count it as missing.
-"""
+Partitions: `rag`, `extractive` and one per point of `finetune.sweep`; `rag` and `extractive` map to no
+`finetuned_models` partition, so they never wait for fine-tuning. Every asset that asks the models goes through
+`answer_with_model`, one answerer per model key. The questions and the sample: docs/evaluation.md."""
 
 import json
 import time

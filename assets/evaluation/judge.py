@@ -1,16 +1,8 @@
 """The LLM judge: `judge_scores` per model, `judge_validity` across models, and the `judge_validity` check.
 
-- `judge_scores`: the judge (`models.judge`, prompt `eval.judge_prompt`) rates each answer 0-10 two ways
-  (`eval.judge_methods`): `logprob`, the expected score over the probabilities it gave the score tokens at its
-  first generated position (with "10" = "1" then "0" resolved from the second position), and `direct`, the number
-  it writes (`judge_reply.py` reads both). A provider without logprobs falls back to the direct score
-  (`logprob_method` says which).
-- `judge_validity`: can the judge tell a reference judged against itself (matched) from one judged against another
-  question's reference (mismatched)? And, on the golden questions, a sentence stating a question's accepted fact
-  from one stating another question's (`golden.right_and_wrong_pairs`)? Its AUC/accuracy per method and pair set
-  (`validity_report`) feed the check (WARN) and the leaderboard. A tiny local judge is expected to fail it; that
-  is what the check is for.
-"""
+`judge_scores` rates each answer 0-10 by the methods of `eval.judge_methods` (the reply is read by
+`judge_reply.py`); `judge_validity` asks whether the judge tells a right answer from a wrong one, which a tiny
+local judge is expected to fail: that is what the check is for (docs/evaluation.md)."""
 
 import json
 import math

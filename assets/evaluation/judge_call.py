@@ -1,11 +1,6 @@
 """How the LLM judge is called: which model gives the logprob score and which writes the direct score
-(`models.judge_logprob`, `models.judge_direct`, each defaulting to `models.judge`; the original used GPT-3.5 for
-the first and GPT-4 for the second), and the constraint that makes every reply a score (`eval.judge_constrained`,
-judge_reply.score_constraint).
-
-When both methods use the same model, one greedy call serves both: its logprobs give the distribution and its
-text is the written score. With two models, each method makes its own call.
-"""
+(`models.judge_logprob`, `models.judge_direct`, each defaulting to `models.judge`), and the constraint that makes
+every reply a score (`eval.judge_constrained`). When both methods use the same model, one greedy call serves both."""
 
 from __future__ import annotations
 
@@ -18,8 +13,8 @@ from mebot.resources.settings import Settings
 
 # OpenAI returns at most 20 alternatives per position. llama.cpp computes every token's logprob anyway, so asking
 # for more costs nothing and keeps all 11 score tokens in the list even when the unconstrained model puts most of
-# its mass elsewhere ("The", "\n"): with the top 20 the bundled judge's expected scores on the sample site
-# averaged 2.9 (score digits missing from the list counted as 0 probability), with the top 100 4.3.
+# its mass elsewhere ("The", "\n"); a score digit missing from the list would count as 0 probability and pull
+# the expected score down.
 OPENAI_TOP_LOGPROBS = 20
 LLAMA_CPP_TOP_LOGPROBS = 100
 UNCONSTRAINED_MAX_TOKENS = 6  # enough for "10", "8/10", "Score: 7"

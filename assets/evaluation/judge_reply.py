@@ -1,18 +1,8 @@
 """What an LLM judge's reply says, free of Dagster: the score 0-10 it gave, two ways, as in the original write-up.
 
-- the *expected* score over the probabilities the judge gave the score tokens "0".."10" at the first generated
-  position (`score_distribution`; "10" written as "1" then "0" is resolved from the second position), or over a
-  distribution given as a mapping (bring-your-own judge results, `distribution_from_mapping`);
-- the plain score it wrote (`parse_direct_score`).
-
-A judge constrained to answer with a score (`score_constraint`): on llama.cpp a GBNF grammar (`SCORE_GBNF`: "0"
-to "10", then at most one non-digit character such as "." so a "1" the model means as one is not forced into
-"10"), on an OpenAI-compatible server a JSON schema (`{"score": <0..10>}`, structured outputs). Its written
-score always parses, and the constrained output puts all its probability on valid scores; the expected score
-still comes from the probabilities of the 11 score tokens at the score's position (`score_start`), taken from
-the model's own (unconstrained) logprobs and renormalised over the scores — which is the constrained
-distribution.
-"""
+The expected score over the probabilities of the score tokens at the first generated position
+(`score_distribution`, or `distribution_from_mapping` for bring-your-own results) and the score it wrote
+(`parse_direct_score`); `score_constraint` makes every reply a score (a grammar, or a JSON schema)."""
 
 from __future__ import annotations
 
@@ -175,7 +165,10 @@ def parse_direct_score(text: str | None) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------ constrained judge
+# The logprobs a server reports are the model's own, unconstrained; renormalised over the 11 score tokens at the
+# score's position (`score_start`) they are the constrained distribution, so the expected score is read as above.
 
+# One optional non-digit after the score, so a "1" the model means as one is not forced into "10".
 SCORE_GBNF = 'root ::= ("10" | [0-9]) [^0-9]?'
 SCORE_JSON_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -1,26 +1,8 @@
-"""Stage 1: crawl the person's site into `raw_pages` (one row per page: title, main-content text, status).
+"""Crawl the person's site into `raw_pages` (one row per page: title, main-content text, status).
 
-Every link is followed, but not every page is kept as content. Skipped (and counted in the metadata):
-- `noindex`: the page asks not to be indexed (`<meta name="robots" content="noindex">`, or an `X-Robots-Tag`
-  header for every robot or for ours); its links are still followed unless it also says `nofollow`;
-- `duplicate_url`: a URL already kept, after normalisation and the page's `rel=canonical` (same host only): a
-  page reached under several URLs (`/a/`, `/a/index.html`, `/a/?utm_source=x`) is kept once, under its canonical
-  URL; `duplicate_content`: the same text under another URL;
-- `index_page`: a listing by URL (`site.index_only` patterns, e.g. `/tags/`, `/page/2/`);
-- `listing_page`: a listing by structure (`site.detect_listings`), whatever its URL. Blogs have many (a real
-  50-post blog had 23: `/index-1.html` ... `/index-9.html`, `/2015/` ... `/2026/`, `archive.html`) and their
-  text, excerpts of the posts, competes with the posts themselves in retrieval. A page is a listing when
-  - it repeats the openings or descriptions of at least `LISTING_MIN_EXCERPTS` other crawled pages (the first
-    `SIGNATURE_WORDS` words of a page's first paragraph of `OPENING_MIN_WORDS` words or more, or of its meta
-    description: what index pages, archives and teasers are made of); a page whose `og:type` is "article" only
-    when it also begins with another page's opening (teasers of related posts further down an article are
-    content), or
-  - it is mostly links to the site's pages: at least `LISTING_MIN_LINKS` other crawled pages are linked from its
-    main content, and the link items (list items that hold such a link, and such links outside list items) hold
-    at least `LISTING_LINKED_SHARE` of its words (`LISTING_LINKED_SHARE_WEBSITE` when its `og:type` is
-    "website", the type generators give to index pages); never for a page whose `og:type` is "article".
-`listing_pages` in the metadata names every listing and why.
-"""
+Every link is followed, but not every page is kept as content: `noindex`, duplicate URLs and content, and listing
+pages (by `site.index_only` patterns or by structure, `site.detect_listings`) are skipped and counted, because a
+listing's excerpts compete with the posts in retrieval. The rules and their thresholds: docs/crawling.md."""
 
 import re
 from collections import Counter
