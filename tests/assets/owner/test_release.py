@@ -159,7 +159,8 @@ def test_a_release_within_the_allowed_drop_is_promoted_and_served(setup):
             True,
             [],
         ),
-        ({"rag": {}}, {"rag": {"golden_fact_accuracy": 0.8}}, True, []),  # nothing measured now: not comparable
+        ({"rag": {}}, {"rag": {"golden_fact_accuracy": 0.8}}, False, ["rag.golden_fact_accuracy"]),  # unmeasured
+        ({}, {"rag": {"golden_fact_accuracy": 0.8}}, False, ["rag.golden_fact_accuracy"]),  # golden pages lost
         (
             {"rag": {"golden_fact_accuracy": 0.8}, "ft-a": {"golden_fact_accuracy": 0.2}},
             {"rag": {"golden_fact_accuracy": 0.8}, "ft-a": {"golden_fact_accuracy": 0.6}},
@@ -167,7 +168,7 @@ def test_a_release_within_the_allowed_drop_is_promoted_and_served(setup):
             ["ft-a.golden_fact_accuracy"],
         ),
     ],
-    ids=["first", "within", "beyond", "refusals", "model-gone", "not-measured", "one-of-two"],
+    ids=["first", "within", "beyond", "refusals", "model-gone", "not-measured", "nothing-measured", "one-of-two"],
 )
 def test_golden_gate(candidate, current, passed, failed_metrics):
     gate = golden_gate(candidate, current, max_drop=0.05)
