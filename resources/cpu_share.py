@@ -1,13 +1,8 @@
-"""How many CPU threads a model call may use right now.
+"""How many CPU threads a model call may use right now (`n_threads: 0`, "automatic").
 
-`models.*.n_threads: 0` and `finetune.local.n_threads: 0` mean "automatic": all cores but one (llama.cpp threads
-spin-wait for each other, so one core busy with anything else stalls them all). Inside `mebot run` the scheduler
-knows better: it writes the threads each of its runs may use to the file named by the environment variable
-MEBOT_THREADS_FILE whenever the number of runs at once changes — every core for a run that is alone, the cores
-divided among runs otherwise. Automatic callers read it before each call (llama.cpp) or training step (torch),
-so a run left alone by the others speeds up without ever oversubscribing the cores: a run is alone only when
-nothing else is ready, and nothing becomes ready before it finishes.
-"""
+Outside `mebot run`: all cores but one, because llama.cpp's and torch's threads spin-wait for each other and one
+busy core stalls them all. Inside it, the scheduler writes each run's share to $MEBOT_THREADS_FILE whenever the
+number of runs at once changes, and callers read it before each call or training step."""
 
 from __future__ import annotations
 

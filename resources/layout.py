@@ -1,19 +1,6 @@
-"""Where everything lives under the data directory: the one place that knows mebot's file layout.
-
-data/<asset>.parquet                 every unpartitioned DataFrame asset (the Parquet IO manager)
-data/<asset>/<partition>.parquet     every partitioned one
-data/cache/                          LLM call cache, embedding cache (llm_calls.sqlite, embeddings.sqlite)
-data/index/                          FAISS index versions and the CURRENT pointer
-data/finetune/                       training files (JSONL), per split and format
-data/models/<sweep key>/             a fine-tuned model: adapter.gguf, peft_adapter/, training log
-                                     (or openai_job.json for an OpenAI fine-tune; openai_files.json beside)
-data/reports/, data/external/        evaluation reports; bring-your-own answers to score
-data/releases/                       what the server answers with: <id>/ (index, chunks, release.json) and CURRENT
-data/visitors/                       the visitor log (visitor_log.sqlite) and the review decisions (review.json)
-
-Outside it, shared by every data directory: ~/.cache/mebot/onnx/ ($MEBOT_MODEL_CACHE, else $XDG_CACHE_HOME/mebot):
-the embedding model exported to ONNX, made from the installed model files alone.
-"""
+"""Where everything lives under the data directory: the one place that knows mebot's file layout (the folders are
+listed in docs/architecture.md). Outside it, shared by every data directory, the ONNX export cache
+(`$MEBOT_MODEL_CACHE`, else `$XDG_CACHE_HOME/mebot`)."""
 
 from __future__ import annotations
 

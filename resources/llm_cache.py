@@ -1,16 +1,8 @@
-"""A persistent cache of LLM calls: one SQLite file, a row per finished call.
+"""A persistent cache of LLM calls: one SQLite file (WAL, safe for several processes), a row per finished call.
 
-The key is a sha256 over everything that decides the answer (provider, model identity, every generation
-parameter and the full messages), so a changed prompt, setting or model never reuses an old answer. Each `put`
-commits at once: a run killed halfway keeps every call that finished, and the re-run repeats none of them.
-
-SQLite in WAL mode lets several processes (Dagster's multiprocess executor) read while one writes; inside one
-process a lock serialises use of the single connection, so threads can share an `LlmCache`.
-
-Workers on several machines share one PostgreSQL instead (`PostgresLlmCache`, the same interface and the same
-key; SQLite on a network file system is not safe with several writers): `open_llm_cache` picks the backend from
-where the cache lives, a path (SQLite, the default) or a PostgreSQL URL.
-"""
+The key is a sha256 over everything that decides the answer, so a changed prompt, setting or model never reuses
+an old answer; each `put` commits at once, so a re-run repeats no finished call. Machines that share work share
+one PostgreSQL instead (`PostgresLlmCache`); `open_llm_cache` picks the backend from where the cache lives."""
 
 from __future__ import annotations
 

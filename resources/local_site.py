@@ -1,10 +1,6 @@
-"""Serves a folder of static pages over real HTTP on 127.0.0.1, the way a static host would.
-
-Used for the embedded sample site (so the default crawl goes through the same Scrapy code path as a real
-site) and by tests. Like Netlify-style hosts it reads redirect rules from `_redirects` (`FROM TO STATUS` per
-line), serves `404.html` for missing paths, never serves files whose name starts with `_`, and fills the
-`{{base_url}}` placeholder in .txt and .xml files (robots.txt and sitemap.xml need absolute URLs).
-"""
+"""Serves a folder of static pages over real HTTP on 127.0.0.1, the way a static host would, so the sample site
+goes through the same Scrapy code path as a real site. Like Netlify-style hosts it reads `_redirects`, serves
+`404.html` for missing paths, hides `_`-files, and fills `{{base_url}}` in .txt and .xml files."""
 
 from __future__ import annotations
 

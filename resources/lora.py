@@ -1,18 +1,8 @@
 """Local fine-tuning: LoRA (peft) on the bundled SmolLM2 weights, and the adapter as a GGUF LoRA for llama.cpp.
 
-- `load_base_model()`: transformers dequantizes the bundled Q4_1 GGUF into a trainable torch model (plus its
-  tokenizer, read from the same file). Slow (≈ 30-40 s, mostly the tokenizer), so loaded once per process;
-  every training run works on a copy, so sweep points in one process never see each other's adapters.
-- `train_lora()`: LoRA on q/k/v/o projections with r/alpha from the sweep point; examples are chat messages
-  rendered with the model's own chat template (the same text llama.cpp builds at inference), and the loss is on
-  the assistant part only. AdamW, learning rate `base_lr x multiplier` decaying linearly to zero; training loss
-  per optimizer step, validation loss per epoch. A NaN/inf loss raises `TrainingDiverged`.
-- `export_lora_gguf()`: writes the adapter as a GGUF LoRA (general.type "adapter", adapter.type "lora",
-  adapter.lora.alpha; tensors `blk.N.attn_q.weight.lora_a` / `.lora_b`), which
-  `chat_client(..., lora_path=...)` (llama.cpp) applies on top of the bundled GGUF. llama.cpp stores the q and k
-  projections with their rows permuted for its rope layout (transformers undoes this when it loads the GGUF), so
-  the B matrices of q and k are permuted the same way here, as llama.cpp's `convert_lora_to_gguf.py` does.
-"""
+`load_base_model()` dequantizes the bundled GGUF into a trainable torch model once per process (it is slow), and
+every training works on a copy; `train_lora()` trains with the loss on the assistant's answer only;
+`export_lora_gguf()` writes the adapter that llama.cpp applies on top of the same GGUF."""
 
 from __future__ import annotations
 
@@ -465,6 +455,8 @@ def lora_tensors(peft_model: Any) -> tuple[dict[str, Any], float, int]:
         a = module.lora_A["default"].weight.detach().float().cpu().numpy()  # (r, in)
         b = module.lora_B["default"].weight.detach().float().cpu().numpy()  # (out, r)
         suffix = hf_name.rsplit(".", 1)[-1]
+        # llama.cpp stores q and k with their rows permuted for its rope layout (transformers undoes this when it
+        # loads the GGUF), so their B matrices are permuted the same way, as convert_lora_to_gguf.py does.
         if suffix == "q_proj":
             b = _permute_rows(b, n_head)
         elif suffix == "k_proj":

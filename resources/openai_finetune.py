@@ -1,25 +1,8 @@
 """OpenAI fine-tuning jobs through the official `openai` SDK: resumable, budget-guarded, cancelled with the run.
 
-`OpenAIFinetuner.run()` takes one sweep point from its training files to a fine-tuned model id:
-1. A job record (`openai_job.json` in the sweep point's model folder) naming a job for the same spec (endpoint,
-   base model, suffix, seed, hyperparameters and the training files' sha256) is resumed, never paid twice: a
-   succeeded job is returned from the record without a request; one still in progress is polled again. Without a
-   record, a job tagged with the spec id (metadata `mebot_spec`) is looked up first, so even a record lost
-   between the create call and its write does not start a second job.
-2. The budget guard runs before anything is uploaded or created (`estimate_training_cost`, `check_budget`).
-3. The files are uploaded with purpose "fine-tune"; a file whose sha256 was uploaded to the endpoint before
-   (registry `openai_files.json` beside the model folders) is reused once a retrieve shows it is still there.
-4. The job is created (supervised method with n_epochs, batch_size, learning_rate_multiplier; model, suffix,
-   seed) and the record written atomically at once, before any polling.
-5. Polling until succeeded, failed or cancelled: every new event goes to a callback, deduplicated by id, oldest
-   first; the record follows every status change. An interrupt while polling (a terminated Dagster run raises
-   KeyboardInterrupt or DagsterExecutionInterruptedError) cancels the job, then re-raises.
-6. The checkpoints with their metrics, and the training curve from the metrics events, go into the record.
-
-Retries on 429, 5xx and timeouts are the SDK's own (`max_retries`). The API key comes from the environment
-variable named by models.chat.api_key_env, travels only in the Authorization header, and is redacted from every
-message this module writes. What a job is asked for and its cost: `openai_finetune_inputs.py`.
-"""
+`OpenAIFinetuner.run()` takes one sweep point from its training files to a fine-tuned model id without ever paying
+twice for the same spec. The API key travels only in the Authorization header and is redacted from every message
+this module writes. What a job is asked for and its cost: `openai_finetune_inputs.py`."""
 
 from __future__ import annotations
 
@@ -149,7 +132,14 @@ class OpenAIFinetuner:
         budget_usd: float,
         on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> FinetuneOutcome:
-        """The sweep point's fine-tuned model: from its record, an existing job, or a new one (see module doc).
+        """The sweep point's fine-tuned model: from its record, an existing job, or a new one.
+
+        A record (`openai_job.json`) for the same spec (endpoint, base model, suffix, seed, hyperparameters, the
+        files' sha256) is resumed; without one, a job tagged with the spec id (metadata `mebot_spec`) is looked up,
+        so a record lost between the create call and its write starts no second job. The budget guard runs before
+        anything is uploaded; a file already uploaded with the same sha256 (registry `openai_files.json`) is
+        reused; the record is written atomically right after the create call, before polling, and follows every
+        status change; events go to `on_event`, deduplicated, oldest first. Retries are the SDK's (`max_retries`).
         Raises BudgetExceeded before creating a job over budget, FinetuneJobFailed when the job fails or is
         cancelled, OpenAIFinetuneError when the API refuses; an interrupt while polling cancels the job."""
         spec_id = self.spec_id(spec, train, validation)

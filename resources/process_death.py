@@ -1,10 +1,6 @@
-"""Why a process died, in words a person can act on.
-
-A process that dies by a signal leaves only a negative exit code. Two deaths need more than the signal's name:
-SIGILL almost always means the llama.cpp build uses CPU instructions this machine cannot run (a native build on a
-virtual CPU that lists AMX or AVX-512 without allowing them), and SIGKILL is "out of memory" only when the
-kernel's out-of-memory killer recorded a kill while the process ran; otherwise someone killed it.
-"""
+"""Why a process died, in words a person can act on. A signal leaves only a negative exit code, and two need more
+than the signal's name: SIGILL almost always means a llama.cpp build with CPU instructions this machine cannot
+run, and SIGKILL is "out of memory" only when the kernel's OOM killer recorded a kill while the process ran."""
 
 from __future__ import annotations
 

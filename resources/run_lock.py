@@ -1,11 +1,6 @@
 """One writer per data folder: `mebot run` holds an exclusive lock on `<data>/.mebot-run.lock` while it runs, so a
-second `mebot run` (or the scheduled recrawl, which looks first) never materializes the same assets at the same
-time and the chunks of one crawl never meet the index of another.
-
-The lock is `fcntl.flock` on an open file: the kernel drops it when the holder exits, however it exits, so a
-killed run never leaves the folder locked. The file says who holds it (command, pid, since when) for the message
-the second run gets.
-"""
+second run (or the scheduled recrawl) never materializes the same assets at the same time. The lock is
+`fcntl.flock`, which the kernel drops however the holder exits; the file says who holds it, for the message."""
 
 from __future__ import annotations
 

@@ -1,20 +1,9 @@
-"""The Scrapy crawl itself, run as `python -m mebot.resources.scrapy_crawl JOB.json OUT.jsonl` in a subprocess.
+"""The Scrapy crawl itself, run as `python -m mebot.resources.scrapy_crawl JOB.json OUT.jsonl` in a subprocess
+(Twisted's reactor cannot be restarted inside one process, so every crawl gets a fresh one).
 
-Twisted's reactor cannot be restarted inside one process, so every crawl gets a fresh process. The spider
-records what it saw and nothing more: one JSON line per fetched page (any status, with its X-Robots-Tag header
-when it has one), per skipped link (with the reason) and per robots.txt. Turning pages into text, and deciding
-which pages are listings or ask not to be indexed, is the pipeline's job (assets/ingest/crawl.py). The spider
-only honours `nofollow` (robots meta tag or X-Robots-Tag for every robot or ours): it follows no link of such a page.
-
-Only the web is crawled: Scrapy's file, ftp, s3 and data download handlers are off, and a link of any scheme but
-http(s) is recorded as skipped (reason `scheme`), never requested. With `refuse_private_addresses` (the start
-URLs are public hosts), a request whose host resolves to a loopback, private, link-local, cloud-metadata or other
-non-global address is refused before it is sent, redirects included (reason `private_address`), and the resolver
-Scrapy connects with refuses it again (`ScopedResolver`: a DNS answer that changed in between); the start URLs'
-own origins are always allowed.
-
-Progress goes to stdout as `PROGRESS {json}` lines, which the parent relays to the Dagster log.
-"""
+The spider records what it saw (pages, skipped links, robots.txt) as JSON lines and honours `nofollow`; turning
+pages into text and deciding what to keep is assets/ingest/crawl.py's job. Only http(s) is fetched, and with
+`refuse_private_addresses` no non-global address is requested, redirects and DNS answers included."""
 
 from __future__ import annotations
 

@@ -10,17 +10,14 @@ from pydantic import Field, field_validator, model_validator
 
 from mebot.resources.settings_base import _Section, distinct, valid_patterns
 
-# The original asked "Write a concise question in as few words as possible to the author in the second person
-# that has the following TEXT as the answer." before the text. The bundled 135M model then wrote a question
-# for 1 passage in 24 (it continues the passage); with the instruction after the text, for 2 in 3. Asking for
-# "a name, place, number or thing the TEXT mentions" (with the few-shot examples below and the question grammar)
-# took the questions kept past the quality gates on 16 sample-site passages from 18 to 23 of 32
-# (assets/qa/questions.py).
+# With the write-up's instruction before the text (ORIGINAL_QA_PROMPT) a small model mostly continues the passage
+# instead of asking, so the default puts it after the text; asking for "a name, place, number or thing the TEXT
+# mentions" (with the few-shot examples below and the question grammar) keeps more questions past the gates.
 DEFAULT_QA_PROMPT = (
     '### TEXT ###\n{passage}\n\nWrite one short question, addressed to the author as "you", that the TEXT above '
     "answers. Ask about a name, place, number or thing the TEXT mentions. Reply with the question only."
 )
-# The original bot's prompt, as it was: `qa.prompt: original` selects it.
+# The reproduced write-up's prompt: `qa.prompt: original` selects it.
 ORIGINAL_QA_PROMPT = (
     "Write a concise question in as few words as possible to the author in the second person that has the "
     "following TEXT as the answer.\n\n### TEXT ###\n{passage}"

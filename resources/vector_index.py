@@ -1,21 +1,8 @@
 """The FAISS vector index of chunk windows, written atomically as versions under one folder.
 
-Layout of `index_dir`:
-
-    CURRENT                 the name of the version readers load (replaced atomically: temp file + rename)
-    <version>/index.faiss   FAISS index over L2-normalised vectors (inner product = cosine similarity)
-    <version>/ids.parquet   row i of the index -> chunk_id (a chunk has one row per window)
-    <version>/meta.json     identity of the embedding model, dim, size, kind, nlist/nprobe, created_at
-
-A version is built in a hidden `.<version>.*.partial` folder (`files.atomic_output`) and renamed into place
-before CURRENT points at it, so a crash at any moment leaves the previous CURRENT version loadable. The two
-newest versions are kept (a reader that read CURRENT just before a new build can still open its version); older
-ones are deleted, and so are partial builds abandoned more than an hour ago.
-
-Below `rag.ivf_min_vectors` vectors the index is exact (IndexFlatIP); from there on it is IndexIVFFlat with
-inner-product metric, nlist ≈ 4·sqrt(n) (capped so every list gets ≥ 39 training points, FAISS's minimum for
-stable k-means), trained on the vectors themselves, searching `rag.ivf_nprobe` lists.
-"""
+Each version (`index.faiss`, `ids.parquet` mapping rows to chunk ids, `meta.json`) is built in a hidden partial
+folder and renamed into place before `CURRENT` names it, so a crash at any moment leaves the previous version
+loadable; the two newest are kept for readers that loaded `CURRENT` just before a build. Flat or IVF: docs/rag.md."""
 
 from __future__ import annotations
 
@@ -45,12 +32,11 @@ INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
 META_FILE = "meta.json"
 KEEP_VERSIONS = 2
-LEGACY_PARTIAL_PREFIX = ".partial-"  # what builds before `files.atomic_output` named their unfinished folders
+LEGACY_PARTIAL_PREFIX = ".partial-"  # an older name of unfinished builds, still removed when abandoned
 STALE_PARTIAL_S = 3600
 MIN_POINTS_PER_LIST = 39  # FAISS warns (and k-means degrades) below 39 training points per centroid
 # Fewer queries than this are searched on one OpenMP thread: handing one query to a thread team costs more than
-# it saves, and on a busy 2-core machine a 2-thread barrier waits out a scheduler tick (measured on a 10k flat
-# index while another process used one core: p50 16 ms with 2 threads, 0.8 ms with 1).
+# it saves, and on a machine with few, busy cores a thread barrier waits out a scheduler tick.
 SINGLE_THREAD_BELOW_QUERIES = 32
 _OMP_LOCK = threading.Lock()
 

@@ -1,18 +1,8 @@
 """The chat model every LLM stage calls: the bundled SmolLM2 GGUF through llama.cpp, or any OpenAI-compatible
 endpoint through the official `openai` SDK — one `ChatClient` subclass per provider, made by `chat_client`.
 
-What every client adds on top of a bare call (base.py):
-- a persistent cache (`LlmCache`) keyed by provider, model identity, every generation parameter and the full
-  messages, so a re-run (also of a run killed halfway) repeats no finished call;
-- a budget: before each uncached call its cost is estimated and the call refused (`BudgetExceeded`) when it
-  would take the run past `budget.max_usd`; the actual cost comes from the usage the provider reports. A run's
-  processes share one budget: `mebot run`/`serve`/`sweep` set $MEBOT_BUDGET_SCOPE and every paid call is
-  recorded under it in the call cache's ledger (SQLite or PostgreSQL), which each call reads first;
-- `Usage` counters that assets put in their materialization metadata.
-
-Per provider: llama_cpp.py (`LlamaCppChat`: GGUF loading, LoRA adapters, threads, logprobs) and
-openai_compatible.py (`OpenAIChat`: API key, retries on 429/5xx/timeouts with Retry-After, pacing, prices).
-"""
+Every client adds the call cache, the budget and `Usage` counters (base.py); per provider: llama_cpp.py and
+openai_compatible.py. How the cache and the budget work: docs/rag.md."""
 
 from mebot.resources.chat.base import (
     BUDGET_SCOPE_ENV_VAR,

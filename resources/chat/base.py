@@ -1,11 +1,7 @@
 """`ChatClient`: what every chat provider shares — the call cache, the budget, usage counters, the retry loop
-and the public `complete` / `complete_batch` — around the few hooks each provider implements.
-
-Providers (one subclass each, made by `chat_client`): `LlamaCppChat` (llama_cpp.py) and `OpenAIChat`
-(openai_compatible.py). A subclass sets `identity`, `context_window` (and `base_url`, `lora_path` where they
-apply) in its constructor and implements `count_tokens` and `_generate`; a paid provider also overrides
-`_price` and `_prompt_estimate`.
-"""
+and the public `complete` / `complete_batch` — around the few hooks each provider implements: a subclass sets
+`identity` and `context_window` and implements `count_tokens` and `_generate`; a paid provider also overrides
+`_price` and `_prompt_estimate`."""
 
 from __future__ import annotations
 

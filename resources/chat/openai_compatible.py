@@ -1,11 +1,6 @@
 """`OpenAIChat`: any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp's server) through the official
-`openai` SDK.
-
-On top of the shared client: the API key from the environment variable named in the settings (never in a log
-line or an exception message), retries with exponential backoff and full jitter on 429, 408, 5xx, timeouts and
-connection errors (honouring Retry-After), client-side requests/tokens-per-minute pacing, and prices from
-models.prices for the budget. Token counts before a call use cl100k_base.
-"""
+`openai` SDK, with the API key from the environment (never in a log line or an exception message), retries with
+backoff and jitter honouring Retry-After, client-side pacing, and prices from `models.prices` for the budget."""
 
 from __future__ import annotations
 
