@@ -1,15 +1,8 @@
 """Jobs, schedules and automation: what runs together, and what runs on its own.
 
-Policy:
-- The `recrawl` schedule runs the `ingest` job (crawl, chunks, embeddings, index) on `site.recrawl_cron`.
-- After it, the RAG assets and the evaluation of the `rag` model update on their own, but only where an input's
-  *data version* changed (`inputs_changed`): a recrawl that finds nothing new starts nothing, one changed page
-  re-chunks, re-embeds the changed windows (the embedding cache) and rebuilds the index.
-- Question writing, fine-tuning, and answering/judging with fine-tuned models never start on their own: they cost
-  money (hosted models) or CPU hours. They show as stale in the UI and wait for a person (`mebot run`, the
-  `finetune` and `evaluate` jobs, or Materialize).
-- A settings edit makes its readers stale ("Unsynced"); automation does not act on it, a person does.
-"""
+The recrawl schedule runs `ingest`; the RAG assets and the `rag` model's evaluation follow only where an input's
+data version changed; what costs money or CPU hours (questions, fine-tuning, fine-tuned answers) waits for a
+person. The policy in full: docs/operations.md."""
 
 from __future__ import annotations
 
@@ -48,7 +41,7 @@ ingest_job = dg.define_asset_job(
 
 
 def parallel_executor(settings: Settings) -> dg.ExecutorDefinition:
-    """Dagster's multiprocess executor, at most `run.max_parallel` steps at once (2 cores: not oversubscribed)."""
+    """Dagster's multiprocess executor, at most `run.max_parallel` steps at once (cores not oversubscribed)."""
     return dg.multiprocess_executor.configured(
         {"max_concurrent": settings.run.max_parallel}, name="multiprocess_run_max_parallel"
     )

@@ -1,26 +1,8 @@
 """`mebot run`'s engine: materialize a selection run by run, each asset partition as soon as its inputs are done.
 
-The unit of work is one asset partition (`finetuned_models[e1-b2-lr2]`, `model_answers[rag]`, or an unpartitioned
-asset); its inputs are the selected asset partitions it reads (through partition mappings, through unselected
-assets in between, and through the extra inputs of its asset checks). Each unit is one Dagster run into the
-instance `mebot run` was given, so every run shows in the UI as if launched there. Up to `run.max_parallel` runs
-go at once to that many long-lived spawned worker processes (each loads the definitions and models once); when
-a slot frees, the ready unit with the longest chain of work behind it goes first, so fine-tuning starts before
-the RAG answers that do not wait for it. With `max_parallel` 1 the runs stay in this process.
-
-CPU threads: the scheduler publishes each run's share of the cores (resources/cpu_share.py): a run that is alone
-gets every core, runs side by side split them; a model call with automatic threads reads the share when it starts.
-
-Before a unit starts, its stale status is read from the instance, as the UI computes it: a fresh unit (same code
-version, same input data versions) is skipped unless forced. Roots of the asset graph (the crawl) always run:
-they read the outside world, and running them is how changes are found. A failed run does not stop the others;
-what depends on a failed asset partition is skipped and says so.
-
-One writer per data folder: a `mebot run` holds the data folder's run lock (resources/run_lock.py) from start to
-end, and does not start while another holds it or while another Dagster run of its assets is in progress in the
-instance (launched from the UI or by the recrawl schedule, which in turn skips its tick while the lock is held):
-it stops at once, saying which run is in the way.
-"""
+One Dagster run per asset partition into the given instance, up to `run.max_parallel` at once in long-lived
+worker processes, the unit with the longest chain of work behind it first; fresh units are skipped, and the data
+folder's run lock keeps one writer at a time. What a user sees of it: docs/operations.md."""
 
 from __future__ import annotations
 

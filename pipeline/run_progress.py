@@ -1,11 +1,6 @@
-"""Progress of the runs `mebot run` has started, while they run: a thread reads each running unit's new log
-messages from the Dagster instance (its stages already log what they have done), and every few seconds prints
-per running stage what it has done and about how long is left (run_report.progress_line).
-
-A run is found by a tag that `mebot run` gives it (PROGRESS_TAG); the estimate comes from the stage's own count
-towards its total, else from how long the last materialization of the same asset took. Watching never fails a
-run: an instance that cannot be read just means no progress line.
-"""
+"""Progress of the runs `mebot run` has started, while they run: a thread reads each running unit's new log messages
+(found by PROGRESS_TAG) and every few seconds prints per stage what it has done and about how long is left. Watching
+never fails a run: an instance that cannot be read just means no progress line."""
 
 from __future__ import annotations
 

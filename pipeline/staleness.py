@@ -1,13 +1,8 @@
 """Whether an asset partition is fresh, exactly as the Dagster UI decides "Unsynced".
 
-Dagster 1.13 has no public Python API for an asset's stale status: the UI computes it with
-`CachingStaleStatusResolver` over an `AssetGraphView`, and the GraphQL API that exposes it needs a running
-webserver. Re-implementing the rule (code version, the data versions of inputs, a hash over the data versions of
-partitioned inputs) would copy Dagster's internals and drift from the UI silently. So this module is the one place
-that imports Dagster's private API; tests/pipeline/test_run_graph.py (fresh units skipped, stale ones rebuilt) and
-tests/pipeline/test_incremental.py pin its behaviour, so an upgrade that moves these names fails there, in one
-place.
-"""
+Dagster has no public Python API for an asset's stale status, and re-implementing its rule would drift from the
+UI silently, so this module is the one place that imports Dagster's private API (`CachingStaleStatusResolver`);
+tests/pipeline/test_run_graph.py and test_incremental.py pin its behaviour, so an upgrade that moves it fails there."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What an LLM judge's reply says, free of Dagster: the score 0-10 it gave, two ways, as in the original write-up.
+"""What an LLM judge's reply says, free of Dagster: the score 0-10 it gave, two ways, as in the reproduced write-up.
 
 The expected score over the probabilities of the score tokens at the first generated position
 (`score_distribution`, or `distribution_from_mapping` for bring-your-own results) and the score it wrote

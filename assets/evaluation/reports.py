@@ -1,4 +1,4 @@
-"""What the evaluation shows besides its tables: the files it writes (`EvalReports`), markdown tables (the original
+"""What the evaluation shows besides its tables: the files it writes (`EvalReports`), markdown tables (the reproduced
 write-up's Table 1 and Table 2, the leaderboard summary, pairwise wins/ties) and the plots."""
 
 import io
@@ -64,7 +64,7 @@ def pairwise_markdown(pairwise: dict[str, pd.DataFrame], title: str) -> str:
 
 
 def table1_markdown(board: pd.DataFrame) -> str:
-    """The original write-up's Table 1: ROUGE-1/2/L F1 by epochs, batch size and learning-rate multiplier."""
+    """The reproduced write-up's Table 1: ROUGE-1/2/L F1 by epochs, batch size and learning-rate multiplier."""
     table = board[
         ["model", "n_epochs", "batch_size", "learning_rate_multiplier", "rouge1_f1", "rouge2_f1", "rougeL_f1"]
     ]
@@ -72,7 +72,7 @@ def table1_markdown(board: pd.DataFrame) -> str:
 
 
 def table2_markdown(board: pd.DataFrame) -> str:
-    """The original write-up's Table 2: the judge's mean score, wins and ties per model (per method), with the
+    """The reproduced write-up's Table 2: the judge's mean score, wins and ties per model (per method), with the
     judge's validity AUC beside them."""
     columns = ["model"]
     for column in JUDGE_METHOD_COLUMN.values():

@@ -312,8 +312,8 @@ def synthetic_qa(
     distinct ones per passage, cleaned and checked — empty, over-long and non-question outputs, and those failing
     a quality gate of `qa.gates` (names nothing of its passage, a generic template, does not find its own page
     among the passages in the top `qa.roundtrip_k`) are retried once with another seed, then dropped and counted,
-    with examples — with provenance and a held-out split (`qa.split`: by_question, by_page, or none — the
-    original leaky protocol). Calls are cached: a re-run repeats none."""
+    with examples — with provenance and a held-out split (`qa.split`: by_question, by_page, or none — leaky,
+    for comparison only). Calls are cached: a re-run repeats none."""
     config = settings.for_asset(context)
     qa = config.qa
     client = chat_model.client(config)

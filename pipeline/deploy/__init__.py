@@ -1,23 +1,8 @@
 """Deployments: where a run's Dagster instance, its steps and its shared state live, picked by ONE variable.
 
-`MEBOT_DEPLOY` unset (or `local`): the embedded default, exactly as without this package: dagster.yaml at the
-project root (SQLite under .dagster_home/), the `finetune` and `evaluate` jobs on Dagster's multiprocess
-executor, the LLM call cache in SQLite under the data directory.
-
-`MEBOT_DEPLOY=celery`: runs that leave the one process, on as many machines as run a worker.
-- the Dagster instance is `pipeline/deploy/celery/dagster.yaml` (that folder is DAGSTER_HOME): run, event-log
-  and schedule storage in PostgreSQL (dagster-postgres) at `$MEBOT_POSTGRES_URL`
-  (`postgresql+psycopg2://user:password@host:5432/db`);
-- the `finetune` and `evaluate` jobs send each step to Celery workers (dagster-celery's executor; broker and
-  result backend `$MEBOT_CELERY_BROKER`, e.g. redis://host:6379/0); a worker is `mebot worker` (the Celery CLI
-  with the app of `worker.py`), one step at a time by default;
-- the LLM call cache is the table `mebot_llm_calls` in the same PostgreSQL (resources/llm_cache.py
-  PostgresLlmCache: the same key as the SQLite cache);
-- the data directory is `$MEBOT_DATA_DIR`, the Parquet IO manager's UPath base and every other path under it:
-  a path that every machine mounts at the same place (rows record absolute adapter paths).
-Every machine needs the same five variables (MEBOT_DEPLOY, MEBOT_POSTGRES_URL, MEBOT_CELERY_BROKER,
-MEBOT_DATA_DIR and MEBOT_CONFIG, the settings file at a path they all see) and the same installed packages.
-"""
+`MEBOT_DEPLOY` unset (or `local`): the embedded default (dagster.yaml at the project root, the multiprocess
+executor, SQLite caches). `MEBOT_DEPLOY=celery`: the instance and the LLM call cache in PostgreSQL, the `finetune`
+and `evaluate` steps on Celery workers; the variables every machine needs: docs/scale-out.md."""
 
 from __future__ import annotations
 

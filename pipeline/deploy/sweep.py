@@ -1,17 +1,8 @@
-"""`mebot sweep`: launch a job (`finetune` or `evaluate`) once per sweep partition, all at once, and wait.
+"""`mebot sweep`: launch a job (`finetune` or `evaluate`) once per sweep partition, all at once, and wait
+(`--local`: one after another in this process; `--from-failure RUN_ID`: a failed run's failed steps again).
 
-Each partition is one Dagster run in the instance of the active deployment ($DAGSTER_HOME), its run worker a
-process of its own (as Dagster's default run launcher does it); the job's executor runs the steps: Celery
-workers with MEBOT_DEPLOY=celery, step processes on this machine otherwise. `--select` narrows every run to some
-of the job's assets (e.g. only `finetuned_models` once the training files exist), `--local` runs the runs one
-after another in this process instead, steps in-process (Dagster's in-process executor: the same instance and
-caches, no workers; each model loaded once), and `--from-failure RUN_ID` re-executes a failed run from its failed steps
-(`ReexecutionOptions.from_failure`: steps that succeeded are not run again, their outputs are read).
-
-A run's job is rebuilt in every process that touches it (run worker, Celery worker) from its origin:
-`deployed_job(job name, settings file, data directory, local)` in this module, so all of them read the same
-settings and write under the same data directory whatever their own environment says.
-"""
+A run's job is rebuilt in every process that touches it (run worker, Celery worker) by `deployed_job(job name,
+settings file, data directory, local)`, so all of them read the same settings and write under the same data folder."""
 
 from __future__ import annotations
 

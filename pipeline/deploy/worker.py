@@ -1,13 +1,7 @@
-"""The Celery app a worker of the celery deployment runs: dagster-celery's `execute_plan` task (one Dagster step
-per task), with the broker, result backend and app settings the jobs' executor uses (pipeline/deploy/__init__.py).
-
-Started by `mebot worker` as `python -m celery -A mebot.pipeline.deploy.worker worker -Q dagster -c 1 ...`
-(the Celery CLI; dagster-celery's own `dagster-celery worker start` writes its config into DAGSTER_HOME, which
-here is a source folder). A task rebuilds the step's job in the worker process from the job's origin (module,
-function and arguments: the settings file and data directory travel with the run), opens the instance from the
-run's instance reference (PostgreSQL, at $MEBOT_POSTGRES_URL as this machine's environment says) and runs the
-step there. `app` is built when first asked for, so importing this module does nothing.
-"""
+"""The Celery app a worker of the celery deployment runs: dagster-celery's `execute_plan` task, one Dagster step per
+task, started by `mebot worker` through the Celery CLI (dagster-celery's own CLI would write its config into
+DAGSTER_HOME, here a source folder). A task rebuilds the step's job from its origin and opens the run's instance;
+`app` is built when first asked for, so importing this module does nothing."""
 
 from __future__ import annotations
 

@@ -1,28 +1,7 @@
-"""`mebot serve`: the bot over HTTP (Starlette + uvicorn).
-
-Endpoints:
-    GET  /                       the web page, "Ask <persona.name>" (pipeline/server/static, no external assets); it
-                                 asks /v1/chat/completions with stream: true and shows the answer as it is generated
-    GET  /api?query=...&model=qa|finetune[:<key>]|rag|ft-<key>[&retrieval_only=1]
-                                 the original bot's reply shape: {"text", "sourceDocuments": [...]} plus scores
-    POST /v1/chat/completions    OpenAI-compatible (non-streaming, and SSE streaming token by token as the model
-                                 generates them); model rag or ft-<key>
-    POST /api/feedback           {"id", "rating": "up"|"down", "comment"}: the visitor's rating of an answer (the
-                                 id every answer carries; visitor.py keeps the log, with no address)
-    GET  /v1/models              the served models
-    GET  /healthz                ready or not, index version, models
-
-Limits (settings `serve`): question length and conversation size (413), a per-client token bucket (429 +
-Retry-After) and daily answer cap (429), the client being the connecting address unless a trusted proxy names
-another (limits.py), a bounded generation queue (503 when full; one generation at a time in a worker thread,
-llama.cpp being single-threaded per model), a spent budget (503 saying so), a CORS allow-list, and security
-headers on every response (Content-Security-Policy, nosniff, Referrer-Policy). Every error is JSON
-`{"error": {"message", "type", "code"}}`; unexpected exceptions are logged on the server and answered with a
-generic message (no traces, paths or secrets).
-
-This module holds the server's state, limits and endpoints; the request and reply formats and the JSON
-errors are in protocol.py, the models answered with in models.py.
-"""
+"""`mebot serve`: the bot over HTTP (Starlette + uvicorn): the web page, `/api`, the OpenAI-compatible
+`/v1/chat/completions` (streaming too), feedback, `/v1/models` and `/healthz`; endpoints and limits in
+docs/serving.md and docs/running-in-public.md. This module holds the server's state, limits and endpoints; the
+request and reply formats and the JSON errors are in protocol.py, the models answered with in models.py."""
 
 from __future__ import annotations
 

@@ -1,15 +1,8 @@
 """Who a visitor is, and how much they may ask: the server's defences against strangers (pipeline/server/app.py).
 
-- `ClientIdentity`: the address a request comes from. The connecting address, unless that is one of
-  `serve.trusted_proxies` (addresses or networks): then the `Forwarded` or `X-Forwarded-For` header names the
-  client (read from the right, past every trusted proxy). With no trusted proxies (the default) no forwarded
-  header is believed, whoever sends it. IPv6 clients are keyed by their /64 network: one host holds a whole /64.
-- `TokenBuckets`: per-client rate limits whose buckets expire once refilled and never number more than
-  `max_clients` (the least recently used go first), so memory stays bounded however many addresses call.
-- `DailyAnswers`: generated answers per client per UTC day (`serve.max_answers_per_client_per_day`), bounded the
-  same way.
-- `SecurityHeaders`: the headers every response carries (Content-Security-Policy, nosniff, Referrer-Policy).
-"""
+`ClientIdentity` believes a forwarded header only from `serve.trusted_proxies` and keys IPv6 clients by their
+/64; `TokenBuckets` and `DailyAnswers` stay bounded however many addresses call; `SecurityHeaders` are the
+headers every response carries. What each limit answers: docs/running-in-public.md."""
 
 from __future__ import annotations
 

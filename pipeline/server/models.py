@@ -1,21 +1,8 @@
-"""The models the bot answers with, by name: `rag`, `extractive` (quotes, no LLM), and `ft-<key>` for every
-fine-tuned model of the sweep (a LoRA adapter on disk, or an OpenAI fine-tune's model id from `finetuned_models`);
-`finetune` names the best of those by `serve.finetune_metric` on the leaderboard.
+"""The models the bot answers with, by name: `rag`, `extractive` (quotes, no LLM), `ft-<key>` for every fine-tuned
+model of the sweep, and `finetune`, the best of those by `serve.finetune_metric` on the leaderboard.
 
-One small registry that the server and the evaluation share, so both answer a question the same way:
-
-    registry = ModelRegistry(settings, resources, data_dir)    # resources: build_definitions(...).resources
-    registry.names()                       # ['rag', 'extractive', 'finetune', 'ft-e1-b2-lr0.5', ...]
-    registry.answer("rag", "What is your sourdough starter called?")   # -> Reply(text, sources, ...)
-
-The RAG bot is loaded by `mebot.assets.index.rag.load_rag_bot` (latest chunks and CURRENT index version); a
-fine-tuned model is `<data_dir>/models/<key>/adapter.gguf` run on the base chat model through llama.cpp, or an
-OpenAI fine-tune's model id on models.chat's endpoint (`mebot.assets.evaluation.answers.finetuned_chat_settings`,
-as the evaluation asks it), asked in its training format (`mebot.assets.finetune.formats.ask_finetuned`).
-`refresh()` picks up a newer materialization: it reloads the RAG bot when the index's CURRENT version or the chunks
-file changed, and rescans the fine-tuned models and the leaderboard; the new bot replaces the old one in one
-assignment, so a question in flight finishes on the bot it started with.
-"""
+`ModelRegistry` is shared by the server and anything else that needs the same answers; `refresh()` picks up a
+newer release or fine-tune and swaps the bot in one assignment, so a question in flight finishes on its own bot."""
 
 from __future__ import annotations
 
@@ -42,7 +29,7 @@ log = logging.getLogger(__name__)
 
 RAG_MODEL = "rag"
 FT_PREFIX = "ft-"
-BEST_FINETUNE = "finetune"  # the original API's name: the best fine-tuned model (serve.finetune_metric)
+BEST_FINETUNE = "finetune"  # the reproduced write-up's API name: the best fine-tuned model (serve.finetune_metric)
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -128,7 +115,7 @@ class BestFinetune:
     reason: str
 
 
-TIE_BREAK_METRIC = "rougeL_f1"  # the original author's choice, when the chosen metric ties (e.g. all 0)
+TIE_BREAK_METRIC = "rougeL_f1"  # the reproduced write-up's metric, when the chosen metric ties (e.g. all 0)
 
 
 def best_finetune(board: pd.DataFrame | None, served: list[str], metric: str) -> BestFinetune | None:

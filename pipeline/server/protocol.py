@@ -113,7 +113,7 @@ def source_json(source: Source, with_text: bool = False) -> dict:
 
 
 def source_document(source: Source) -> dict:
-    """The original bot's (LangChain's) source document, with the chunk id and score added."""
+    """The reproduced write-up's (LangChain's) source document, with the chunk id and score added."""
     return {
         "pageContent": source.text,
         "metadata": {"url": source.url, "title": source.title, "chunk_id": source.chunk_id, "score": source.score},
