@@ -1,9 +1,8 @@
-"""The Scrapy crawl itself, run as `python -m mebot.resources.scrapy_crawl JOB.json OUT.jsonl` in a subprocess
-(Twisted's reactor cannot be restarted inside one process, so every crawl gets a fresh one).
-
-The spider records what it saw (pages, skipped links, robots.txt) as JSON lines and honours `nofollow`; turning
-pages into text and deciding what to keep is assets/ingest/crawl.py's job. Only http(s) is fetched, and with
-`refuse_private_addresses` no non-global address is requested, redirects and DNS answers included."""
+"""The Scrapy crawl itself, run as `python -m mebot.resources.scrapy_crawl JOB.json OUT.jsonl` in a fresh subprocess
+each time (Twisted's reactor cannot be restarted inside one process). The spider records what it saw (pages,
+skipped links, robots.txt) as JSON lines and honours `nofollow`; what to keep is assets/ingest/crawl.py's job.
+Only http(s) is fetched, and with `refuse_private_addresses` no non-global address is requested, redirects and
+DNS answers included."""
 
 from __future__ import annotations
 

@@ -245,7 +245,7 @@ class FinetuneFiles(dg.ConfigurableResource):
         self.path(split).unlink(missing_ok=True)
 
     def remove_legacy_files(self) -> list[Path]:
-        """Delete the prompt/completion files an earlier version wrote (nothing reads them); returns them."""
+        """Delete files of the retired prompt/completion format (nothing reads them); returns them."""
         directory = self.directory()
         stale = sorted(directory.glob("*" + LEGACY_SUFFIX)) if directory.is_dir() else []
         for path in stale:
