@@ -17,10 +17,10 @@ import argparse
 import json
 import re
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mebot.resources.clock import utc_now
 from mebot.resources.layout import DataLayout
 from mebot.resources.settings import Settings
 
@@ -211,7 +211,7 @@ def record_decision(data: DataLayout, item: pd.Series, decision: str, golden_id:
             "wordings": json.loads(item["wordings_json"]),
             "decision": decision,
             "golden_id": golden_id,
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "at": utc_now(),
         }
     )
     write_json_atomically(data.review_decisions, decisions)

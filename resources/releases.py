@@ -28,6 +28,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from mebot.resources.clock import utc_now
 from mebot.resources.files import PARTIAL_SUFFIX, atomic_output, write_atomically
 
 CURRENT_FILE = "CURRENT"
@@ -143,7 +144,7 @@ def promote(releases_dir: Path, release_id: str) -> Release:
     releases_dir = Path(releases_dir)
     release = load_release(releases_dir, release_id)
     if release.record.get("promoted_at") is None:
-        release.record["promoted_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        release.record["promoted_at"] = utc_now()
         write_atomically(release.path / RECORD_FILE, json.dumps(release.record, indent=2, sort_keys=True), fsync=True)
     write_atomically(releases_dir / CURRENT_FILE, release_id + "\n", fsync=True)
     _fsync(releases_dir)

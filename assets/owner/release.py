@@ -11,13 +11,13 @@ keep getting the current release.
 
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 
+from mebot.resources.clock import utc_now
 from mebot.resources.parquet_io import content_version, markdown_preview
 from mebot.resources.releases import ReleaseStore
 from mebot.resources.settings import SettingsResource, reads_settings
@@ -117,7 +117,7 @@ def release_record(
     figures: dict[str, dict[str, float]], chunks: pd.DataFrame, gate: GateResult, current_id: str | None
 ) -> dict[str, Any]:
     return {
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created_at": utc_now(),
         "models": sorted(figures),
         "golden": {m: {k: v for k, v in f.items() if not math.isnan(v)} for m, f in figures.items()},
         "chunks": len(chunks),
