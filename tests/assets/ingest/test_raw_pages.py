@@ -254,7 +254,7 @@ def test_a_crawl_of_the_sample_site_keeps_every_post_and_no_listing_page(tmp_pat
     the crawl follows them to every post and keeps none of them."""
     run = materialize(tmp_path, {} if index_only is None else {"index_only": index_only})
     assert run.result.success, run.failure()
-    assert len(SAMPLE_POSTS) == 17 and len(SAMPLE_LISTINGS) == 12
+    assert len(SAMPLE_POSTS) == 21 and len(SAMPLE_LISTINGS) == 12
     kept = paths_of(run.frame(), 200)
     assert kept == {"/about/", *SAMPLE_POSTS}
     listings = {"/" + url.split("/", 3)[3]: why for url, why in run.metadata()["listing_pages"].items()}
