@@ -244,7 +244,7 @@ class EvalSettings(_Section):
         4,
         ge=0,
         description="Questions each model answers: a deterministic sample by qa_id hash, the same for every model; "
-        "0 = all. A RAG answer takes ~20-30 s on 2 cores, so the default keeps `mebot run` to minutes.",
+        "0 = all. The default keeps `mebot run` to minutes on a laptop's CPU.",
     )
     judge_prompt: str = Field(
         DEFAULT_JUDGE_PROMPT, description="LLM-judge prompt with {question}, {reference} and {answer}."

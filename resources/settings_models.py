@@ -57,8 +57,8 @@ class EmbeddingModelSettings(_Section):
         "onnx_int8",
         description="sentence_transformers: what runs the model. torch: PyTorch (sentence-transformers' encode); "
         "onnx: the same model exported to ONNX Runtime (the same vectors); onnx_int8: its weights quantized to "
-        "int8 per channel (about twice PyTorch's speed on 2 cores, cosine ~0.99 with its vectors, the same "
-        "retrieval on the golden questions: bench/results.md sections 3 and 10).",
+        "int8 per channel (faster than PyTorch, cosine ~0.99 with its vectors, the same retrieval on the golden "
+        "questions: bench/results.md sections 3 and 10).",
     )
     batch_size: int = Field(32, ge=1, le=2048, description="Windows embedded per call.")
     window_tokens: int = Field(

@@ -105,7 +105,7 @@ class QaSettings(_Section):
         16,
         ge=0,
         description="Write questions for at most this many passages (a seeded sample spread over the pages; 0: "
-        "all). The default keeps `make run` within minutes on 2 cores; use 0 for a real bot.",
+        "all). The default keeps `make run` within minutes on a laptop's CPU; use 0 for a real bot.",
     )
     questions_per_chunk: int = Field(2, ge=1, le=10, description="Distinct questions written per passage.")
     max_question_chars: int = Field(300, ge=20, le=5000, description="Longer questions are rejected.")
