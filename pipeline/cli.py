@@ -91,7 +91,7 @@ def print_leaderboard() -> None:
         print(summary_markdown(board))
 
 
-def cmd_ask(config: Path, question: str, model: str, k: int | None, as_json: bool) -> int:
+def cmd_ask(config: Path, question: str, model: str | None, k: int | None, as_json: bool) -> int:
     import json
 
     from mebot.assets.index.extractive import EXTRACTIVE_MODEL, ExtractiveBot
@@ -102,7 +102,10 @@ def cmd_ask(config: Path, question: str, model: str, k: int | None, as_json: boo
     registry = ModelRegistry(load_settings(config), build_definitions(config).resources, data_dir_from_env())
     try:
         registry.refresh()
-        registry.check(model)
+        if model is None:  # serve.default_model, resolved as the server resolves it
+            model = registry.default.model
+            print(f"mebot: answering with {model}: {registry.default.reason}", file=sys.stderr)
+        model = registry.check(model)
         if model == RAG_MODEL:
             answer = registry.bot.ask(question, k=k)
         elif model == EXTRACTIVE_MODEL:  # the best sentences quoted with their pages, no LLM
@@ -236,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     ask.add_argument(
         "--model",
-        default="rag",
-        help="rag, extractive (the best sentences quoted, no LLM), or ft-<sweep key> for a fine-tuned model",
+        default=None,
+        help="rag, extractive (the best sentences quoted, no LLM), ft-<sweep key> for a fine-tuned model, finetune or "
+        "best (default: serve.default_model, the server's default)",
     )
     ask.add_argument("--k", type=int, default=None, help="chunks to retrieve (default: rag.top_k)")
     ask.add_argument("--json", action="store_true", help='print {"answer": ..., "sources": [...]} as JSON')

@@ -349,10 +349,41 @@ class ServeSettings(_Section):
         description="The leaderboard column (higher is better) that picks the fine-tuned model `finetune` names in "
         "/api and /v1 (golden fact accuracy is checked against facts the person wrote).",
     )
+    default_model: str = Field(
+        "best",
+        description="The model the page preselects and /api and `mebot ask` answer with when none is named: `best` "
+        "(the served model, rag, extractive or fine-tuned, with the highest serve.default_metric; the served "
+        "release's golden figures, else the leaderboard; rag while none is measured), `finetune`, rag, extractive "
+        "or ft-<sweep key>. /v1/models says which it is and why.",
+    )
+    default_metric: Literal[
+        "golden_fact_accuracy",
+        "golden_refusal_accuracy",
+        "rougeL_f1",
+        "rouge1_f1",
+        "rouge2_f1",
+        "similarity",
+        "judge_expected",
+        "judge_direct",
+    ] = Field(
+        "golden_fact_accuracy",
+        description="The leaderboard column (higher is better) that picks the served default when "
+        "serve.default_model is `best`.",
+    )
     release: ReleaseSettings = Field(
         default_factory=ReleaseSettings, description="What a new release must pass to be served (data/releases/)."
     )
     log: VisitorLogSettings = Field(default_factory=VisitorLogSettings, description="The visitor log.")
+
+    @field_validator("default_model")
+    @classmethod
+    def _default_model_is_a_model(cls, name: str) -> str:
+        if name in ("best", "finetune", "rag", "extractive") or re.fullmatch(r"ft-[A-Za-z0-9][\w.-]{0,99}", name):
+            return name
+        raise ValueError(
+            f"serve.default_model {name!r} is not a model; write best (the best served model by "
+            "serve.default_metric), finetune, rag, extractive or ft-<sweep key>"
+        )
 
     @field_validator("trusted_proxies")
     @classmethod

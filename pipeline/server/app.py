@@ -35,6 +35,7 @@ from mebot.assets.index.rag import ModelOutputError, QuestionError
 from mebot.pipeline.server.limits import ClientIdentity, DailyAnswers, SecurityHeaders, TokenBuckets
 from mebot.pipeline.server.models import (
     BEST_FINETUNE,
+    BEST_MODEL,
     EXTRACTIVE_MODEL,
     FT_PREFIX,
     RAG_MODEL,
@@ -221,18 +222,25 @@ class Server:
         created = int(self.registry.loaded_at or self.started_at)
         names = self.registry.names() if self.registry.ready else []
         data = [{"id": name, "object": "model", "created": created, "owned_by": "mebot"} for name in names]
-        best = self.registry.best
+        best, default = self.registry.best, self.registry.default
         for entry in data:
             if entry["id"] == BEST_FINETUNE and best is not None:  # which model `finetune` is, and why
                 entry.update(resolves_to=best.model, chosen_by=best.reason)
         return JSONResponse({"object": "list", "data": data})
 
     def api_model(self, value: str) -> str:
-        """`qa` -> rag, `finetune` -> the best fine-tuned model (serve.finetune_metric), `finetune:<key>` ->
-        ft-<key>; rag/ft-<key> as they are."""
+        """None -> serve.default_model resolved, `best` -> the best served model (serve.default_metric), `qa` -> rag,
+        `finetune` -> the best fine-tuned model (serve.finetune_metric), `finetune:<key>` -> ft-<key>; rag/ft-<key>
+        as they are."""
         names = self.registry.names()
-        value = value.strip() or "qa"
+        value = value.strip()
+        if not value:  # serve.default_model, resolved (never `best` itself)
+            return self.registry.default.model
+        if value == BEST_MODEL:  # the best served model by serve.default_metric
+            return self.registry.check(BEST_MODEL)
         if value in ("qa", RAG_MODEL):
+            if entry["id"] == default.model:  # what the page preselects and /api answers with, and why
+                entry.update(default=True, default_chosen_by=default.reason)
             return RAG_MODEL
         if value == EXTRACTIVE_MODEL:  # the best sentences quoted, no LLM
             return value
@@ -245,7 +253,7 @@ class Server:
             value = "ft-" + value.split(":", 1)[1]
         if value in finetuned:
             return value
-        valid = ["qa", EXTRACTIVE_MODEL, *(["finetune"] if finetuned else [])]
+        valid = [BEST_MODEL, "qa", EXTRACTIVE_MODEL, *(["finetune"] if finetuned else [])]
         valid += ["finetune:" + n[3:] for n in finetuned]
         raise ApiError(400, f"unknown model {value!r}; the valid models are: {', '.join(valid)}", "unknown_model")
 
@@ -254,7 +262,6 @@ class Server:
         params = request.query_params
         question = self.check_question(params.get("query", params.get("question", "")))
         self.check_ready()
-        model = self.api_model(params.get("model", "qa"))
         retrieval_only = params.get("retrieval_only", "").lower() in ("1", "true", "yes")
         if retrieval_only:
             if model != RAG_MODEL:
@@ -264,6 +271,7 @@ class Server:
                 try:
                     sources = await asyncio.to_thread(self.registry.retrieve, question)
                 except QuestionError as exc:
+        model = self.api_model(params.get("model", "") or ("qa" if retrieval_only else ""))  # retrieval: rag's
                     raise ApiError(400, str(exc), "bad_question") from None
             reply = Reply(model=model, text="", sources=sources, latency_s=round(time.monotonic() - started, 3))
         else:

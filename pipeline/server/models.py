@@ -7,6 +7,7 @@ newer release or fine-tune and swaps the bot in one assignment, so a question in
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -23,12 +24,14 @@ from mebot.assets.index.rag import RagBot, Source
 from mebot.pipeline.server.release import load_served_bot, release_signature
 from mebot.resources.chat import ChatClient
 from mebot.resources.layout import ADAPTER_FILE, DataLayout
+from mebot.resources.releases import current_release
 from mebot.resources.settings import Settings
 
 log = logging.getLogger(__name__)
 
 RAG_MODEL = "rag"
 FT_PREFIX = "ft-"
+BEST_MODEL = "best"  # serve.default_model's default: the best served model by serve.default_metric
 BEST_FINETUNE = "finetune"  # the reproduced write-up's API name: the best fine-tuned model (serve.finetune_metric)
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -108,8 +111,9 @@ def finetuned_models_rows(data_dir: Path) -> dict[str, pd.Series]:
 
 
 @dataclass(frozen=True)
-class BestFinetune:
-    """Which fine-tuned model `finetune` names, and why (shown by /v1/models)."""
+class ModelChoice:
+    """Which served model an alias (`finetune`) or the served default (serve.default_model) names, and why (shown
+    by /v1/models)."""
 
     model: str
     reason: str
@@ -118,29 +122,101 @@ class BestFinetune:
 TIE_BREAK_METRIC = "rougeL_f1"  # the reproduced write-up's metric, when the chosen metric ties (e.g. all 0)
 
 
-def best_finetune(board: pd.DataFrame | None, served: list[str], metric: str) -> BestFinetune | None:
-    """The served fine-tuned model with the highest `metric` on the leaderboard (ties: the higher ROUGE-L F1, then
-    the first by name); the first by name, saying so, while no served model has that metric yet; None when none
-    is served."""
-    if not served:
+def board_key(model: str) -> str:
+    """The leaderboard's (and a release's) name for a served model: `ft-<key>` -> `<key>`."""
+    return model[len(FT_PREFIX) :] if model.startswith(FT_PREFIX) else model
+
+
+def _finite(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
         return None
-    if board is not None and metric in board.columns and "model" in board.columns:
-        keys = [name[len(FT_PREFIX) :] for name in served]
-        measured = board[board["model"].isin(keys)].dropna(subset=[metric])
-        if not measured.empty:
-            order = [metric, *([TIE_BREAK_METRIC] if TIE_BREAK_METRIC in board.columns else []), "model"]
-            ranked = measured.sort_values(
-                order, ascending=[False] * (len(order) - 1) + [True], kind="stable", na_position="last"
-            )
-            top = ranked.iloc[0]
-            tied = int((measured[metric] == top[metric]).sum())
-            tie_note = f"; {tied} tied, the higher {TIE_BREAK_METRIC} first" if tied > 1 else ""
-            return BestFinetune(
-                FT_PREFIX + str(top["model"]),
-                f"the highest {metric} on the leaderboard ({float(top[metric]):.3f}; "
-                f"{len(measured)} of {len(served)} fine-tuned models measured{tie_note})",
-            )
-    return BestFinetune(served[0], f"no fine-tuned model has a leaderboard {metric} yet: the first by name")
+    return number if math.isfinite(number) else None
+
+
+def _board_values(board: pd.DataFrame | None, metric: str) -> dict[str, float]:
+    if board is None or "model" not in board.columns or metric not in board.columns:
+        return {}
+    values = {str(model): _finite(value) for model, value in zip(board["model"], board[metric], strict=True)}
+    return {model: value for model, value in values.items() if value is not None}
+
+
+def measured_figures(
+    candidates: list[str], metric: str, board: pd.DataFrame | None, release_golden: dict[str, dict] | None
+) -> dict[str, tuple[float, str]]:
+    """served model -> (its `metric`, where from): the served release's golden figures where they record it (they
+    were measured with what is served), else the leaderboard's; unmeasured models are left out."""
+    on_board = _board_values(board, metric)
+    found = {}
+    for model in candidates:
+        released = _finite((release_golden or {}).get(board_key(model), {}).get(metric))
+        if released is not None:
+            found[model] = (released, "release")
+        elif board_key(model) in on_board:
+            found[model] = (on_board[board_key(model)], "leaderboard")
+    return found
+
+
+def _why_unmeasured(board: pd.DataFrame | None, metric: str, what: str, has_release: bool) -> str:
+    if board is None and not has_release:
+        return "no leaderboard yet"
+    if (board is None or metric not in board.columns) and not has_release:
+        return f"the leaderboard has no {metric} yet"
+    return f"no {what} has a {metric} yet"
+
+
+def best_model(
+    candidates: list[str],
+    metric: str,
+    board: pd.DataFrame | None = None,
+    release_golden: dict[str, dict] | None = None,
+    *,
+    release_id: str | None = None,
+    what: str = "served model",
+) -> ModelChoice | None:
+    """The candidate with the highest `metric` (the served release's golden figures first, else the leaderboard);
+    ties: the higher ROUGE-L F1 on the leaderboard, then the candidates' order. While none is measured: the first
+    candidate, saying why (no leaderboard yet, or no such figure). None when there is no candidate."""
+    if not candidates:
+        return None
+    measured = measured_figures(candidates, metric, board, release_golden)
+    if not measured:
+        return ModelChoice(
+            candidates[0],
+            f"{_why_unmeasured(board, metric, what, bool(release_golden))}: {candidates[0]}, the first served",
+        )
+    tie_values = _board_values(board, TIE_BREAK_METRIC)
+    order = {model: position for position, model in enumerate(candidates)}
+
+    def rank(model: str) -> tuple[float, float, int]:
+        return -measured[model][0], -tie_values.get(board_key(model), -math.inf), order[model]
+
+    top = min(measured, key=rank)
+    value, source = measured[top]
+    tied = sum(1 for figure, _ in measured.values() if figure == value)
+    tie_note = f"; {tied} tied, the higher {TIE_BREAK_METRIC} first, then the first served" if tied > 1 else ""
+    where = f"the served release {release_id}'s golden figures" if source == "release" else "the leaderboard"
+    return ModelChoice(
+        top,
+        f"the highest {metric} in {where} ({value:.3f}; {len(measured)} of {len(candidates)} {what}s measured"
+        f"{tie_note})",
+    )
+
+
+def resolve_default(
+    setting: str, candidates: list[str], best: ModelChoice, best_finetune: ModelChoice | None
+) -> ModelChoice:
+    """What serve.default_model names: `best` -> `best` (the best of the served models by serve.default_metric),
+    `finetune` -> the best fine-tuned model, a served model's name -> itself; a model that is not served (yet)
+    falls back to `best`, saying so."""
+    if setting == BEST_MODEL:
+        return best
+    if setting == BEST_FINETUNE and best_finetune is not None:
+        return ModelChoice(best_finetune.model, f"serve.default_model is finetune: {best_finetune.reason}")
+    if setting in candidates:
+        return ModelChoice(setting, "serve.default_model names it")
+    return ModelChoice(best.model, f"serve.default_model names {setting}, which is not served; instead {best.reason}")
 
 
 def materialization_signature(data_dir: Path, index_dir: Path) -> tuple:
@@ -169,7 +245,8 @@ class ModelRegistry:
         self._bot: RagBot | None = None
         self._signature: tuple | None = None
         self._finetuned: dict[str, pd.Series] = {}
-        self._best: BestFinetune | None = None
+        self._best: ModelChoice | None = None
+        self._default = self._best_served = ModelChoice(RAG_MODEL, "not resolved yet")
         self._models_signature: tuple | None = None
         self._ft_clients: dict[str, ChatClient] = {}
         self.not_ready_reason = "not loaded yet"
@@ -182,13 +259,13 @@ class ModelRegistry:
         """Load the RAG bot if the materialization changed since the last load (or none is loaded); rescan the
         fine-tuned models and the best of them. Returns True when a new bot was swapped in. A failed load keeps
         the old bot."""
-        models = models_signature(self.data_dir)
-        if models != self._models_signature:  # Parquet is read only after a fine-tuned model or the board changed
-            self._finetuned = finetuned_models_rows(self.data_dir)
-            self._best = best_finetune(self._leaderboard(), list(self._finetuned), self.settings.serve.finetune_metric)
-            self._models_signature = models
         # the current release when there is one (a new index is served only once promoted), else the newest index
         signature = release_signature(self.data_dir) or materialization_signature(self.data_dir, self.index_dir)
+        models = (models_signature(self.data_dir), signature)
+        if models != self._models_signature:  # Parquet is read only after a model, the board or the release changed
+            self._finetuned = finetuned_models_rows(self.data_dir)
+            self._choose(self._leaderboard())
+            self._models_signature = models
         if signature == self._signature and self._bot is not None:
             return False
         if signature == (None, None):  # nothing materialized yet: nothing to try
@@ -212,6 +289,24 @@ class ModelRegistry:
             self.reloads += 1
             log.info("mebot serve: loaded index %s (%d chunks)", bot.index.path.name, len(bot.chunks))
             return True
+
+    def _choose(self, board: pd.DataFrame | None) -> None:
+        """Which model `finetune` names (serve.finetune_metric) and which the served default is (serve.default_model,
+        `best`: by serve.default_metric), by the current release's golden figures or else the leaderboard."""
+        serve = self.settings.serve
+        try:
+            release = current_release(DataLayout(self.data_dir).releases_dir)
+        except (OSError, ValueError) as exc:  # a broken record: the leaderboard alone decides
+            log.warning("mebot serve: could not read the current release: %s", exc)
+            release = None
+        golden, release_id = (release.golden, release.id) if release is not None else (None, None)
+        finetuned = list(self._finetuned)
+        self._best = best_model(
+            finetuned, serve.finetune_metric, board, golden, release_id=release_id, what="fine-tuned model"
+        )
+        candidates = [RAG_MODEL, EXTRACTIVE_MODEL, *finetuned]
+        self._best_served = best_model(candidates, serve.default_metric, board, golden, release_id=release_id)
+        self._default = resolve_default(serve.default_model, candidates, self._best_served, self._best)
 
     def _leaderboard(self) -> pd.DataFrame | None:
         path = DataLayout(self.data_dir).asset("leaderboard")
@@ -244,14 +339,22 @@ class ModelRegistry:
         return [RAG_MODEL, EXTRACTIVE_MODEL, *([BEST_FINETUNE] if self._best else []), *self._finetuned]
 
     @property
-    def best(self) -> BestFinetune | None:
+    def best(self) -> ModelChoice | None:
         """The model `finetune` names and why; None while no fine-tuned model is served."""
         return self._best
+
+    @property
+    def default(self) -> ModelChoice:
+        """The served default (serve.default_model resolved) and why: what /api, the page and `mebot ask` answer
+        with when no model is named."""
+        return self._default
 
     def check(self, model: str) -> str:
         """The served model `model` names (`finetune` -> the best fine-tuned one); UnknownModelError otherwise."""
         if model == BEST_FINETUNE and self._best is not None:
             return self._best.model
+        if model == BEST_MODEL:  # the best served model by serve.default_metric, named in the reply
+            return self._best_served.model
         if model not in self.names():
             raise UnknownModelError(f"unknown model {model!r}; the valid models are: {', '.join(self.names())}")
         return model
@@ -314,6 +417,7 @@ def _public_reason(exc: Exception) -> str:
 
 __all__ = [
     "BEST_FINETUNE",
+    "BEST_MODEL",
     "EXTRACTIVE_MODEL",
     "FT_PREFIX",
     "RAG_MODEL",
@@ -321,9 +425,11 @@ __all__ = [
     "NotReadyError",
     "Reply",
     "UnknownModelError",
-    "BestFinetune",
+    "ModelChoice",
     "adapter_models",
-    "best_finetune",
+    "best_model",
+    "board_key",
+    "resolve_default",
     "finetuned_models_rows",
     "materialization_signature",
 ]

@@ -37,6 +37,8 @@ async function loadModels() {
     }
     picker.replaceChildren(...names.map((name) => new Option(name, name)));
     picker.dataset.loaded = "true";
+    const preferred = (body.data || []).find((m) => m.default === true);  // serve.default_model, resolved
+    if (preferred) picker.value = preferred.id;
   } catch (err) {
     showError("Could not load the list of models.");
   }

@@ -22,6 +22,7 @@ SERVE_SETTINGS = {
     "cors_origins": ["http://allowed.example"],
     "reload_check_s": 0.5,
     "max_query_chars": 300,
+    "default_model": "rag",  # /api without a model generates: the queue, cache and answer-cap tests need that
 }
 # Kept out of every response (the server process has it in its environment).
 SECRET = "sk-test-secret-0123456789abcdef"

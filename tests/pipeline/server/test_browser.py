@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 from mebot.assets.index.rag import Source
 from mebot.pipeline.server.app import create_app
 from mebot.pipeline.server.limits import CONTENT_SECURITY_POLICY
-from mebot.pipeline.server.models import RAG_MODEL, BestFinetune, Reply, UnknownModelError
+from mebot.pipeline.server.models import RAG_MODEL, ModelChoice, Reply, UnknownModelError
 from mebot.pipeline.server.protocol import StreamedText
 from mebot.resources.settings import parse_settings
 from tests.helpers import CHROMIUM, CHROMIUM_ARGS
@@ -70,7 +70,8 @@ class StreamingRegistry:
     ready: bool = True
     not_ready_reason: str = ""
     loaded_at: float | None = None
-    best: BestFinetune | None = None  # no `finetune` alias: the picker lists the models by name
+    best: ModelChoice | None = None  # no `finetune` alias: the picker lists the models by name
+    default: ModelChoice = field(default_factory=lambda: ModelChoice(RAG_MODEL, "serve.default_model names it"))
 
     def refresh(self) -> bool:
         return False

@@ -10,9 +10,10 @@ import pytest
 
 from mebot.pipeline.server.models import (
     BEST_FINETUNE,
+    ModelChoice,
     ModelRegistry,
     UnknownModelError,
-    best_finetune,
+    best_model,
     finetuned_models_rows,
 )
 from mebot.resources.layout import DataLayout
@@ -32,11 +33,15 @@ def board(**metric_by_key: float | None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def best_finetune(leaderboard: pd.DataFrame | None, served: list[str], metric: str) -> ModelChoice | None:
+    return best_model(served, metric, leaderboard, what="fine-tuned model")
+
+
 @pytest.mark.parametrize(
     ("leaderboard", "served", "expected", "reason_has"),
     [
         (board(**{"e1_b2_lr0.5": 0.2, "e1_b2_lr2": 0.6, "e2_b2_lr1": 0.4}), SERVED, "ft-e1-b2-lr2", "0.600; 3 of 3"),
-        # a tie goes to the first by name (equal ROUGE-L too); an unmeasured model is passed over
+        # a tie goes to the first served (by name; equal ROUGE-L too); an unmeasured model is passed over
         (
             board(**{"e1_b2_lr0.5": 0.5, "e1_b2_lr2": 0.5, "e2_b2_lr1": None}),
             SERVED,
@@ -45,8 +50,8 @@ def board(**metric_by_key: float | None) -> pd.DataFrame:
         ),
         # the best on the board is not served (its adapter was removed): the best of the served ones
         (board(**{"e1_b2_lr2": 0.6, "e9_b1_lr1": 0.9}), ["ft-e1-b2-lr2"], "ft-e1-b2-lr2", "1 of 1"),
-        (None, SERVED, "ft-e1-b2-lr0.5", "no fine-tuned model has a leaderboard golden_fact_accuracy yet"),
-        (board(**{"e1_b2_lr2": None}), SERVED, "ft-e1-b2-lr0.5", "the first by name"),
+        (None, SERVED, "ft-e1-b2-lr0.5", "no leaderboard yet: ft-e1-b2-lr0.5, the first served"),
+        (board(**{"e1_b2_lr2": None}), SERVED, "ft-e1-b2-lr0.5", "no fine-tuned model has a golden_fact_accuracy"),
     ],
 )
 def test_best_finetune_is_the_served_model_with_the_highest_metric(leaderboard, served, expected, reason_has):
