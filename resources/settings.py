@@ -340,7 +340,12 @@ class ServeSettings(_Section):
         "chat provider, beside budget.max_usd: one visitor cannot spend the whole budget.",
     )
     max_queued_generations: int = Field(8, ge=1, description="Waiting answers beyond this get HTTP 503.")
-    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API from a browser.")
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Sites (origins such as https://me.example, no path) whose pages may call the bot from the "
+        "browser: the widget (/widget.js) on the person's own site, or any other page; CORS answers only these. "
+        "Empty: only the bot's own page.",
+    )
     reload_check_s: float = Field(5.0, ge=0, description="How often to look for a newer materialized index.")
     finetune_metric: Literal[
         "golden_fact_accuracy", "rougeL_f1", "rouge1_f1", "rouge2_f1", "similarity", "judge_expected", "judge_direct"
@@ -374,6 +379,28 @@ class ServeSettings(_Section):
         default_factory=ReleaseSettings, description="What a new release must pass to be served (data/releases/)."
     )
     log: VisitorLogSettings = Field(default_factory=VisitorLogSettings, description="The visitor log.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "cors_origins" in data:
+            raise ValueError(
+                "serve.cors_origins is now serve.allowed_origins (the same list: the sites allowed to call the bot "
+                "from the browser); rename the key"
+            )
+        return data
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins_are_origins(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            scheme, _, rest = entry.partition("://")
+            if scheme not in ("http", "https") or not rest or any(c in rest for c in "/?#*@ "):
+                raise ValueError(
+                    f"{entry!r} is not an origin; write it like 'https://me.example' or 'http://127.0.0.1:8080' "
+                    "(scheme, host and port only, no path or trailing slash)"
+                )
+        return distinct(entries, "serve.allowed_origins")
 
     @field_validator("default_model")
     @classmethod

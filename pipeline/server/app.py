@@ -203,6 +203,14 @@ class Server:
         page = page.replace(PERSONA_PLACEHOLDER, html.escape(self.settings.persona.name))
         return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
 
+    async def widget_script(self, request: Request) -> Response:
+        """/widget.js: the "Ask <name>" button and panel for the person's own site, with persona.name as a JSON
+        string (a script, not HTML: json.dumps escapes it, and `<` too so it cannot end a script element)."""
+        script = (STATIC_DIR / "widget.js").read_text(encoding="utf-8")
+        name = json.dumps(self.settings.persona.name).replace("<", "\\u003c")
+        script = script.replace(f'"{PERSONA_PLACEHOLDER}"', name)
+        return Response(script, media_type="text/javascript; charset=utf-8", headers={"Cache-Control": "no-cache"})
+
     async def healthz(self, request: Request) -> Response:
         ready = self.registry.ready
         body = {
@@ -226,6 +234,8 @@ class Server:
         for entry in data:
             if entry["id"] == BEST_FINETUNE and best is not None:  # which model `finetune` is, and why
                 entry.update(resolves_to=best.model, chosen_by=best.reason)
+            if entry["id"] == default.model:  # what the page preselects and /api answers with, and why
+                entry.update(default=True, default_chosen_by=default.reason)
         return JSONResponse({"object": "list", "data": data})
 
     def api_model(self, value: str) -> str:
@@ -239,8 +249,6 @@ class Server:
         if value == BEST_MODEL:  # the best served model by serve.default_metric
             return self.registry.check(BEST_MODEL)
         if value in ("qa", RAG_MODEL):
-            if entry["id"] == default.model:  # what the page preselects and /api answers with, and why
-                entry.update(default=True, default_chosen_by=default.reason)
             return RAG_MODEL
         if value == EXTRACTIVE_MODEL:  # the best sentences quoted, no LLM
             return value
@@ -263,6 +271,7 @@ class Server:
         question = self.check_question(params.get("query", params.get("question", "")))
         self.check_ready()
         retrieval_only = params.get("retrieval_only", "").lower() in ("1", "true", "yes")
+        model = self.api_model(params.get("model", "") or ("qa" if retrieval_only else ""))  # retrieval: rag's
         if retrieval_only:
             if model != RAG_MODEL:
                 raise ApiError(400, "retrieval_only applies to the qa (rag) model only", "bad_request")
@@ -271,7 +280,6 @@ class Server:
                 try:
                     sources = await asyncio.to_thread(self.registry.retrieve, question)
                 except QuestionError as exc:
-        model = self.api_model(params.get("model", "") or ("qa" if retrieval_only else ""))  # retrieval: rag's
                     raise ApiError(400, str(exc), "bad_question") from None
             reply = Reply(model=model, text="", sources=sources, latency_s=round(time.monotonic() - started, 3))
         else:
@@ -442,6 +450,7 @@ def create_app(settings: Settings, registry: ModelRegistry) -> Starlette:
 
     routes = [
         Route("/", endpoint("index_page")),
+        Route("/widget.js", endpoint("widget_script")),
         Route("/healthz", endpoint("healthz")),
         Route("/api", endpoint("api")),
         Route("/v1/models", endpoint("models")),
@@ -453,7 +462,7 @@ def create_app(settings: Settings, registry: ModelRegistry) -> Starlette:
         Middleware(SecurityHeaders),
         Middleware(
             CORSMiddleware,
-            allow_origins=list(settings.serve.cors_origins),
+            allow_origins=list(settings.serve.allowed_origins),  # the widget's sites (docs/serving.md)
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,

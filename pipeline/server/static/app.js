@@ -13,6 +13,7 @@ const answer = document.getElementById("answer");
 const referencesSection = document.getElementById("references-section");
 const references = document.getElementById("references");
 const errorBox = document.getElementById("error");
+const announcement = document.getElementById("answer-announcement");
 
 function setBusy(busy, text) {
   spinner.hidden = !busy;
@@ -36,9 +37,9 @@ async function loadModels() {
       return;
     }
     picker.replaceChildren(...names.map((name) => new Option(name, name)));
-    picker.dataset.loaded = "true";
     const preferred = (body.data || []).find((m) => m.default === true);  // serve.default_model, resolved
     if (preferred) picker.value = preferred.id;
+    picker.dataset.loaded = "true";
   } catch (err) {
     showError("Could not load the list of models.");
   }
@@ -146,6 +147,7 @@ async function ask(query) {
   });
   answer.setAttribute("aria-busy", "false");
   setBusy(false, finished ? "Answered." : "");
+  if (finished) announcement.textContent = text.data;  // the whole answer once, not every piece as it streams
 }
 
 form.addEventListener("submit", async (event) => {
@@ -155,6 +157,7 @@ form.addEventListener("submit", async (event) => {
   if (button.disabled) return;  // an answer is still coming
   errorBox.hidden = true;
   result.hidden = true;
+  announcement.textContent = "";
   setBusy(true, "Thinking…");
   try {
     await ask(query);

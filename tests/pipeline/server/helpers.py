@@ -19,7 +19,7 @@ SERVE_SETTINGS = {
     "rate_limit_per_minute": 600,  # 10 per second
     "rate_limit_burst": 60,
     "max_queued_generations": 1,  # one answer running, one waiting, then 503
-    "cors_origins": ["http://allowed.example"],
+    "allowed_origins": ["http://allowed.example"],
     "reload_check_s": 0.5,
     "max_query_chars": 300,
     "default_model": "rag",  # /api without a model generates: the queue, cache and answer-cap tests need that
