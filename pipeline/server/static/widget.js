@@ -14,7 +14,9 @@
   const model = script.dataset.model || "rag";
   const left = script.dataset.position === "left";
   const endpoint = new URL("v1/chat/completions", new URL(".", script.src)).href;
-  const MAX_HISTORY_CHARS = 8000;  // earlier turns sent with a question (the server refuses more than 20000)
+  // Earlier turns sent with a question, well inside the server's limits (serve.max_messages, max_messages_chars).
+  const MAX_HISTORY_MESSAGES = 20;
+  const MAX_HISTORY_CHARS = 8000;
 
   const CSS = `
     .mebot { all: initial; font: 15px/1.4 system-ui, sans-serif; color: #1d1d1b; position: fixed; bottom: 1rem;
@@ -161,7 +163,7 @@
   function earlierTurns() {
     const kept = [];
     let chars = 0;
-    for (let i = history.length - 1; i >= 0; i--) {
+    for (let i = history.length - 1; i >= 0 && kept.length < MAX_HISTORY_MESSAGES; i--) {
       chars += history[i].content.length;
       if (chars > MAX_HISTORY_CHARS) break;
       kept.unshift(history[i]);

@@ -187,7 +187,7 @@ def test_allowed_origins_must_be_origins(bad: str):
 # -------------------------------------------------------------------------------- on the person's site
 
 
-def test_the_widget_on_another_site_streams_answers_with_references_and_follows_up(browser, setup):
+def test_the_widget_on_another_site_streams_answers_with_references_and_follows_up(browser, setup, tmp_path):
     setup.registry.extra_sources = [Source("javascript:alert(1)", "Click me", "c2", 0.5, "x", "a passage")]
     try:
         page, errors = open_site(browser, setup.site)
@@ -238,6 +238,7 @@ def test_the_widget_on_another_site_streams_answers_with_references_and_follows_
         assert response.headers["access-control-allow-origin"] == setup.site.url
     assert page.evaluate("window.cspViolations") == []  # works under the site's strict policy
     assert not errors, errors
+    page.screenshot(path=str(tmp_path.parent / "mebot-widget-latest.png"))  # to look at
 
 
 def test_a_site_not_in_allowed_origins_is_refused(browser, setup):
