@@ -100,12 +100,10 @@ def cmd_ask(config: Path, question: str, model: str | None, k: int | None, as_js
     from mebot.pipeline.server.models import RAG_MODEL, ModelRegistry
 
     registry = ModelRegistry(load_settings(config), build_definitions(config).resources, data_dir_from_env())
+    named = model
     try:
         registry.refresh()
-        if model is None:  # serve.default_model, resolved as the server resolves it
-            model = registry.default.model
-            print(f"mebot: answering with {model}: {registry.default.reason}", file=sys.stderr)
-        model = registry.check(model)
+        model = registry.check(model or registry.default.model)  # none named: serve.default_model, resolved
         if model == RAG_MODEL:
             answer = registry.bot.ask(question, k=k)
         elif model == EXTRACTIVE_MODEL:  # the best sentences quoted with their pages, no LLM
@@ -116,6 +114,8 @@ def cmd_ask(config: Path, question: str, model: str | None, k: int | None, as_js
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"mebot: {exc}", file=sys.stderr)
         return 1
+    if named is None:
+        print(f"mebot: answered by {model}: {registry.default.reason}", file=sys.stderr)
     if as_json:
         print(json.dumps(answer.to_json(), indent=2, ensure_ascii=False))
         return 0

@@ -14,6 +14,7 @@ from mebot.pipeline.server.models import ModelChoice, best_model, resolve_defaul
 from mebot.resources.layout import DataLayout
 from mebot.resources.settings import SettingsError, parse_settings
 from tests.helpers import CHROMIUM, CHROMIUM_ARGS
+from tests.pipeline.test_cli_extractive import data_dir  # noqa: F401  (a MiniLM index of two pages)
 
 SERVED = ["rag", "extractive", "ft-e1-b2-lr0.5", "ft-e2-b2-lr1"]
 QUESTION = "What is fact 1 about topic 2?"
@@ -164,3 +165,23 @@ def test_the_served_release_figures_decide_over_the_leaderboard(built):
     assert after.default.model == "rag"
     assert f"the served release {staged.id}'s golden figures (0.900" in after.default.reason
     assert after.check("best") == "rag"
+
+
+@pytest.mark.full
+def test_mebot_ask_without_a_model_answers_with_the_served_default(data_dir):  # noqa: F811 (the fixture)
+    import os
+    import subprocess
+    import sys
+
+    GOLDEN_BOARD.iloc[:2].to_parquet(DataLayout(data_dir).asset("leaderboard"))
+    env = {**os.environ, "MEBOT_DATA_DIR": str(data_dir), "MEBOT_DAGSTER_HOME": str(data_dir.parent / "home")}
+    asked = subprocess.run(
+        [sys.executable, "-m", "mebot.pipeline.cli", "ask", "What is your sourdough starter called?"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert asked.returncode == 0, asked.stderr[-3000:]
+    assert "answered by extractive: the highest golden_fact_accuracy in the leaderboard (0.840" in asked.stderr
+    assert asked.stdout.startswith("“") and "Brenda" in asked.stdout  # the quote, not a generated answer
