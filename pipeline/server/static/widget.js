@@ -117,8 +117,7 @@
     "aria-controls": "panel" }, `Ask ${name}`);
   const close = element("button", { type: "button", class: "close", "aria-label": "Close" }, "\u00d7");
   const turns = element("ol", { class: "turns", "aria-label": "Conversation" });
-  const question = element("textarea", { id: "question", rows: "2", "aria-describedby": "keys-help",
-    maxlength: "1000" });
+  const question = element("textarea", { id: "question", rows: "2", "aria-describedby": "keys-help" });
   const ask = element("button", { type: "submit" }, "Ask");
   const form = element("form", {},
     element("label", { for: "question" }, "Your question"), question,
@@ -195,6 +194,31 @@
     answer.append(text);
     const messages = [...earlierTurns(), { role: "user", content: query }];
     let finished = false;
+    // One server-sent event of the answer's stream; false stops reading.
+    function onEvent(data) {
+      if (data === "[DONE]") return false;
+      const chunk = JSON.parse(data);
+      if (chunk.error) {
+        showError(chunk.error.message || "The answer failed.");
+        return false;
+      }
+      const choice = (chunk.choices || [])[0] || {};
+      const piece = (choice.delta || {}).content;
+      if (piece) {
+        text.appendData(piece);
+        status.textContent = "Answering\u2026";
+        turns.scrollTop = turns.scrollHeight;
+      }
+      if (choice.finish_reason) {
+        finished = true;
+        if (typeof chunk.text === "string") text.data = chunk.text;
+        const sources = chunk.sources || [];
+        if (sources.length) turn.append(references(sources));
+        turns.scrollTop = turns.scrollHeight;
+      }
+      return true;
+    }
+
     try {
       const response = await fetch(endpoint, {
         method: "POST",
@@ -203,33 +227,8 @@
         headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
         body: JSON.stringify({ model, stream: true, messages }),
       });
-      if (!response.ok) {
-        showError(await errorMessage(response));
-        return;
-      }
-      await readEvents(response, (data) => {
-        if (data === "[DONE]") return false;
-        const chunk = JSON.parse(data);
-        if (chunk.error) {
-          showError(chunk.error.message || "The answer failed.");
-          return false;
-        }
-        const choice = (chunk.choices || [])[0] || {};
-        const piece = (choice.delta || {}).content;
-        if (piece) {
-          text.appendData(piece);
-          status.textContent = "Answering\u2026";
-          turns.scrollTop = turns.scrollHeight;
-        }
-        if (choice.finish_reason) {
-          finished = true;
-          if (typeof chunk.text === "string") text.data = chunk.text;
-          const sources = chunk.sources || [];
-          if (sources.length) turn.append(references(sources));
-          turns.scrollTop = turns.scrollHeight;
-        }
-        return true;
-      });
+      if (!response.ok) showError(await errorMessage(response));
+      else await readEvents(response, onEvent);
     } catch (err) {
       showError(`${name}'s bot could not be reached from this page.`);
     } finally {

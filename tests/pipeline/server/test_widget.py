@@ -252,6 +252,7 @@ def test_a_site_not_in_allowed_origins_is_refused(browser, setup):
     )
     assert preflight.status_code == 400
     assert "access-control-allow-origin" not in preflight.headers
+    assert_security_headers(preflight)
     allowed = httpx.options(
         setup.mebot + "/v1/chat/completions",
         headers={
@@ -274,6 +275,20 @@ def test_a_site_not_in_allowed_origins_is_refused(browser, setup):
     assert len(setup.registry.questions) == before  # the browser never sent the question
     assert turn_count(page) == 0
     assert page.get_by_label("Your question").input_value() == "What is your sourdough starter called?"  # kept
+
+
+def test_the_widget_shows_the_servers_error_and_keeps_the_question(browser, setup):
+    page, errors = open_site(browser, setup.site)
+    page.get_by_role("button", name=f"Ask {PERSON}").click()
+    too_long = "Why? " * 300  # 1500 characters; serve.max_query_chars is 1000
+    page.get_by_label("Your question").fill(too_long)
+    page.keyboard.press("Enter")
+    alert = page.get_by_role("alert")
+    alert.wait_for(state="visible", timeout=30_000)
+    assert alert.inner_text() == "the question is 1499 characters long; the limit is 1000"  # the server's words
+    assert turn_count(page) == 0
+    assert page.get_by_label("Your question").input_value() == too_long.strip()  # kept, to shorten and send again
+    assert not errors, errors
 
 
 def test_the_sites_css_does_not_reach_the_widget_nor_the_widgets_the_site(browser, setup):
