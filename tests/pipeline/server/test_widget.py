@@ -241,26 +241,24 @@ def test_the_widget_on_another_site_streams_answers_with_references_and_follows_
     page.screenshot(path=str(tmp_path.parent / "mebot-widget-latest.png"))  # to look at
 
 
+def preflight(setup: Setup, origin: str) -> httpx.Response:
+    """What a browser asks before the widget's POST from a page of `origin`."""
+    return httpx.options(
+        setup.mebot + "/v1/chat/completions",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+
+
 def test_a_site_not_in_allowed_origins_is_refused(browser, setup):
-    preflight = httpx.options(
-        setup.mebot + "/v1/chat/completions",
-        headers={
-            "Origin": setup.other_site.url,
-            "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "content-type",
-        },
-    )
-    assert preflight.status_code == 400
-    assert "access-control-allow-origin" not in preflight.headers
-    assert_security_headers(preflight)
-    allowed = httpx.options(
-        setup.mebot + "/v1/chat/completions",
-        headers={
-            "Origin": setup.site.url,
-            "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "content-type",
-        },
-    )
+    refused = preflight(setup, setup.other_site.url)
+    assert refused.status_code == 400
+    assert "access-control-allow-origin" not in refused.headers
+    assert_security_headers(refused)
+    allowed = preflight(setup, setup.site.url)
     assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == setup.site.url
     assert_security_headers(allowed)
 
