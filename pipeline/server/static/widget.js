@@ -2,7 +2,7 @@
 // "Ask <name>" button and a panel that asks this server (/v1/chat/completions, streamed as on the bot's own page)
 // across origins; the site must be in serve.allowed_origins. Everything lives in a shadow root with its own style
 // sheet, so the site's CSS does not reach it and its CSS does not reach the site. Options, as data- attributes on
-// the script tag: data-model (default "rag"), data-name (the name on the button), data-position ("left"/"right").
+// the script tag: data-model (default: the server's, serve.default_model), data-name (the name on the button), data-position ("left"/"right").
 (function () {
   "use strict";
   const script = document.currentScript;
@@ -11,9 +11,10 @@
 
   const PERSONA = "{{persona_name}}";  // persona.name, filled in by the server
   const name = script.dataset.name || PERSONA;
-  const model = script.dataset.model || "rag";
+  let model = script.dataset.model || "";  // empty: the one /v1/models marks as the default, asked once
   const left = script.dataset.position === "left";
-  const endpoint = new URL("v1/chat/completions", new URL(".", script.src)).href;
+  const base = new URL(".", script.src);
+  const endpoint = new URL("v1/chat/completions", base).href;
   // Earlier turns sent with a question, well inside the server's limits (serve.max_messages, max_messages_chars).
   const MAX_HISTORY_MESSAGES = 20;
   const MAX_HISTORY_CHARS = 8000;
@@ -170,6 +171,18 @@
     return kept;
   }
 
+  async function chosenModel() {
+    if (model) return model;
+    try {
+      const response = await fetch(new URL("v1/models", base).href, { mode: "cors", credentials: "omit" });
+      const preferred = ((await response.json()).data || []).find((entry) => entry.default === true);
+      model = preferred ? preferred.id : "rag";
+      return model;
+    } catch (err) {
+      return "rag";  // the request for the answer says what is wrong
+    }
+  }
+
   async function errorMessage(response) {
     try {
       const body = await response.json();
@@ -225,7 +238,7 @@
         mode: "cors",
         credentials: "omit",
         headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
-        body: JSON.stringify({ model, stream: true, messages }),
+        body: JSON.stringify({ model: await chosenModel(), stream: true, messages }),
       });
       if (!response.ok) showError(await errorMessage(response));
       else await readEvents(response, onEvent);

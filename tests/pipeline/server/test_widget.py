@@ -22,9 +22,17 @@ from starlette.testclient import TestClient
 
 from mebot.assets.index.rag import Source
 from mebot.pipeline.server.app import create_app
+from mebot.pipeline.server.models import RAG_MODEL, ModelChoice
 from mebot.resources.settings import SettingsError, parse_settings
 from tests.helpers import CHROMIUM, CHROMIUM_ARGS
-from tests.pipeline.server.test_browser import PAGE_URL, PERSON, WORDS, StreamingRegistry, assert_security_headers
+from tests.pipeline.server.test_browser import (
+    FT_MODEL,
+    PAGE_URL,
+    PERSON,
+    WORDS,
+    StreamingRegistry,
+    assert_security_headers,
+)
 from tests.sites import free_port
 
 ANSWER = " ".join(WORDS)
@@ -40,13 +48,15 @@ document.addEventListener("securitypolicyviolation",
   (e) => window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`));"""
 
 
-def site_page(mebot_url: str) -> str:
+def site_page(mebot_url: str, model: str | None = None) -> str:
+    """A page of the person's site with the widget's tag (`model`: its data-model, if any)."""
+    options = f' data-model="{model}"' if model else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Tobias's site</title><link rel="stylesheet" href="/site.css">
 </head><body>
 <a id="site-link" href="#about">About me</a>
 <h1 id="site-title">Tobias's site</h1>
-<script src="{mebot_url}/widget.js" data-model="rag"></script>
+<script src="{mebot_url}/widget.js"{options}></script>
 </body></html>"""
 
 
@@ -57,8 +67,8 @@ class Site:
 
 
 def start_site(port: int, mebot_url: str) -> Site:
-    """A static site with a strict CSP that lets in mebot's script and requests only."""
-    page = site_page(mebot_url).encode()
+    """A static site with a strict CSP that lets in mebot's script and requests only; /rag.html names the model."""
+    pages = {"/site.css": (SITE_CSS, "text/css"), "/rag.html": (site_page(mebot_url, RAG_MODEL), "text/html")}
     policy = (
         f"default-src 'self'; script-src 'self' {mebot_url}; connect-src {mebot_url}; style-src 'self'; "
         "object-src 'none'"
@@ -66,7 +76,8 @@ def start_site(port: int, mebot_url: str) -> Site:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's name
-            body, kind = (SITE_CSS.encode(), "text/css") if self.path == "/site.css" else (page, "text/html")
+            text, kind = pages.get(self.path, (site_page(mebot_url), "text/html"))
+            body = text.encode()
             self.send_response(200)
             self.send_header("Content-Type", f"{kind}; charset=utf-8")
             self.send_header("Content-Security-Policy", policy)
@@ -131,12 +142,12 @@ def browser():
         browser.close()
 
 
-def open_site(browser, site: Site):
+def open_site(browser, site: Site, path: str = "/"):
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.add_init_script(WATCH_CSP)
-    page.goto(site.url + "/")
+    page.goto(site.url + path)
     page.wait_for_function(f"() => !!document.querySelector('mebot-widget') && !!{SHADOW}", timeout=30_000)
     return page, errors
 
@@ -232,7 +243,12 @@ def test_the_widget_on_another_site_streams_answers_with_references_and_follows_
     ]
     assert bodies[1]["stream"] is True and bodies[1]["model"] == "rag"
     assert setup.registry.questions[-1] == ("rag", "How old is she?")
-    assert [r.request.method for r in responses] == ["POST", "POST"]  # (a preflight is not reported to the page)
+    # the default model once, then the two answers (a preflight is not reported to the page)
+    assert [(r.request.method, r.url.rsplit("/", 1)[-1]) for r in responses] == [
+        ("GET", "models"),
+        ("POST", "completions"),
+        ("POST", "completions"),
+    ]
     for response in responses:  # CORS for the site, with the security headers kept
         assert_security_headers(response)
         assert response.headers["access-control-allow-origin"] == setup.site.url
@@ -286,6 +302,21 @@ def test_the_widget_shows_the_servers_error_and_keeps_the_question(browser, setu
     assert alert.inner_text() == "the question is 1499 characters long; the limit is 1000"  # the server's words
     assert turn_count(page) == 0
     assert page.get_by_label("Your question").input_value() == too_long.strip()  # kept, to shorten and send again
+    assert not errors, errors
+
+
+@pytest.mark.parametrize(("path", "expected"), [("/", FT_MODEL), ("/rag.html", RAG_MODEL)], ids=["default", "named"])
+def test_the_widget_answers_with_the_servers_default_model_unless_the_tag_names_one(browser, setup, path, expected):
+    setup.registry.default = ModelChoice(FT_MODEL, "serve.default_model names it")
+    try:
+        page, errors = open_site(browser, setup.site, path)
+        page.get_by_role("button", name=f"Ask {PERSON}").click()
+        page.get_by_label("Your question").fill("What is your sourdough starter called?")
+        page.keyboard.press("Enter")
+        wait_turn_answered(page, 1)
+    finally:
+        setup.registry.default = ModelChoice(RAG_MODEL, "serve.default_model names it")
+    assert setup.registry.questions[-1] == (expected, "What is your sourdough starter called?")
     assert not errors, errors
 
 
