@@ -320,6 +320,18 @@ def leaderboard_table(
     return frame, pairwise
 
 
+def merged_scores(rouge: pd.DataFrame, judge: pd.DataFrame) -> pd.DataFrame:
+    """One row per (qa_id, model) with its ROUGE and judge scores; answered when either says so."""
+    judge_columns = ["answered", "judge_expected", "judge_direct", "judge_valid_mass", "judge_distribution_json"]
+    scores = rouge.merge(
+        judge[["qa_id", "model", *judge_columns]], on=["qa_id", "model"], how="outer", suffixes=("", "_judge")
+    )
+    # A model whose rouge_scores partition is missing still counts its judged answers.
+    scores["answered"] = scores["answered"].astype("boolean").fillna(scores["answered_judge"].astype("boolean"))
+    scores["answered"] = scores["answered"].fillna(False).astype(bool)
+    return scores
+
+
 _ALL_PARTITIONS = {"allow_missing_partitions": True}
 
 
@@ -365,13 +377,7 @@ def leaderboard(
             "no rouge_scores or judge_scores partition is materialized: materialize model_answers, rouge_scores "
             "and judge_scores (e.g. mebot run --select 'group:evaluation') before the leaderboard"
         )
-    judge_columns = ["answered", "judge_expected", "judge_direct", "judge_valid_mass", "judge_distribution_json"]
-    scores = rouge.merge(
-        judge[["qa_id", "model", *judge_columns]], on=["qa_id", "model"], how="outer", suffixes=("", "_judge")
-    )
-    # A model whose rouge_scores partition is missing still counts its judged answers.
-    scores["answered"] = scores["answered"].astype("boolean").fillna(scores["answered_judge"].astype("boolean"))
-    scores["answered"] = scores["answered"].fillna(False).astype(bool)
+    scores = merged_scores(rouge, judge)
     retrieval = None
     if not retrieval_metrics.empty:
         k = int(retrieval_metrics["k"].iloc[0])
