@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import yaml
 
 from mebot.resources.settings import DEFAULT_CONFIG_PATH, PROJECT_ROOT
@@ -41,6 +42,12 @@ E2E_MAX_PASSAGES = 14
 
 SAMPLE_GOLDEN = PROJECT_ROOT / "golden" / "sample_site.yaml"  # the sample site's golden questions
 E2E_GOLDEN_IDS = ("favourite-film", "distance-2022", "football-team")  # a name, a number with its unit, unanswerable
+
+
+def ephemeral_instance() -> dg.DagsterInstance:
+    """An in-memory Dagster instance that keeps no telemetry log (an ephemeral one otherwise writes .telemetry/
+    and logs/ into $DAGSTER_HOME, the repository)."""
+    return dg.DagsterInstance.ephemeral(settings={"telemetry": {"enabled": False}})
 
 
 def e2e_golden_file(root: Path) -> Path:

@@ -19,7 +19,7 @@ from mebot.pipeline.definitions import build_definitions
 from mebot.pipeline.jobs import RAG_PARTITION
 from mebot.resources.settings import load_settings
 from tests.fakes import FakeChat, FakeChatModelResource, FakeEmbedder, FakeEmbedderResource, words
-from tests.helpers import E2E_MAX_PASSAGES, write_settings
+from tests.helpers import E2E_MAX_PASSAGES, ephemeral_instance, write_settings
 
 # The sizes of the full tier's whole-graph run (tests/conftest.py default_run), on the embedded sample site.
 OVERRIDES = {
@@ -77,7 +77,7 @@ def graph(tmp_path_factory):
     real = {assets_def.key.to_user_string(): assets_def for assets_def in defs.assets if assets_def.is_executable}
     everything = [a for name, a in real.items() if name != "finetuned_models"]
     everything += [stand_in_finetuned_models(real["finetuned_models"], root), *(defs.asset_checks or [])]
-    instance = dg.DagsterInstance.ephemeral()
+    instance = ephemeral_instance()
 
     def run(names: list[str], partition: str | None = None) -> dg.ExecuteInProcessResult:
         result = dg.materialize(

@@ -11,6 +11,7 @@ from mebot.resources.layout import DATA_DIR_ENV_VAR, DataLayout
 from mebot.resources.releases import promote, read_current_id, stage_release
 from mebot.resources.settings import load_settings
 from mebot.resources.vector_index import write_index
+from tests.helpers import ephemeral_instance
 
 
 @pytest.fixture
@@ -121,7 +122,7 @@ def test_a_thumbs_down_becomes_a_golden_question_and_the_golden_assets_go_stale(
     # -> in review_queue (the day's visitor_questions, then the queue, as the sensor and automation run them)
     defs = build_definitions(config, data_dir=built.data)
     resources = with_fake_models(defs.resources)
-    instance = dg.DagsterInstance.ephemeral()
+    instance = ephemeral_instance()
     day = logged["day"].iloc[0]
     everything = [*defs.assets, *(defs.asset_checks or [])]
     assert dg.materialize(everything, selection=["visitor_questions"], partition_key=day, resources=resources).success

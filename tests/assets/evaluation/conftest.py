@@ -28,6 +28,7 @@ from tests.assets.evaluation.world import (
     write_config,
     write_tiny_adapter,
 )
+from tests.helpers import ephemeral_instance
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +44,7 @@ def scored(tmp_path_factory):
     config, data = write_config(root, OVERRIDES), root / "data"
     build_index(config, data, chunks_frame())
     resources = eval_resources(config, data)
-    instance = dg.DagsterInstance.ephemeral()
+    instance = ephemeral_instance()
     chunks_frame().to_parquet(data / "rag_chunks.parquet")
     qa_frame().to_parquet(data / "synthetic_qa.parquet")
     for key in KEYS:

@@ -34,6 +34,7 @@ from tests.assets.evaluation.world import (
     sweep_partitions_of_default_settings,
     write_config,
 )
+from tests.helpers import ephemeral_instance
 
 # The asset with the partitions of the default settings file (the tests' configs keep its sweep).
 model_answers = model_answers_asset(load_settings())
@@ -129,7 +130,7 @@ def test_rag_partition_answers_with_sources_and_records_a_question_it_cannot_ask
     resources = eval_resources(config, data)
     # finetuned_models is defined, but no partition of it was ever materialized: rag must not need one.
     assets = [*materialize_inputs(resources, chunks_frame(), qa), fake_finetuned_models({}), model_answers]
-    instance = dg.DagsterInstance.ephemeral()
+    instance = ephemeral_instance()
     result = dg.materialize(
         assets, selection=[model_answers], partition_key=RAG_MODEL, resources=resources, instance=instance
     )

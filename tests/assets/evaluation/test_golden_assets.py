@@ -47,6 +47,7 @@ from tests.assets.evaluation.world import (
     write_config,
 )
 from tests.fakes import FakeChat, FakeChatModelResource, FakeEmbedderResource, default_reply
+from tests.helpers import ephemeral_instance
 
 KEYS = model_keys(load_settings())  # rag, any other answer mode, then the sweep points
 SWEEP = [point.key for point in load_settings().finetune.sweep_points()]
@@ -162,7 +163,7 @@ def golden_world(tmp_path_factory):
     data = root / "data"
     write_inputs(root, data)
     build_fake_index(config, data)
-    resources, instance = fake_resources(config, data), dg.DagsterInstance.ephemeral()
+    resources, instance = fake_resources(config, data), ephemeral_instance()
     assets = graph(load_settings(config))
     defs = everything(assets)
 
@@ -326,7 +327,7 @@ def test_an_empty_golden_path_gives_empty_tables_with_a_note_and_no_error(tmp_pa
     data = tmp_path / "data"
     write_inputs(tmp_path, data)
     assets = graph(load_settings(config))
-    resources, instance = fake_resources(config, data), dg.DagsterInstance.ephemeral()
+    resources, instance = fake_resources(config, data), ephemeral_instance()
     defs = everything(assets)
     first = dg.materialize(defs, selection=[assets["golden_questions"]], resources=resources, instance=instance)
     per_model = dg.materialize(

@@ -17,7 +17,7 @@ from mebot.assets.evaluation.leaderboard import GOLDEN_COLUMNS, leaderboard_tabl
 from mebot.resources.settings import PROJECT_ROOT, EvalSettings, load_settings
 from tests.assets.evaluation.test_golden_assets import GOLDEN_YAML, everything, fake_resources, graph, write_inputs
 from tests.assets.evaluation.world import OVERRIDES, RAG, write_config
-from tests.helpers import SAMPLE_GOLDEN
+from tests.helpers import SAMPLE_GOLDEN, ephemeral_instance
 
 # ------------------------------------------------------------------------------------------- pure functions
 
@@ -115,7 +115,7 @@ def _materialize_golden(tmp_path: Path, golden_text: str) -> dict[str, dg.Execut
     data = tmp_path / "data"
     write_inputs(tmp_path, data)  # no index: a model asked anything would fail, so none may be asked
     assets = graph(load_settings(config))
-    resources, instance = fake_resources(config, data), dg.DagsterInstance.ephemeral()
+    resources, instance = fake_resources(config, data), ephemeral_instance()
     defs = everything(assets)
     results = {
         "questions": dg.materialize(

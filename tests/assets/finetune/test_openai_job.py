@@ -21,6 +21,7 @@ from mebot.assets.finetune.training import finetuned_models_asset
 from mebot.resources.openai_finetune import RECORD_FILE
 from mebot.resources.settings import Settings, load_settings
 from tests.assets.finetune.helpers import fake_upstream, resources
+from tests.helpers import ephemeral_instance
 from tests.resources.openai_finetune_api import ORG, TOTAL_STEPS, RecordedFineTuningAPI, recorded_loss
 
 SECRET = "sk-proj-asset-test-fedcba9876543210"
@@ -97,7 +98,7 @@ def test_openai_partition_trains_logs_events_and_resumes_on_rematerialize(
     key = finetuned_models.partitions_def.get_partition_keys()[0]
     data = tmp_path / "data"
     upstream = fake_upstream(contract_dataset(settings))
-    instance = dg.DagsterInstance.ephemeral()
+    instance = ephemeral_instance()
     assert dg.materialize([upstream], resources=resources(config, data), instance=instance).success
 
     def materialize() -> dg.ExecuteInProcessResult:

@@ -13,7 +13,7 @@ from mebot.resources.layout import DataLayout
 from mebot.resources.releases import read_current_id
 from mebot.resources.settings import load_settings
 from tests.fakes import with_fake_models
-from tests.helpers import write_settings
+from tests.helpers import ephemeral_instance, write_settings
 from tests.sites import write_small_site
 
 GOLDEN = """site: {site}
@@ -74,7 +74,7 @@ def test_a_recrawl_with_broken_extraction_is_refused_and_visitors_keep_the_relea
     }
     config = write_settings(tmp_path / "mebot.yaml", settings)
     data = DataLayout(tmp_path / "data")
-    instance = dg.DagsterInstance.ephemeral()
+    instance = ephemeral_instance()
     good = run_graph(config, data.root, instance)
     assert good.success
     first_release = read_current_id(data.releases_dir)
