@@ -5,9 +5,11 @@ helpers.py."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS
 from tests.pipeline.server.helpers import Built, RunningServer, start_server, stop_server, write_config
 
 
@@ -27,3 +29,16 @@ def server(built: Built, tmp_path_factory) -> Iterator[RunningServer]:
     yield running
     stop_server(running)
     assert running.process.returncode is not None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian Chromium (no browser download), one per test module."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (make test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()

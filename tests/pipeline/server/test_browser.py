@@ -24,7 +24,6 @@ from mebot.pipeline.server.limits import CONTENT_SECURITY_POLICY
 from mebot.pipeline.server.models import RAG_MODEL, ModelChoice, Reply, UnknownModelError
 from mebot.pipeline.server.protocol import StreamedText
 from mebot.resources.settings import parse_settings
-from tests.helpers import CHROMIUM, CHROMIUM_ARGS
 from tests.sites import free_port
 
 PERSON = "Tobias Renwick"
@@ -41,18 +40,6 @@ WATCH_ANSWER = """() => {
   new MutationObserver(() => window.answerChanges.push([performance.now(), answer.textContent]))
     .observe(answer, {characterData: true, childList: true, subtree: true});
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (make test installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 # ------------------------------------------------------------------------ the page on a stand-in registry

@@ -21,7 +21,7 @@ from mebot.assets.ingest.html_text import extract_page
 from mebot.resources.settings import load_settings
 from tests.data.test_golden_sample_site import SITE, content_pages
 from tests.pipeline.server.helpers import client_from
-from tests.pipeline.server.test_browser import browser, wait_answered  # noqa: F401 - the browser fixture
+from tests.pipeline.server.test_browser import wait_answered
 from tests.test_end_to_end import mebot_ask
 
 SETTINGS = load_settings()
@@ -120,7 +120,7 @@ def test_mebot_ask_answers_a_pasted_unit_of_the_technical_post(built, model, pat
     assert result.stdout.strip(), f"mebot ask --model {model}: no answer"
 
 
-def test_the_page_answers_a_pasted_display_math_question(browser, server):  # noqa: F811 - the imported fixture
+def test_the_page_answers_a_pasted_display_math_question(browser, server):
     question = next(q for q in questions_of("/posts/percentile-confidence-intervals/") if q.startswith("$$"))
     page = browser.new_page()
     errors: list[str] = []

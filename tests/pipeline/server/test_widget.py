@@ -24,7 +24,6 @@ from mebot.assets.index.rag import Source
 from mebot.pipeline.server.app import create_app
 from mebot.pipeline.server.models import RAG_MODEL, ModelChoice
 from mebot.resources.settings import SettingsError, parse_settings
-from tests.helpers import CHROMIUM, CHROMIUM_ARGS
 from tests.pipeline.server.test_browser import (
     FT_MODEL,
     PAGE_URL,
@@ -128,18 +127,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         site.server.shutdown()
     server.should_exit = True
     thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (make test installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 def open_site(browser, site: Site, path: str = "/"):
