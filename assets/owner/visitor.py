@@ -1,6 +1,7 @@
 """What the visitor log says about an answer, computed without a model: declined (the golden scorer's refusal
-test), grounded (most of the answer's content words are in the pages it was based on) and weak evidence (few of
-the question's content words are in the best page retrieved). Cheap enough to compute on every answer served."""
+test), grounded (every figure, date, name and title it states is in the pages it was based on: the grounding check
+of assets/answering) and weak evidence (few of the question's content words are in the best page retrieved).
+Cheap enough to compute on every answer served."""
 
 import re
 from collections.abc import Sequence
@@ -9,12 +10,12 @@ from dataclasses import dataclass
 import dagster as dg
 import pandas as pd
 
+from mebot.assets.answering.grounding import check_grounding
 from mebot.assets.evaluation.golden_match import is_refusal
 from mebot.assets.outputs import content_output
 from mebot.resources.parquet_io import markdown_preview
 from mebot.resources.visitor_log import VisitorLogResource
 
-GROUNDED_SHARE = 0.5  # of the answer's content words found in its sources
 WEAK_EVIDENCE_SHARE = 0.34  # of the question's content words found in the best source
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 STOPWORDS = frozenset(
@@ -39,9 +40,7 @@ def answer_flags(question: str, answer: str, source_texts: Sequence[str]) -> Ans
     declined = is_refusal(answer)
     if not source_texts:
         return AnswerFlags(declined, None, True)
-    said = content_words(answer)
-    in_sources = content_words(" ".join(source_texts))
-    grounded = (not said) or declined or len(said & in_sources) / len(said) >= GROUNDED_SHARE
+    grounded = declined or check_grounding(answer, " ".join(source_texts)).grounded
     asked = content_words(question)
     weak = bool(asked) and len(asked & content_words(source_texts[0])) / len(asked) < WEAK_EVIDENCE_SHARE
     return AnswerFlags(declined, grounded, weak)
